@@ -1,0 +1,34 @@
+// Defaults and environment variables, read in one place.
+import { availableParallelism } from 'node:os'
+
+export interface EnvConfig {
+  /** HETMOE_CPU_THREADS: CPU worker threads. Defaults to the number of logical cores. */
+  cpuThreads: number
+  /** HETMOE_ARENA_MB: size of the shared-memory arena in MiB. Defaults to 256. */
+  arenaMiB: number
+  /** HETMOE_ISA: force a CPU kernel level (scalar, avx2, avx512, avx512bf16, amx). Defaults to the best detected. */
+  isa: string | undefined
+  /** HETMOE_CACHE_DIR: where synthesised models and calibrations are cached. Defaults to ~/.cache/hetmoe. */
+  cacheDir: string | undefined
+}
+
+function positiveInt(name: string, raw: string | undefined, fallback: number): number {
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n <= 0) throw new RangeError(`${name} must be a positive integer (got "${raw}")`)
+  return n
+}
+
+export function envConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
+  return {
+    cpuThreads: positiveInt('HETMOE_CPU_THREADS', env.HETMOE_CPU_THREADS, availableParallelism()),
+    arenaMiB: positiveInt('HETMOE_ARENA_MB', env.HETMOE_ARENA_MB, 256),
+    isa: env.HETMOE_ISA || undefined,
+    cacheDir: env.HETMOE_CACHE_DIR || undefined,
+  }
+}
+
+/** True when progress should be plain lines rather than a redrawn bar (CI logs, pipes). */
+export function plainOutput(stream: NodeJS.WriteStream = process.stderr): boolean {
+  return process.env.CI === 'true' || process.env.CI === '1' || !stream.isTTY
+}

@@ -1,0 +1,94 @@
+// The one typed contract between the C++/CUDA addon (native/addon/) and TypeScript. Everything
+// native is reached through `native()`; nothing else requires the .node file.
+import { createRequire } from 'node:module'
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { dirname, join, resolve } from 'node:path'
+import { HetmoeError } from './errors.js'
+
+export interface NativeCpuIsa {
+  avx2: boolean
+  fma: boolean
+  f16c: boolean
+  avx512f: boolean
+  avx512bw: boolean
+  avx512vl: boolean
+  avx512dq: boolean
+  avx512bf16: boolean
+  amxTile: boolean
+  amxBf16: boolean
+  /** The OS granted this process AMX tile state (Linux: ARCH_REQ_XCOMP_PERM). */
+  amxGranted: boolean
+}
+
+export interface NativeGpuDevice {
+  index: number
+  name: string
+  computeCapability: string
+  totalBytes: number
+  freeBytes: number
+  multiprocessors: number
+  l2Bytes: number
+  sharedPerBlockOptinBytes: number
+  sparseTensorCores: boolean
+  wgmmaSparse: boolean
+}
+
+export interface NativeInfo {
+  cpu: { vendor: string; model: string; logicalCores: number; isa: NativeCpuIsa; amxNote?: string }
+  gpu: {
+    /** The addon was built with the CUDA backend. */
+    compiled: boolean
+    runtimeVersion: number
+    driverVersion: number
+    /** Why no GPU is usable; absent when devices were found. */
+    error?: string
+    devices: NativeGpuDevice[]
+  }
+}
+
+/** info_bindings.cc */
+export interface NativeInfoApi {
+  info(): NativeInfo
+  /** Address of a typed array's first byte modulo `mod` (default 4096). */
+  addressMod(view: ArrayBufferView, mod?: number): number
+}
+
+/** weights_bindings.cc: the process-wide registry of memory-mapped weight files. */
+export interface NativeWeightsApi {
+  /** Maps a file read-only; mapping the same path again returns the same id (reference counted). */
+  mapWeights(path: string, populate?: boolean): { id: number; bytes: number }
+  unmapWeights(id: number): void
+  /** Zero-copy view of mapped bytes (a copy where the embedder refuses external buffers). */
+  weightsView(id: number, offset: number, length: number): ArrayBuffer
+}
+
+/** cpu_bindings.cc: CPU expert kernels and the per-layer CPU job. */
+export interface NativeCpuApi {}
+
+/** gpu_bindings.cc: the device expert cache and the sparse-sparse expert kernels. */
+export interface NativeGpuApi {}
+
+export interface NativeAddon extends NativeInfoApi, NativeWeightsApi, NativeCpuApi, NativeGpuApi {}
+
+const here = dirname(fileURLToPath(import.meta.url))
+/** The package root: this file runs from dist/runtime/. */
+export const packageRoot = resolve(here, '..', '..')
+
+let cached: NativeAddon | undefined
+
+/** Loads the addon once per thread (each worker thread gets its own exports object). */
+export function native(): NativeAddon {
+  if (cached) return cached
+  const path = process.env.HETMOE_ADDON ?? join(packageRoot, 'build', 'Release', 'hetmoe.node')
+  if (!existsSync(path)) {
+    throw new HetmoeError(
+      'ADDON_MISSING',
+      `hetmoe's native addon is not built (looked for ${path}); run \`npm run build:native\` ` +
+        '(HETMOE_CUDA=off for a CPU-only build)',
+    )
+  }
+  const require = createRequire(import.meta.url)
+  cached = require(path) as NativeAddon
+  return cached
+}

@@ -1,0 +1,10 @@
+// The messages between the runtime and its CPU workers. Tasks carry offsets into the arena, never
+// buffers (a structured clone of a tensor costs more than the kernel that reads it).
+
+export type WorkerTask =
+  | { op: 'ping' }
+  | { op: 'fill'; offset: number; count: number; value: number }
+
+export type WorkerResult =
+  | { op: 'ping'; threadId: number; arenaBytes: number; cpuModel: string }
+  | { op: 'fill'; threadId: number }

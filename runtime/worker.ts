@@ -1,0 +1,28 @@
+// A CPU worker thread (run by piscina). It loads the addon once, receives the arena once (through
+// workerData), and then runs tasks that carry only offsets into that arena.
+import { threadId, workerData } from 'node:worker_threads'
+import { native } from './native.js'
+import type { WorkerTask, WorkerResult } from './worker-protocol.js'
+
+const addon = native()
+const arena = (workerData as { arena: SharedArrayBuffer }).arena
+// One Int32 view over the whole arena: native code takes its pointer once per call.
+const arenaI32 = new Int32Array(arena)
+
+export default function run(task: WorkerTask): WorkerResult {
+  switch (task.op) {
+    case 'ping':
+      return { op: 'ping', threadId, arenaBytes: arena.byteLength, cpuModel: addon.info().cpu.model }
+    case 'fill': {
+      // Writes a value into a region of the arena: lets tests check that workers see the same memory.
+      new Float32Array(arena, task.offset, task.count).fill(task.value)
+      return { op: 'fill', threadId }
+    }
+    default: {
+      const op: never = task
+      throw new Error(`unknown worker op ${JSON.stringify(op)}`)
+    }
+  }
+}
+
+void arenaI32
