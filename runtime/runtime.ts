@@ -1,0 +1,296 @@
+// The runtime: what a Node inference app embeds. One forward() runs one MoE layer over a batch:
+// route → split the active experts between the GPU (resident hot experts) and the CPU pool → run
+// both at once → combine, with every activation in the shared arena.
+import { EventEmitter } from 'node:events'
+import { Arena, type Lease } from './arena.js'
+import { CpuPool } from './pool.js'
+import { HetmoeError, badOption } from './errors.js'
+import { envConfig } from './config.js'
+import { combineTopK } from './combine.js'
+import type { ExpertBackend, ExpertWork, LayerWork } from './layer-work.js'
+import type { ModelManifest } from '../experts/manifest.js'
+import { routeLayer, type Selection } from './route-layer.js'
+import { CpuBackend } from './cpu-backend.js'
+import { openGpu, type GpuExpertBackend } from './gpu-open.js'
+import type { Model } from '../experts/model.js'
+
+export interface RuntimeOptions {
+  /** The model, from loadModel(). */
+  model: Model
+  /** 'auto' uses GPU 0 when one is usable and falls back to CPU-only with one warning; 'off' never
+   *  uses a GPU; a number picks that device and fails if it is unusable. Defaults to 'auto'. */
+  gpu?: 'auto' | 'off' | number
+  /** GPU memory for resident experts: bytes or a size such as '20GiB'. Defaults to 80% of the free memory. */
+  gpuMemory?: number | string
+  /** CPU worker threads. Defaults to the logical cores (HETMOE_CPU_THREADS). */
+  cpuThreads?: number
+  /** Which experts are GPU-resident, per layer (from `hetmoe place` or planPlacement()). Defaults to
+   *  a plan made at start from the model's routing (uniform tokens for RRE, equal gate load). */
+  plan?: PlacementPlan
+  /** Shared-memory arena size in bytes. Defaults to HETMOE_ARENA_MB (256 MiB). */
+  arenaBytes?: number
+}
+
+export interface PlacementPlan {
+  layers: { layer: number; gpuExperts: number[] }[]
+}
+
+export interface ForwardOptions {
+  /** Token ids of the batch, int32 [T]: RRE routing reads them; gated routing ignores them. */
+  tokenIds?: Int32Array
+  /** RRE domain: a name from the model or an index. */
+  domain?: string | number
+  /** Cancels between stages; the forward rejects with code 'ABORTED'. */
+  signal?: AbortSignal
+  /** Where to write the output (T × D fp32); a new Float32Array otherwise. */
+  out?: Float32Array
+}
+
+export interface LayerStats {
+  forwards: number
+  tokens: number
+  gpuRows: number
+  cpuRows: number
+  ms: { route: number; compute: number; combine: number; total: number }
+}
+
+export interface RuntimeStats {
+  layers: LayerStats[]
+  gpu: { enabled: boolean; healthy: boolean; device?: string; residentExperts: number; residentBytes: number; failures: number }
+  cpuThreads: number
+  arena: { bytes: number; leasedBytes: number }
+}
+
+const GPU_FAILURES_BEFORE_UNHEALTHY = 3
+
+export class Runtime extends EventEmitter {
+  readonly model: Model
+  readonly #manifest: ModelManifest
+  readonly #arena: Arena
+  readonly #pool: CpuPool
+  readonly #cpu: CpuBackend
+  readonly #gpu: GpuExpertBackend | undefined
+  readonly #resident: Set<number>[] // per layer
+  readonly #stats: LayerStats[]
+  #gpuFailures = 0
+  #gpuHealthy = true
+  #closed = false
+
+  private constructor(model: Model, arena: Arena, pool: CpuPool, gpu: GpuExpertBackend | undefined, resident: Set<number>[]) {
+    super()
+    this.model = model
+    this.#manifest = model.manifest
+    this.#arena = arena
+    this.#pool = pool
+    this.#cpu = new CpuBackend(pool, arena, model)
+    this.#gpu = gpu
+    this.#resident = resident
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, ms: { route: 0, compute: 0, combine: 0, total: 0 } }))
+  }
+
+  /** @internal use createRuntime() */
+  static async _create(options: RuntimeOptions): Promise<Runtime> {
+    const env = envConfig()
+    const model = options?.model
+    if (!model || typeof model !== 'object' || !('manifest' in model)) throw badOption('model', 'a model from loadModel()', model)
+    const threads = options.cpuThreads ?? env.cpuThreads
+    if (!Number.isInteger(threads) || threads <= 0) throw badOption('cpuThreads', 'a positive integer', threads)
+    const arenaBytes = options.arenaBytes ?? env.arenaMiB * 2 ** 20
+    if (!Number.isSafeInteger(arenaBytes) || arenaBytes <= 0) throw badOption('arenaBytes', 'a positive integer', arenaBytes)
+    const gpuSetting = options.gpu ?? 'auto'
+    if (!(gpuSetting === 'auto' || gpuSetting === 'off' || (Number.isInteger(gpuSetting) && (gpuSetting as number) >= 0)))
+      throw badOption('gpu', "'auto', 'off' or a device index", gpuSetting)
+    if (options.plan) validatePlan(options.plan, model.manifest)
+
+    const arena = new Arena({ bytes: arenaBytes })
+    const pool = new CpuPool({ arena, threads })
+    const warnings: string[] = []
+    let gpu: GpuExpertBackend | undefined
+    const resident = model.manifest.layers.map(() => new Set<number>())
+    try {
+      gpu = await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) })
+      if (gpu) for (const [layer, experts] of gpu.resident()) for (const e of experts) resident[layer].add(e)
+    } catch (err) {
+      await pool.destroy()
+      arena.close()
+      throw err
+    }
+    const rt = new Runtime(model, arena, pool, gpu, resident)
+    // Emitted after construction so that listeners attached right after createRuntime() see them.
+    if (warnings.length) setImmediate(() => warnings.forEach((w) => rt.emit('warning', w)))
+    return rt
+  }
+
+  /** Runs MoE layer `layer` on hidden states [T × D] (Float32Array, or bf16 bits as Uint16Array). */
+  async forward(layer: number, hidden: Float32Array | Uint16Array, options: ForwardOptions = {}): Promise<Float32Array> {
+    if (this.#closed) throw new HetmoeError('POOL_CLOSED', 'this runtime was closed')
+    const m = this.#manifest
+    const t0 = performance.now()
+    if (!Number.isInteger(layer) || layer < 0 || layer >= m.layers.length)
+      throw new HetmoeError('BAD_INPUT', `layer must be an integer in [0, ${m.layers.length}) (got ${layer})`)
+    const D = m.hiddenSize
+    if (!(hidden instanceof Float32Array || hidden instanceof Uint16Array))
+      throw new HetmoeError('BAD_INPUT', 'hidden must be a Float32Array (fp32) or a Uint16Array (bf16 bits) of T × D values')
+    if (hidden.length === 0 || hidden.length % D !== 0)
+      throw new HetmoeError('BAD_INPUT', `hidden has ${hidden.length} values, not a positive multiple of the model's hidden size ${D}`)
+    const T = hidden.length / D
+    if (options.out && (!(options.out instanceof Float32Array) || options.out.length !== T * D))
+      throw new HetmoeError('BAD_INPUT', `options.out must be a Float32Array of ${T * D} values`)
+    throwIfAborted(options.signal)
+
+    const routing = m.layers[layer].routing
+    const K = routing.kind === 'gate' ? routing.topK : 1
+    const shared = m.layers[layer].sharedExperts.length
+    const leases: Lease[] = []
+    const lease = (bytes: number) => {
+      const l = this.#arena.lease(bytes)
+      leases.push(l)
+      return l
+    }
+    try {
+      const hiddenLease = lease(T * D * 4)
+      const h = hiddenLease.f32(T * D)
+      if (hidden instanceof Float32Array) h.set(hidden)
+      else bf16ToF32InPlace(h, hidden)
+
+      // Route (validates token ids, domain and finiteness before any work).
+      const sel: Selection = routeLayer(this.model, layer, h, T, options, lease)
+      const tRoute = performance.now()
+
+      // Expert outputs: top-1 without shared experts writes straight into the output rows.
+      const direct = K === 1 && shared === 0
+      const rowsLease = lease(T * K * D * 4)
+      const sharedLease = shared ? lease(shared * T * D * 4) : undefined
+      const identity = shared ? lease(T * 4) : undefined
+      if (identity) identity.i32(T).forEach((_, i, a) => (a[i] = i))
+
+      const gpuWork: ExpertWork[] = []
+      const cpuWork: ExpertWork[] = []
+      const useGpu = this.#gpu !== undefined && this.#gpuHealthy
+      for (let e = 0; e < sel.counts.length; e++) {
+        const count = sel.counts[e]
+        if (count === 0) continue
+        const w: ExpertWork = {
+          expert: e,
+          count,
+          tokens: sel.tokenRowsOffset + 4 * sel.offsets[e],
+          outRows: sel.outRowsOffset + 4 * sel.offsets[e],
+          ...(sel.scalesOffset !== undefined ? { scales: sel.scalesOffset + 4 * sel.offsets[e] } : {}),
+        }
+        ;(useGpu && this.#resident[layer].has(e) ? gpuWork : cpuWork).push(w)
+      }
+      // Shared experts see every token and write block s of the shared output.
+      const sharedWorks: ExpertWork[] = []
+      for (let s = 0; s < shared; s++)
+        sharedWorks.push({ expert: s, shared: true, count: T, tokens: identity!.offset, outRows: identity!.offset })
+      const hiddenRef = { offset: hiddenLease.offset, rows: T }
+      const outRef = { offset: rowsLease.offset, rows: T * K }
+      const jobs: Promise<void>[] = []
+      const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
+      const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
+      if (cpuWork.length) jobs.push(this.#cpu.run(cpuJob, options.signal))
+      for (let s = 0; s < shared; s++) {
+        const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
+        jobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
+      }
+      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal))
+      const settled = await Promise.allSettled(jobs)
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
+      if (failed) throw failed.reason
+      throwIfAborted(options.signal)
+      const tCompute = performance.now()
+
+      const out = options.out ?? new Float32Array(T * D)
+      if (direct) out.set(rowsLease.f32(T * D))
+      else combineTopK(rowsLease.f32(T * K * D), sharedLease?.f32(shared * T * D), shared, out, T, K, D)
+      const tEnd = performance.now()
+
+      const st = this.#stats[layer]
+      st.forwards++
+      st.tokens += T
+      for (const w of gpuWork) st.gpuRows += w.count
+      for (const w of cpuWork) st.cpuRows += w.count
+      st.ms.route += tRoute - t0
+      st.ms.compute += tCompute - tRoute
+      st.ms.combine += tEnd - tCompute
+      st.ms.total += tEnd - t0
+      return out
+    } finally {
+      for (const l of leases) l.release()
+    }
+  }
+
+  /** GPU experts of one layer; on a GPU failure the same experts rerun on the CPU (same results). */
+  async #runGpu(work: LayerWork, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.#gpu!.run(work, signal)
+      this.#gpuFailures = 0
+    } catch (err) {
+      if (err instanceof HetmoeError && err.code === 'ABORTED') throw err
+      this.#gpuFailures++
+      const what = err instanceof Error ? err.message : String(err)
+      if (this.#gpuFailures >= GPU_FAILURES_BEFORE_UNHEALTHY && this.#gpuHealthy) {
+        this.#gpuHealthy = false
+        this.emit('warning', `GPU marked unhealthy after ${this.#gpuFailures} failures in a row; running every expert on the CPU from now on (last error: ${what})`)
+      } else {
+        this.emit('warning', `GPU experts of layer ${work.layer} failed (${what}); rerunning them on the CPU`)
+      }
+      await this.#cpu.run(work, signal)
+    }
+  }
+
+  stats(): RuntimeStats {
+    let residentExperts = 0
+    for (const s of this.#resident) residentExperts += s.size
+    return {
+      layers: this.#stats.map((s) => ({ ...s, ms: { ...s.ms } })),
+      gpu: {
+        enabled: this.#gpu !== undefined,
+        healthy: this.#gpu !== undefined && this.#gpuHealthy,
+        ...(this.#gpu ? { device: this.#gpu.deviceName } : {}),
+        residentExperts,
+        residentBytes: this.#gpu?.residentBytes() ?? 0,
+        failures: this.#gpuFailures,
+      },
+      cpuThreads: this.#pool.threads,
+      arena: { bytes: this.#arena.byteLength, leasedBytes: this.#arena.leasedBytes },
+    }
+  }
+
+  /** Waits for running forwards' CPU work, then frees the GPU, the workers and the arena. */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#pool.close()
+    await this.#gpu?.close()
+    this.#arena.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+export function createRuntime(options: RuntimeOptions): Promise<Runtime> {
+  return Runtime._create(options)
+}
+
+function throwIfAborted(signal?: AbortSignal): void {
+  if (signal?.aborted) throw new HetmoeError('ABORTED', `forward aborted: ${signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted')}`)
+}
+
+function bf16ToF32InPlace(dst: Float32Array, src: Uint16Array): void {
+  const u = new Uint32Array(dst.buffer, dst.byteOffset, dst.length)
+  for (let i = 0; i < src.length; i++) u[i] = src[i] << 16
+}
+
+function validatePlan(plan: PlacementPlan, m: ModelManifest): void {
+  if (!plan || !Array.isArray(plan.layers)) throw badOption('plan', 'a placement plan with layers[]', plan)
+  for (const l of plan.layers) {
+    if (!Number.isInteger(l.layer) || l.layer < 0 || l.layer >= m.layers.length)
+      throw badOption('plan', `layers with layer in [0, ${m.layers.length})`, l.layer)
+    for (const e of l.gpuExperts)
+      if (!Number.isInteger(e) || e < 0 || e >= m.layers[l.layer].experts.length)
+        throw badOption('plan', `expert ids of layer ${l.layer} in [0, ${m.layers[l.layer].experts.length})`, e)
+  }
+}
