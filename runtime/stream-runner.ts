@@ -1,0 +1,92 @@
+// Runs a token stream through every MoE layer of a model, batch by batch: what `hetmoe run` and the
+// demo do. Between layers the MoE output is added back to the hidden state (the residual
+// connection of a transformer block), so each layer sees realistic, changing inputs.
+import type { Runtime } from './runtime.js'
+import { randomHidden } from './token-stream.js'
+
+export interface StreamReport {
+  tokens: number
+  batches: number
+  batchSize: number
+  layers: number
+  seconds: number
+  /** Tokens through all MoE layers per second. */
+  tokensPerS: number
+  /** Share of (token, expert) rows computed on the GPU. */
+  gpuTokenShare: number
+  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; gpuShare: number }[]
+}
+
+export interface StreamOptions {
+  tokens: Int32Array
+  batch: number
+  domain?: string | number
+  signal?: AbortSignal
+  onBatch?: (done: number, total: number) => void
+  /** Called with layer 0's input and output of the first batch (for spot checks). */
+  onFirst?: (hidden: Float32Array, out: Float32Array, tokenIds: Int32Array) => void
+}
+
+export async function runTokenStream(rt: Runtime, options: StreamOptions): Promise<StreamReport> {
+  const m = rt.model.manifest
+  const D = m.hiddenSize
+  const { tokens, batch } = options
+  const batches = Math.ceil(tokens.length / batch)
+  const before = rt.stats()
+  const t0 = performance.now()
+  for (let b = 0; b < batches; b++) {
+    const ids = tokens.subarray(b * batch, Math.min(tokens.length, (b + 1) * batch))
+    const T = ids.length
+    const h = randomHidden(T, D, 1000 + b)
+    const out = new Float32Array(T * D)
+    for (let l = 0; l < m.layers.length; l++) {
+      await rt.forward(l, h, { tokenIds: ids, domain: options.domain, signal: options.signal, out })
+      if (b === 0 && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
+      for (let i = 0; i < h.length; i++) h[i] += out[i]
+    }
+    options.onBatch?.(b + 1, batches)
+  }
+  const seconds = (performance.now() - t0) / 1000
+  const after = rt.stats()
+  let gpu = 0
+  let all = 0
+  const perLayer = after.layers.map((s, layer) => {
+    const p = before.layers[layer]
+    const g = s.gpuRows - p.gpuRows
+    const c = s.cpuRows - p.cpuRows
+    gpu += g
+    all += g + c
+    const n = Math.max(1, s.forwards - p.forwards)
+    return {
+      layer,
+      msPerBatch: (s.ms.total - p.ms.total) / n,
+      routeMs: (s.ms.route - p.ms.route) / n,
+      computeMs: (s.ms.compute - p.ms.compute) / n,
+      combineMs: (s.ms.combine - p.ms.combine) / n,
+      gpuShare: g + c ? g / (g + c) : 0,
+    }
+  })
+  return {
+    tokens: tokens.length,
+    batches,
+    batchSize: batch,
+    layers: m.layers.length,
+    seconds,
+    tokensPerS: tokens.length / seconds,
+    gpuTokenShare: all ? gpu / all : 0,
+    perLayer,
+  }
+}
+
+export function formatStreamReport(r: StreamReport): string {
+  const lines = [
+    `${r.tokens} tokens in ${r.batches} batches of ${r.batchSize}, ${r.layers} MoE layers: ${r.seconds.toFixed(2)} s, ${r.tokensPerS.toFixed(1)} tokens/s`,
+    `GPU share of expert rows: ${(100 * r.gpuTokenShare).toFixed(1)}%`,
+    'layer  ms/batch  route  compute  combine  GPU share',
+    ...r.perLayer.map(
+      (l) =>
+        `${String(l.layer).padStart(5)}  ${l.msPerBatch.toFixed(3).padStart(8)}  ${l.routeMs.toFixed(3)}  ${l.computeMs.toFixed(3).padStart(7)}  ${l.combineMs.toFixed(3).padStart(7)}  ${(100 * l.gpuShare).toFixed(1).padStart(8)}%`,
+    ),
+  ]
+  return lines.join('\n')
+}

@@ -1,0 +1,54 @@
+// Synthetic token streams for the demo, `hetmoe run --synthetic` and the benches: Zipf(s) over a
+// vocabulary (a realistic skew: a few tokens dominate) and uniform. Seeded and portable.
+
+/** A small seeded PRNG (mulberry32): same numbers on every machine. */
+export function seededRandom(seed: number): () => number {
+  let s = seed >>> 0
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0
+    let z = s
+    z = Math.imul(z ^ (z >>> 15), z | 1)
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61)
+    return ((z ^ (z >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** n token ids drawn from Zipf(s) over [0, vocab): P(rank r) ∝ 1/(r+1)^s, ranks shuffled over ids. */
+export function zipfTokens(n: number, vocab: number, s = 1.1, seed = 1): Int32Array {
+  const rnd = seededRandom(seed)
+  const cdf = new Float64Array(vocab)
+  let acc = 0
+  for (let r = 0; r < vocab; r++) cdf[r] = acc += 1 / Math.pow(r + 1, s)
+  // Frequent ranks land on scattered ids, as in a real tokenizer's vocabulary.
+  const idOfRank = new Int32Array(vocab).map((_, i) => i)
+  for (let i = vocab - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1))
+    ;[idOfRank[i], idOfRank[j]] = [idOfRank[j], idOfRank[i]]
+  }
+  const out = new Int32Array(n)
+  for (let i = 0; i < n; i++) {
+    const u = rnd() * acc
+    let lo = 0
+    let hi = vocab - 1
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (cdf[mid] < u) lo = mid + 1
+      else hi = mid
+    }
+    out[i] = idOfRank[lo]
+  }
+  return out
+}
+
+export function uniformTokens(n: number, vocab: number, seed = 1): Int32Array {
+  const rnd = seededRandom(seed)
+  return Int32Array.from({ length: n }, () => Math.floor(rnd() * vocab))
+}
+
+/** Hidden states for a batch: N(0,1)-ish values from a seed, fp32 [T × D]. */
+export function randomHidden(T: number, D: number, seed = 7): Float32Array {
+  const rnd = seededRandom(seed)
+  const h = new Float32Array(T * D)
+  for (let i = 0; i < h.length; i++) h[i] = (rnd() + rnd() + rnd() - 1.5) * 2
+  return h
+}
