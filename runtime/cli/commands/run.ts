@@ -1,0 +1,77 @@
+import { createRuntime } from '../../runtime.js'
+import { runTokenStream, formatStreamReport } from '../../stream-runner.js'
+import { zipfTokens } from '../../token-stream.js'
+import { loadModel } from '../../../experts/model.js'
+import { readTokenFile } from '../../../scheduler/token-file.js'
+import { planForModel, readPlanFile } from '../../placement.js'
+import { parseBytes, parseFlags, parseIntFlag } from '../args.js'
+import { Progress } from '../progress.js'
+import { UsageError, type Command } from '../command.js'
+
+export const command: Command = {
+  summary: 'run the MoE layers of a model over a token stream and report tokens/s per device',
+  usage: `Usage: hetmoe run --model DIR (--tokens FILE | --synthetic N) [--plan FILE] [--batch B]
+                  [--domain D] [--gpu off|auto|INDEX] [--gpu-mem SIZE] [--json]
+
+Runs every MoE layer of the model over the token stream, batch by batch, on GPU + CPU (placement
+from --plan, or planned now from the stream), then prints tokens/s, the share of expert rows per
+device and a per-layer time breakdown.
+
+  --model DIR      a model directory (hetmoe synth / hetmoe import)
+  --tokens FILE    token ids: whitespace-separated integers, or little-endian int32 if *.i32
+  --synthetic N    N tokens drawn from Zipf(1.1) over the model's vocabulary instead
+  --plan FILE      a placement plan from \`hetmoe place --out\`
+  --batch B        tokens per batch (default 16)
+  --domain D       RRE domain name or index (default 0)
+  --gpu MODE       auto (default), off, or a device index
+  --gpu-mem SIZE   GPU memory for experts, e.g. 20GiB (default: 80% of free)
+  --json           print the report as JSON`,
+  async run(argv) {
+    const { values } = parseFlags(argv, {
+      model: { type: 'string' },
+      tokens: { type: 'string' },
+      synthetic: { type: 'string' },
+      plan: { type: 'string' },
+      batch: { type: 'string' },
+      domain: { type: 'string' },
+      gpu: { type: 'string' },
+      'gpu-mem': { type: 'string' },
+      json: { type: 'boolean' },
+    })
+    if (!values.model) throw new UsageError('--model DIR is required')
+    if (!values.tokens === !values.synthetic) throw new UsageError('give exactly one of --tokens FILE and --synthetic N')
+    const batch = parseIntFlag(values.batch, '--batch', 16, 1)
+    const gpu = values.gpu === undefined || values.gpu === 'auto' ? 'auto' : values.gpu === 'off' ? 'off' : parseIntFlag(values.gpu, '--gpu', 0, 0)
+    const gpuMemory = values['gpu-mem'] ? parseBytes(values['gpu-mem'], '--gpu-mem') : undefined
+    const domain = values.domain === undefined ? 0 : /^\d+$/.test(values.domain) ? Number(values.domain) : values.domain
+    const model = await loadModel(values.model)
+    try {
+      const tokens = values.tokens
+        ? readTokenFile(values.tokens, model.manifest.vocabSize)
+        : zipfTokens(parseIntFlag(values.synthetic, '--synthetic', 0, 1), model.manifest.vocabSize, 1.1, 42)
+      const plan = values.plan ? readPlanFile(values.plan, model) : (await planForModel(model, { tokens, gpu, batch, gpuMemory, domain })).plan
+      const rt = await createRuntime({ model, gpu, gpuMemory, plan })
+      rt.on('warning', (w: string) => console.error(`hetmoe: ${w}`))
+      const bar = new Progress('run', Math.ceil(tokens.length / batch), { quiet: values.json })
+      const ac = new AbortController()
+      const onSigint = () => ac.abort(new Error('interrupted'))
+      process.once('SIGINT', onSigint)
+      try {
+        const report = await runTokenStream(rt, { tokens, batch, domain, signal: ac.signal, onBatch: () => bar.tick() })
+        bar.done()
+        const stats = rt.stats()
+        if (values.json) console.log(JSON.stringify({ model: model.dir, gpu: stats.gpu, cpuThreads: stats.cpuThreads, report }, null, 2))
+        else {
+          console.log(`devices  ${stats.gpu.enabled ? `GPU ${stats.gpu.device} (${stats.gpu.residentExperts} resident experts) + ` : 'CPU only: '}${stats.cpuThreads} CPU threads`)
+          console.log(formatStreamReport(report))
+        }
+      } finally {
+        process.off('SIGINT', onSigint)
+        await rt.close()
+      }
+    } finally {
+      model.close()
+    }
+    return 0
+  },
+}
