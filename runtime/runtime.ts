@@ -29,6 +29,8 @@ export interface RuntimeOptions {
   plan?: PlacementPlan
   /** Shared-memory arena size in bytes. Defaults to HETMOE_ARENA_MB (256 MiB). */
   arenaBytes?: number
+  /** @internal For fault-injection tests: use this GPU backend instead of opening a device. */
+  _gpuBackend?: GpuExpertBackend
 }
 
 export interface PlacementPlan {
@@ -108,7 +110,7 @@ export class Runtime extends EventEmitter {
     let gpu: GpuExpertBackend | undefined
     const resident = model.manifest.layers.map(() => new Set<number>())
     try {
-      gpu = await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) })
+      gpu = options._gpuBackend ?? await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) })
       if (gpu) for (const [layer, experts] of gpu.resident()) for (const e of experts) resident[layer].add(e)
     } catch (err) {
       await pool.destroy()
@@ -148,10 +150,19 @@ export class Runtime extends EventEmitter {
       return l
     }
     try {
-      const hiddenLease = lease(T * D * 4)
-      const h = hiddenLease.f32(T * D)
-      if (hidden instanceof Float32Array) h.set(hidden)
-      else bf16ToF32InPlace(h, hidden)
+      // Inputs already in the arena (fp32, 4-byte aligned) are used in place; others are copied in once.
+      let hiddenOffset: number
+      let h: Float32Array
+      if (hidden instanceof Float32Array && hidden.buffer === this.#arena.buffer) {
+        hiddenOffset = hidden.byteOffset
+        h = hidden
+      } else {
+        const hiddenLease = lease(T * D * 4)
+        hiddenOffset = hiddenLease.offset
+        h = hiddenLease.f32(T * D)
+        if (hidden instanceof Float32Array) h.set(hidden)
+        else bf16ToF32InPlace(h, hidden)
+      }
 
       // Route (validates token ids, domain and finiteness before any work).
       const sel: Selection = routeLayer(this.model, layer, h, T, options, lease)
@@ -183,7 +194,7 @@ export class Runtime extends EventEmitter {
       const sharedWorks: ExpertWork[] = []
       for (let s = 0; s < shared; s++)
         sharedWorks.push({ expert: s, shared: true, count: T, tokens: identity!.offset, outRows: identity!.offset })
-      const hiddenRef = { offset: hiddenLease.offset, rows: T }
+      const hiddenRef = { offset: hiddenOffset, rows: T }
       const outRef = { offset: rowsLease.offset, rows: T * K }
       const jobs: Promise<void>[] = []
       const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
@@ -237,6 +248,11 @@ export class Runtime extends EventEmitter {
       }
       await this.#cpu.run(work, signal)
     }
+  }
+
+  /** The shared-memory arena: lease from it to pass inputs and receive outputs without copies. */
+  get arena(): Arena {
+    return this.#arena
   }
 
   stats(): RuntimeStats {

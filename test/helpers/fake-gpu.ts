@@ -1,0 +1,61 @@
+// A stand-in GPU backend for fault-injection tests on machines without a GPU: it computes its
+// experts in float64 from the decoded weights (so its numbers are right), and can be told to fail.
+import type { Arena } from '../../runtime/arena.js'
+import { HetmoeError } from '../../runtime/errors.js'
+import type { GpuExpertBackend } from '../../runtime/gpu-open.js'
+import type { LayerWork } from '../../runtime/layer-work.js'
+import type { Model } from '../../experts/model.js'
+import { denseExpert, denseExpertForwardRef } from '../../experts/reference.js'
+
+export class FakeGpu implements GpuExpertBackend {
+  readonly kind = 'gpu' as const
+  readonly deviceName = 'fake GPU (tests)'
+  arena: Arena | undefined
+  /** Fail the next n runs with this error code. */
+  failNext = 0
+  failCode: 'GPU_ERROR' | 'GPU_OOM' = 'GPU_ERROR'
+  runs = 0
+  rowsComputed = 0
+  readonly #model: Model
+  readonly #resident: Map<number, number[]>
+
+  constructor(model: Model, resident: Map<number, number[]>) {
+    this.#model = model
+    this.#resident = resident
+  }
+
+  resident(): Map<number, number[]> {
+    return this.#resident
+  }
+
+  residentBytes(): number {
+    return 0
+  }
+
+  async run(work: LayerWork): Promise<void> {
+    this.runs++
+    await new Promise((r) => setTimeout(r, 1)) // asynchronous, like the real device
+    if (this.failNext > 0) {
+      this.failNext--
+      throw new HetmoeError(this.failCode, `injected ${this.failCode} (cudaErrorLaunchFailure while running layer ${work.layer})`)
+    }
+    const buf = this.arena!.buffer
+    const D = this.#model.manifest.hiddenSize
+    const hidden = new Float32Array(buf, work.hidden.offset, work.hidden.rows * D)
+    const out = new Float32Array(buf, work.out.offset, work.out.rows * D)
+    for (const w of work.experts) {
+      const tokens = new Int32Array(buf, w.tokens, w.count)
+      const outRows = new Int32Array(buf, w.outRows, w.count)
+      const scales = w.scales !== undefined ? new Float32Array(buf, w.scales, w.count) : undefined
+      const x = new Float64Array(w.count * D)
+      tokens.forEach((t, i) => x.set(hidden.subarray(t * D, t * D + D), i * D))
+      const y = denseExpertForwardRef(denseExpert(this.#model, work.layer, w.shared ? { shared: w.expert } : w.expert), x)
+      outRows.forEach((r, i) => {
+        for (let d = 0; d < D; d++) out[r * D + d] = (scales ? scales[i] : 1) * y[i * D + d]
+      })
+      this.rowsComputed += w.count
+    }
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,134 @@
+import t from 'tap'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createRuntime, type Runtime } from '../runtime/runtime.js'
+import { loadModel, type Model } from '../experts/model.js'
+import { synthModel, PRESETS, type SynthPreset } from '../experts/synth.js'
+import { layerForwardRef } from '../experts/reference.js'
+import { relativeError } from '../experts/formats.js'
+import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
+import { FakeGpu } from './helpers/fake-gpu.js'
+
+const root = mkdtempSync(join(tmpdir(), 'hetmoe-rt-'))
+t.teardown(() => rmSync(root, { recursive: true, force: true }))
+
+const tinyGated: SynthPreset = { name: 'tiny-gated', layers: 1, hidden: 64, inner: 96, ffn: 'swiglu', routing: { kind: 'gate', experts: 6, topK: 2, normalize: true }, vocabSize: 1000 }
+const tinyGelu: SynthPreset = { ...PRESETS.tiny, name: 'tiny-gelu', ffn: 'gelu' }
+
+async function model(preset: SynthPreset, format: 'dense' | '2:4' | '75%' = 'dense', seed = 3): Promise<Model> {
+  const out = join(root, `${preset.name}-${format.replace(/[:%]/g, '_')}-${seed}`)
+  await synthModel({ preset, out, format, seed, overwrite: true })
+  return loadModel(out)
+}
+
+async function checkLayer(t: Tap.Test, rt: Runtime, m: Model, layer: number, T: number, seed: number, tol = 1e-2) {
+  const D = m.manifest.hiddenSize
+  const x = randomHidden(T, D, seed)
+  const ids = uniformTokens(T, m.manifest.vocabSize, seed)
+  const out = await rt.forward(layer, x, { tokenIds: ids, domain: seed % 2 })
+  const ref = layerForwardRef(m, layer, { x, tokenIds: ids, domain: seed % 2 }).out
+  const err = relativeError(ref, out)
+  t.ok(err <= tol, `layer ${layer}, T=${T}: relative error ${err.toExponential(2)} <= ${tol}`)
+  return out
+}
+
+type Tap = { Test: Parameters<Parameters<typeof t.test>[1]>[0] }
+declare namespace Tap {
+  type Test = Parameters<Parameters<typeof t.test>[1]>[0]
+}
+
+t.test('CPU-only forward matches the float64 reference: every format, SwiGLU, GeLU, top-2 gate', async (t) => {
+  for (const [preset, format] of [[PRESETS.tiny, 'dense'], [PRESETS.tiny, '2:4'], [PRESETS.tiny, '75%'], [tinyGelu, 'dense'], [tinyGated, 'dense'], [tinyGated, '2:4']] as const) {
+    const m = await model(preset, format)
+    const rt = await createRuntime({ model: m, gpu: 'off', cpuThreads: 2, arenaBytes: 8 << 20 })
+    for (const T of [1, 5, 37]) for (let l = 0; l < m.manifest.layers.length; l++) await checkLayer(t, rt, m, l, T, T + l)
+    t.equal(rt.stats().arena.leasedBytes, 0, `${preset.name}/${format}: every lease released`)
+    await rt.close()
+    m.close()
+  }
+})
+
+t.test('hybrid: GPU and CPU experts of a layer agree with CPU-only, and the GPU share is counted', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const resident = new Map([[0, [0, 2, 5]], [1, [1, 6]]])
+  const gpu = new FakeGpu(m, resident)
+  const hybrid = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu })
+  gpu.arena = hybrid.arena
+  const cpuOnly = await createRuntime({ model: m, gpu: 'off', cpuThreads: 1, arenaBytes: 8 << 20 })
+  for (const T of [3, 64]) {
+    const x = randomHidden(T, 64, T)
+    const ids = uniformTokens(T, 32000, T)
+    const a = await hybrid.forward(0, x, { tokenIds: ids, domain: 1 })
+    const b = await cpuOnly.forward(0, x, { tokenIds: ids, domain: 1 })
+    t.ok(relativeError(b, a) < 1e-2, 'hybrid ≈ CPU-only')
+  }
+  const s = hybrid.stats()
+  t.ok(s.layers[0].gpuRows > 0 && s.layers[0].cpuRows > 0, 'both devices did work')
+  t.equal(s.layers[0].gpuRows, gpu.rowsComputed)
+  await hybrid.close()
+  await cpuOnly.close()
+  m.close()
+})
+
+t.test('a failing GPU: its experts rerun on the CPU with a warning, then the GPU is marked unhealthy', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const gpu = new FakeGpu(m, new Map([[0, [0, 1, 2, 3, 4, 5, 6, 7]]]))
+  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu })
+  gpu.arena = rt.arena
+  const warnings: string[] = []
+  rt.on('warning', (w: string) => warnings.push(w))
+  gpu.failNext = 1
+  gpu.failCode = 'GPU_OOM'
+  await checkLayer(t, rt, m, 0, 16, 1)
+  t.match(warnings[0], /GPU experts of layer 0 failed .*GPU_OOM.*rerunning them on the CPU/)
+  t.equal(rt.stats().gpu.healthy, true, 'one failure does not condemn the GPU')
+  gpu.failNext = 3
+  gpu.failCode = 'GPU_ERROR'
+  for (let i = 0; i < 3; i++) await checkLayer(t, rt, m, 0, 8, 10 + i)
+  t.equal(rt.stats().gpu.healthy, false)
+  t.match(warnings.at(-1), /GPU marked unhealthy after 3 failures/)
+  const runs = gpu.runs
+  await checkLayer(t, rt, m, 0, 8, 20)
+  t.equal(gpu.runs, runs, 'an unhealthy GPU gets no more work')
+  await rt.close()
+  m.close()
+})
+
+t.test('concurrent forwards do not corrupt each other', async (t) => {
+  const m = await model(PRESETS.tiny, '2:4')
+  const rt = await createRuntime({ model: m, gpu: 'off', cpuThreads: 2, arenaBytes: 8 << 20 })
+  const inputs = Array.from({ length: 12 }, (_, i) => ({ x: randomHidden(1 + i * 3, 64, 100 + i), ids: uniformTokens(1 + i * 3, 32000, 100 + i), layer: i % 2, domain: i % 2 }))
+  const sequential: Float32Array[] = []
+  for (const inp of inputs) sequential.push(await rt.forward(inp.layer, inp.x, { tokenIds: inp.ids, domain: inp.domain }))
+  const parallel = await Promise.all(inputs.map((inp) => rt.forward(inp.layer, inp.x, { tokenIds: inp.ids, domain: inp.domain })))
+  parallel.forEach((p, i) => t.same(Array.from(p), Array.from(sequential[i]), `forward ${i}: identical to its sequential run`))
+  t.equal(rt.stats().arena.leasedBytes, 0)
+  await rt.close()
+  m.close()
+})
+
+t.test('abort, bad inputs and bad options: clear errors, nothing leaked', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const rt = await createRuntime({ model: m, gpu: 'off', cpuThreads: 1, arenaBytes: 8 << 20 })
+  const x = randomHidden(4, 64, 1)
+  const ids = uniformTokens(4, 32000, 1)
+  const ac = new AbortController()
+  ac.abort(new Error('user pressed stop'))
+  await t.rejects(rt.forward(0, x, { tokenIds: ids, domain: 0, signal: ac.signal }), { code: 'ABORTED', message: /user pressed stop/ })
+  await t.rejects(rt.forward(2, x, { tokenIds: ids, domain: 0 }), { code: 'BAD_INPUT', message: /layer must be an integer in \[0, 2\)/ })
+  await t.rejects(rt.forward(0, x.subarray(1), { tokenIds: ids, domain: 0 }), { code: 'BAD_INPUT', message: /not a positive multiple of the model's hidden size 64/ })
+  const nan = x.slice()
+  nan[70] = NaN
+  await t.rejects(rt.forward(0, nan, { tokenIds: ids, domain: 0 }), { code: 'BAD_INPUT', message: /NaN|finite/ })
+  await t.rejects(rt.forward(0, x, { tokenIds: Int32Array.from([1, 2, 32000, 3]), domain: 0 }), { code: 'BAD_INPUT', message: /32000/ })
+  await t.rejects(rt.forward(0, x, { tokenIds: ids, domain: 'klingon' }), { code: 'BAD_INPUT', message: /klingon/ })
+  t.equal(rt.stats().arena.leasedBytes, 0, 'failed forwards released their leases')
+  await checkLayer(t, rt, m, 0, 4, 2)
+  await rt.close()
+  await t.rejects(rt.forward(0, x, { tokenIds: ids, domain: 0 }), /closed/)
+  await t.rejects(createRuntime({ model: m, cpuThreads: 0 }), /options\.cpuThreads must be a positive integer/)
+  await t.rejects(createRuntime({ model: m, gpu: 'yes' as never }), /options\.gpu must be 'auto', 'off' or a device index/)
+  await t.rejects(createRuntime({ model: m, plan: { layers: [{ layer: 0, gpuExperts: [99] }] } }), /options\.plan must be expert ids of layer 0 in \[0, 8\)/)
+  m.close()
+})
