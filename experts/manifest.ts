@@ -69,9 +69,14 @@ export interface GateRouting {
 export interface LayerRef {
   index: number
   experts: ExpertRef[]
-  /** Always-on dense experts (Qwen2-MoE / DeepSeek-MoE shared experts); weight 1 (Qwen2's shared gate folded in where present). */
+  /** Always-on dense experts (Qwen2-MoE / DeepSeek-MoE shared experts); weight 1, or sigmoid(sharedExpertGate · x) where that is present. */
   sharedExperts: ExpertRef[]
   routing: RreRouting | GateRouting
+  /**
+   * Qwen2-MoE only: fp32 [D]; the shared experts' sum is scaled by sigmoid(sharedExpertGate · x) per
+   * token (input-dependent, so it cannot be folded into the weights). Absent: weight 1.
+   */
+  sharedExpertGate?: BlobRef
 }
 
 export interface ModelManifest {
