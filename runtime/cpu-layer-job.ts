@@ -218,7 +218,7 @@ export async function runCpuLayer(
   options: RunCpuLayerOptions = {},
 ): Promise<CpuLayerStats> {
   const t0 = performance.now()
-  options.signal?.throwIfAborted?.()
+  if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
   const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount })
   const header = new Int32Array(arena.buffer, enc.descOffset, HEADER_WORDS)
   const stop = () => Atomics.store(header, H.abort, 1)
