@@ -63,8 +63,30 @@ export interface NativeWeightsApi {
   weightsView(id: number, offset: number, length: number): ArrayBuffer
 }
 
-/** cpu_bindings.cc: CPU expert kernels and the per-layer CPU job. */
-export interface NativeCpuApi {}
+/** A CPU kernel level (native/cpu/kernels.h). */
+export type CpuIsa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'amx'
+
+/** cpu_bindings.cc: CPU expert kernels and the per-layer CPU job (native/cpu/layer_job.h). */
+export interface NativeCpuApi {
+  /** The kernel levels, which this CPU runs (and what it lacks for the others), and the best one. */
+  cpuIsa(): { best: CpuIsa; levels: Array<{ name: CpuIsa; available: boolean; missing?: string }> }
+  /** The level a job uses for `name` ('' or undefined: HETMOE_ISA, else the best); throws naming what the CPU lacks. */
+  cpuResolveIsa(name?: string): { name: CpuIsa; index: number }
+  /**
+   * Joins the layer job whose descriptor is at `descOffset` (bytes) in the arena and runs blocks on this thread
+   * until none is left. `testHooks` honours the descriptor's dieCount (HETMOE_TEST_HOOKS=1 only): status 'die'
+   * means the caller must exit holding a claimed block.
+   */
+  cpuLayerRun(arena: Uint8Array, descOffset: number, testHooks?: boolean): { status: 'done' | 'aborted' | 'die'; blocks: number }
+  /** Claimed-but-not-done blocks back to free, claim counter and abort flag cleared; `full` resets done blocks too. */
+  cpuLayerReset(arena: Uint8Array, descOffset: number, full?: boolean): void
+  /** Runs the job `iters` times on `threads` native threads (full reset before each); seconds per run. */
+  cpuBenchLayer(arena: Uint8Array, descOffset: number, threads: number, iters: number): Float64Array
+  /** Streaming read of `bytes` with `threads` threads, `iters` passes; GB/s per pass. */
+  cpuReadBandwidth(bytes: number, threads: number, iters: number): Float64Array
+  /** Random layout contents for benches: weights ('bf16' | 'fp32'), valid 2:4 'meta' words, 75% 'select' bytes. */
+  cpuFillRandom(view: Uint8Array, kind: 'bf16' | 'fp32' | 'meta' | 'select', seed: number): void
+}
 
 /** gpu_bindings.cc: the device expert cache and the sparse-sparse expert kernels. */
 export interface NativeGpuApi {}

@@ -6,8 +6,10 @@ import type { WorkerTask, WorkerResult } from './worker-protocol.js'
 
 const addon = native()
 const arena = (workerData as { arena: SharedArrayBuffer }).arena
-// One Int32 view over the whole arena: native code takes its pointer once per call.
-const arenaI32 = new Int32Array(arena)
+// One byte view over the whole arena: native code takes its pointer once per call.
+const arenaU8 = new Uint8Array(arena)
+// Test-only fault injection (a layer-job descriptor's dieCount) is honoured only with this set.
+const testHooks = process.env.HETMOE_TEST_HOOKS === '1'
 
 export default function run(task: WorkerTask): WorkerResult {
   switch (task.op) {
@@ -18,11 +20,15 @@ export default function run(task: WorkerTask): WorkerResult {
       new Float32Array(arena, task.offset, task.count).fill(task.value)
       return { op: 'fill', threadId }
     }
+    case 'cpu-layer': {
+      const r = addon.cpuLayerRun(arenaU8, task.offset, testHooks)
+      // Test hook: die as a crashed thread would, holding a claimed block (HETMOE_TEST_HOOKS=1 only).
+      if (r.status === 'die') process.exit(70)
+      return { op: 'cpu-layer', threadId, status: r.status, blocks: r.blocks }
+    }
     default: {
       const op: never = task
       throw new Error(`unknown worker op ${JSON.stringify(op)}`)
     }
   }
 }
-
-void arenaI32

@@ -1,6 +1,167 @@
-// CPU expert kernels and the per-layer CPU job (native/cpu/). Filled in by the CPU kernels work.
+// CPU expert kernels and the per-layer CPU job (native/cpu/): the JS side of kernels.h and
+// layer_job.h. Typed in runtime/native.ts (NativeCpuApi).
+#include <cstring>
+#include <random>
+#include <stdexcept>
+
 #include "addon/bindings.h"
+#include "addon/napi_util.h"
+#include "cpu/kernels.h"
+#include "cpu/layer_job.h"
 
 namespace hetmoe {
-void registerCpu(Napi::Env env, Napi::Object exports) {}
+namespace {
+
+Span<uint8_t> arenaArg(const Napi::Value& v) { return typedSpan<uint8_t>(v, napi_uint8_array, "arena (a Uint8Array over the whole arena)"); }
+
+size_t offsetArg(const Napi::Value& v, const char* what) {
+  const int64_t o = intArg(v, what);
+  if (o < 0) throw Napi::RangeError::New(v.Env(), std::string(what) + " must be >= 0");
+  return static_cast<size_t>(o);
+}
+
+// cpuIsa(): { best, levels: [{ name, available, missing? }] }
+Napi::Value CpuIsa(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("best", cpu::isaName(cpu::bestIsa()));
+  Napi::Array levels = Napi::Array::New(env);
+  for (int i = 0; i < cpu::kIsaCount; ++i) {
+    std::string why;
+    const bool ok = cpu::isaAvailable(static_cast<cpu::Isa>(i), &why);
+    Napi::Object l = Napi::Object::New(env);
+    l.Set("name", cpu::isaName(static_cast<cpu::Isa>(i)));
+    l.Set("available", ok);
+    if (!ok) l.Set("missing", why);
+    levels.Set(i, l);
+  }
+  o.Set("levels", levels);
+  return o;
+}
+
+// cpuResolveIsa(name?): the level a job would use ("" / undefined: HETMOE_ISA, else the best); throws
+// naming what the CPU lacks.
+Napi::Value CpuResolveIsa(const Napi::CallbackInfo& cb) {
+  std::string want = cb.Length() > 0 && cb[0].IsString() ? cb[0].As<Napi::String>().Utf8Value() : "";
+  try {
+    const cpu::Isa isa = cpu::resolveIsa(want);
+    Napi::Object o = Napi::Object::New(cb.Env());
+    o.Set("name", cpu::isaName(isa));
+    o.Set("index", static_cast<int>(isa));
+    return o;
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(cb.Env(), e.what());
+  }
+}
+
+Napi::Value CpuLayerRun(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  Span<uint8_t> arena = arenaArg(cb[0]);
+  const size_t off = offsetArg(cb[1], "descriptor offset");
+  const bool hooks = cb.Length() > 2 && cb[2].ToBoolean();
+  try {
+    const cpu::JobRunResult r = cpu::runLayerJob(arena.data, arena.length, off, hooks);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("status", r.status == cpu::JobStatus::Done ? "done" : r.status == cpu::JobStatus::Aborted ? "aborted" : "die");
+    o.Set("blocks", r.blocks);
+    return o;
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+Napi::Value CpuLayerReset(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> arena = arenaArg(cb[0]);
+  try {
+    cpu::resetLayerJob(arena.data, arena.length, offsetArg(cb[1], "descriptor offset"), cb.Length() > 2 && cb[2].ToBoolean());
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(cb.Env(), e.what());
+  }
+  return cb.Env().Undefined();
+}
+
+Napi::Value CpuBenchLayer(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  Span<uint8_t> arena = arenaArg(cb[0]);
+  const size_t off = offsetArg(cb[1], "descriptor offset");
+  const int threads = static_cast<int>(intArg(cb[2], "threads")), iters = static_cast<int>(intArg(cb[3], "iters"));
+  if (threads < 1 || iters < 1) throw Napi::RangeError::New(env, "threads and iters must be >= 1");
+  Napi::Float64Array out = Napi::Float64Array::New(env, iters);
+  try {
+    cpu::benchLayerJob(arena.data, arena.length, off, threads, iters, out.Data());
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return out;
+}
+
+Napi::Value CpuReadBandwidth(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  const int64_t bytes = intArg(cb[0], "bytes");
+  const int threads = static_cast<int>(intArg(cb[1], "threads")), iters = static_cast<int>(intArg(cb[2], "iters"));
+  if (bytes < (1 << 20) || threads < 1 || iters < 1) throw Napi::RangeError::New(env, "cpuReadBandwidth(bytes >= 1 MiB, threads >= 1, iters >= 1)");
+  Napi::Float64Array out = Napi::Float64Array::New(env, iters);
+  try {
+    cpu::readBandwidth(static_cast<size_t>(bytes), threads, iters, out.Data());
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return out;
+}
+
+// cpuFillRandom(view: Uint8Array, kind, seed): random contents in a layout part, for benches:
+//  'bf16' / 'fp32': weights uniform in [-0.05, 0.05]; 'meta': valid 2:4 nibbles (first < second);
+//  'select': 0/1 bytes. Fast enough for the hundreds of MiB a bench needs.
+Napi::Value CpuFillRandom(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  Span<uint8_t> v = typedSpan<uint8_t>(cb[0], napi_uint8_array, "view");
+  if (!cb[1].IsString()) throw Napi::TypeError::New(env, "kind must be a string");
+  const std::string kind = cb[1].As<Napi::String>().Utf8Value();
+  uint64_t s = static_cast<uint64_t>(intArg(cb[2], "seed")) * 0x9E3779B97F4A7C15ull + 1;
+  auto next = [&s] {  // xorshift64*
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1Dull;
+  };
+  if (kind == "bf16" || kind == "fp32") {
+    const bool bf = kind == "bf16";
+    const size_t el = bf ? 2 : 4, n = v.length / el;
+    for (size_t i = 0; i < n; ++i) {
+      const float f = (static_cast<float>(next() >> 40) / 16777216.f - 0.5f) * 0.1f;
+      if (bf) {
+        const uint16_t h = floatToBf16(f);
+        std::memcpy(v.data + 2 * i, &h, 2);
+      } else {
+        std::memcpy(v.data + 4 * i, &f, 4);
+      }
+    }
+  } else if (kind == "meta") {
+    static const uint8_t nibs[6] = {0x4, 0x8, 0xc, 0x9, 0xd, 0xe};  // (a | b << 2), a < b
+    for (size_t i = 0; i + 4 <= v.length; i += 4) {
+      uint64_t r = next();
+      uint32_t w = 0;
+      for (int g = 0; g < 8; ++g, r >>= 8) w |= static_cast<uint32_t>(nibs[(r & 0xff) % 6]) << (4 * g);
+      std::memcpy(v.data + i, &w, 4);
+    }
+  } else if (kind == "select") {
+    for (size_t i = 0; i < v.length; ++i) v.data[i] = next() >> 63;
+  } else {
+    throw Napi::TypeError::New(env, "kind must be bf16, fp32, meta or select");
+  }
+  return env.Undefined();
+}
+
+}  // namespace
+
+void registerCpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("cpuIsa", Napi::Function::New(env, CpuIsa, "cpuIsa"));
+  exports.Set("cpuResolveIsa", Napi::Function::New(env, CpuResolveIsa, "cpuResolveIsa"));
+  exports.Set("cpuLayerRun", Napi::Function::New(env, CpuLayerRun, "cpuLayerRun"));
+  exports.Set("cpuLayerReset", Napi::Function::New(env, CpuLayerReset, "cpuLayerReset"));
+  exports.Set("cpuBenchLayer", Napi::Function::New(env, CpuBenchLayer, "cpuBenchLayer"));
+  exports.Set("cpuReadBandwidth", Napi::Function::New(env, CpuReadBandwidth, "cpuReadBandwidth"));
+  exports.Set("cpuFillRandom", Napi::Function::New(env, CpuFillRandom, "cpuFillRandom"));
+}
+
 }  // namespace hetmoe

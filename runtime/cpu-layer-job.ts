@@ -1,0 +1,264 @@
+// One MoE layer's CPU experts as one native job that every CPU worker joins. The job descriptor is
+// written into the arena here and read by native/cpu/layer_job.cc; its word layout is documented in
+// native/cpu/layer_job.h (the two must change together). A worker task carries only the
+// descriptor's offset; blocks of (expert x 128 output rows) are claimed from an atomic counter in it.
+//
+// Output: out[outRows[i]] = scales[i] * FFN_e(hidden[tokenRows[i]]), fp32, overwritten (rows not
+// selected are not touched).
+import type { ExpertRef, FfnKind, MatrixRef } from '../experts/manifest.js'
+import type { Arena } from './arena.js'
+import { HetmoeError } from './errors.js'
+import { native, type CpuIsa } from './native.js'
+import type { CpuPool } from './pool.js'
+import type { WorkerResult } from './worker-protocol.js'
+
+/** Output rows per block (both phases); a multiple of 32 (AMX tiles work on 32-row steps). */
+export const ROWS_PER_BLOCK = 128
+
+const JOB_MAGIC = 0x314a4d48
+const HEADER_WORDS = 32
+const EXPERT_WORDS = 64
+const BLOCK_WORDS = 4
+const MATRIX_WORDS = 10
+const ALIGN = 64
+// Header word indices (layer_job.h).
+const H = { abort: 1, next: 2, done: 3, die: 12 } as const
+
+export interface CpuLayerExpert {
+  /** gate/up [F × D], down [D × F], byte ranges into the weights file (experts/manifest.ts). */
+  matrices: ExpertRef
+  /** int32 [count] rows of `hidden` routed to this expert. */
+  tokens: { offset: number; count: number }
+  /** int32 [count] rows of `out` to write, one per token. */
+  outRows: { offset: number }
+  /** fp32 [count] routing weights; absent: 1. */
+  scales?: { offset: number }
+}
+
+/** All offsets are byte offsets into `arena.buffer`. */
+export interface CpuLayerJob {
+  /** Id from native().mapWeights(weights.bin). */
+  weightsId: number
+  ffn: FfnKind
+  hiddenSize: number
+  ffnSize: number
+  /** fp32 [rows × hiddenSize]. */
+  hidden: { offset: number; rows: number }
+  /** fp32 [rows × hiddenSize]; `rows` defaults to hidden.rows (bounds checks of outRows). */
+  out: { offset: number; rows?: number }
+  experts: CpuLayerExpert[]
+  /** Kernel level. Defaults to HETMOE_ISA, else the best this CPU runs. */
+  isa?: CpuIsa
+}
+
+export interface CpuLayerStats {
+  isa: CpuIsa
+  blocks: number
+  /** Worker tasks that ran at least one block (piscina may start fewer than were asked). */
+  workersJoined: number
+  /** The job was run again after a worker died. */
+  retried: boolean
+  ms: number
+}
+
+export interface RunCpuLayerOptions {
+  /** Aborts the job: workers stop claiming blocks and the promise rejects with ABORTED. */
+  signal?: AbortSignal
+  /** Worker tasks to start. Defaults to the pool's threads (never more than the job's blocks). */
+  workers?: number
+  /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
+  testDieCount?: number
+}
+
+/** An encoded job: where its descriptor is, and the lease holding it (release when done). */
+export interface EncodedCpuLayerJob {
+  descOffset: number
+  numBlocks: number
+  isa: CpuIsa
+  release(): void
+}
+
+const up64 = (n: number): number => Math.ceil(n / ALIGN) * ALIGN
+const padTokens = (n: number): number => Math.ceil(n / 32) * 32
+const FORMAT = { dense: 0, '2:4': 1, '75%': 2 } as const
+const DTYPE = { bf16: 0, fp32: 1 } as const
+const ISA_INDEX: Record<CpuIsa, number> = { scalar: 0, avx2: 1, avx512: 2, avx512bf16: 3, amx: 4 }
+
+function checkJob(job: CpuLayerJob): void {
+  const bad = (what: string) => new HetmoeError('BAD_INPUT', `cpu layer job: ${what}`)
+  if (!Number.isInteger(job.hiddenSize) || job.hiddenSize <= 0) throw bad('hiddenSize must be a positive integer')
+  if (!Number.isInteger(job.ffnSize) || job.ffnSize <= 0) throw bad('ffnSize must be a positive integer')
+  if (job.ffn !== 'swiglu' && job.ffn !== 'gelu') throw bad(`ffn must be "swiglu" or "gelu" (got ${String(job.ffn)})`)
+  for (const [i, e] of job.experts.entries()) {
+    if (!Number.isInteger(e.tokens.count) || e.tokens.count < 0) throw bad(`expert ${i}: tokens.count must be a non-negative integer`)
+    if ((job.ffn === 'swiglu') !== (e.matrices.gate !== undefined))
+      throw bad(`expert ${i}: ${job.ffn === 'swiglu' ? 'SwiGLU needs a gate matrix' : 'GeLU experts have no gate matrix'}`)
+    for (const o of [e.tokens.offset, e.outRows.offset, e.scales?.offset ?? 0])
+      if (!Number.isInteger(o) || o < 0 || o % 4 !== 0) throw bad(`expert ${i}: offsets must be non-negative multiples of 4`)
+  }
+}
+
+/**
+ * Writes the job's descriptor and scratch into a fresh lease of `arena` (layout: native/cpu/layer_job.h):
+ * header | expert table | block table | per expert: h fp32 [n × F], xPacked, hPacked (AMX only).
+ */
+export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number } = {}): EncodedCpuLayerJob {
+  checkJob(job)
+  const isa = native().cpuResolveIsa(job.isa ?? '').name
+  const D = job.hiddenSize
+  const F = job.ffnSize
+  const ne = job.experts.length
+  const blocks1 = Math.ceil(F / ROWS_PER_BLOCK)
+  const blocks2 = Math.ceil(D / ROWS_PER_BLOCK)
+  const numBlocks = ne * (blocks1 + blocks2)
+  const headerBytes = up64(HEADER_WORDS * 4)
+  const expertBytes = up64(ne * EXPERT_WORDS * 4)
+  const blockBytes = up64(numBlocks * BLOCK_WORDS * 4)
+  const amx = isa === 'amx'
+  const scratch = job.experts.map((e) => {
+    const n = e.tokens.count
+    return { h: up64(n * F * 4), x: amx ? up64(padTokens(n) * D * 2) : 0, hp: amx ? up64(padTokens(n) * F * 2) : 0 }
+  })
+  const total = headerBytes + expertBytes + blockBytes + scratch.reduce((s, x) => s + x.h + x.x + x.hp, 0)
+  const lease = arena.lease(total, 4096)
+  try {
+    const base = lease.offset
+    const w = new Int32Array(arena.buffer, base, (headerBytes + expertBytes + blockBytes) / 4)
+    w.fill(0)
+    const put64 = (i: number, v: number) => {
+      w[i] = v % 2 ** 32 | 0
+      w[i + 1] = Math.floor(v / 2 ** 32)
+    }
+    const expertTable = base + headerBytes
+    const blockTable = expertTable + expertBytes
+    w[0] = JOB_MAGIC
+    w[4] = ne
+    w[5] = numBlocks
+    w[6] = ne * blocks1
+    w[7] = job.weightsId
+    w[8] = job.ffn === 'swiglu' ? 0 : 1
+    w[9] = D
+    w[10] = F
+    w[11] = ISA_INDEX[isa]
+    w[12] = options.testDieCount ?? 0
+    w[13] = job.hidden.rows
+    w[14] = ROWS_PER_BLOCK
+    put64(16, job.hidden.offset)
+    put64(18, job.out.offset)
+    put64(20, expertTable)
+    put64(22, blockTable)
+    w[24] = job.out.rows ?? job.hidden.rows
+    let scratchAt = blockTable + blockBytes
+    let b1 = 0
+    let b2 = ne * blocks1
+    const putMatrix = (i: number, m: MatrixRef) => {
+      w[i] = FORMAT[m.format]
+      w[i + 1] = DTYPE[m.dtype]
+      w[i + 2] = m.rows
+      w[i + 3] = m.cols
+      put64(i + 4, m.values.offset)
+      put64(i + 6, m.meta?.offset ?? 0)
+      put64(i + 8, m.select?.offset ?? 0)
+    }
+    const blk = (b: number, e: number, row0: number, phase: number) => {
+      const i = (blockTable - base) / 4 + b * BLOCK_WORDS
+      w[i + 1] = e
+      w[i + 2] = row0
+      w[i + 3] = phase
+    }
+    job.experts.forEach((e, ei) => {
+      const r = (expertTable - base) / 4 + ei * EXPERT_WORDS
+      w[r] = e.tokens.count
+      w[r + 1] = b1
+      w[r + 2] = blocks1
+      w[r + 3] = b2
+      w[r + 4] = blocks2
+      w[r + 8] = (e.scales ? 1 : 0) | (e.matrices.gate ? 2 : 0)
+      put64(r + 10, e.tokens.offset)
+      put64(r + 12, e.outRows.offset)
+      put64(r + 14, e.scales?.offset ?? 0)
+      const s = scratch[ei]
+      put64(r + 16, scratchAt)
+      put64(r + 18, scratchAt + s.h)
+      put64(r + 20, scratchAt + s.h + s.x)
+      scratchAt += s.h + s.x + s.hp
+      if (e.matrices.gate) putMatrix(r + 24, e.matrices.gate)
+      putMatrix(r + 24 + MATRIX_WORDS, e.matrices.up)
+      putMatrix(r + 24 + 2 * MATRIX_WORDS, e.matrices.down)
+      for (let k = 0; k < blocks1; k++) blk(b1++, ei, k * ROWS_PER_BLOCK, 1)
+      for (let k = 0; k < blocks2; k++) blk(b2++, ei, k * ROWS_PER_BLOCK, 2)
+    })
+    return { descOffset: base, numBlocks, isa, release: () => lease.release() }
+  } catch (err) {
+    lease.release()
+    throw err
+  }
+}
+
+/** Runs a whole job on the calling thread (tests, benches, single-expert use). Synchronous. */
+export function runCpuLayerSync(arena: Arena, job: CpuLayerJob): { isa: CpuIsa; blocks: number } {
+  const enc = encodeCpuLayerJob(arena, job)
+  try {
+    const r = native().cpuLayerRun(new Uint8Array(arena.buffer), enc.descOffset, false)
+    return { isa: enc.isa, blocks: r.blocks }
+  } finally {
+    enc.release()
+  }
+}
+
+/**
+ * Runs one layer's CPU experts on the pool: every worker joins the job; a worker that dies mid-job
+ * makes the others stop (abort flag), the blocks it held are put back and the job runs once more on
+ * fresh workers; a second death is WORKER_DIED.
+ */
+export async function runCpuLayer(
+  pool: CpuPool,
+  arena: Arena,
+  job: CpuLayerJob,
+  options: RunCpuLayerOptions = {},
+): Promise<CpuLayerStats> {
+  const t0 = performance.now()
+  if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
+  const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount })
+  const header = new Int32Array(arena.buffer, enc.descOffset, HEADER_WORDS)
+  const stop = () => Atomics.store(header, H.abort, 1)
+  options.signal?.addEventListener('abort', stop)
+  try {
+    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, workersJoined: 0, retried: false, ms: performance.now() - t0 }
+    const workers = Math.max(1, Math.min(options.workers ?? pool.threads, enc.numBlocks))
+    for (let attempt = 0; ; attempt++) {
+      // Any failure stops the others at once: they may be waiting for a block the failed worker held.
+      const tasks = Array.from({ length: workers }, () =>
+        pool.run<WorkerResult>({ op: 'cpu-layer', offset: enc.descOffset }).catch((err: unknown) => {
+          stop()
+          throw err
+        }),
+      )
+      const settled = await Promise.allSettled(tasks)
+      if (options.signal?.aborted)
+        throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: options.signal.reason })
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
+      if (!failed) {
+        const done = Atomics.load(header, H.done)
+        if (done !== enc.numBlocks)
+          throw new HetmoeError('WORKER_DIED', `the CPU layer job ended with ${done} of ${enc.numBlocks} blocks done`)
+        const joined = settled.filter((s) => s.status === 'fulfilled' && s.value.op === 'cpu-layer' && s.value.blocks > 0).length
+        return { isa: enc.isa, blocks: enc.numBlocks, workersJoined: joined, retried: attempt > 0, ms: performance.now() - t0 }
+      }
+      const reason = failed.reason as { code?: string; message?: string }
+      if (reason?.code !== 'WORKER_DIED') throw failed.reason
+      if (attempt > 0)
+        throw new HetmoeError(
+          'WORKER_DIED',
+          `a CPU worker died again while re-running the layer job (${reason.message}); giving up. ` +
+            'Check memory limits and the addon build (HETMOE_ISA=avx2 or scalar rules out a kernel level).',
+          { cause: failed.reason },
+        )
+      // Every task has returned: no thread runs the job, so claimed-but-not-done blocks are orphans.
+      native().cpuLayerReset(new Uint8Array(arena.buffer), enc.descOffset, false)
+    }
+  } finally {
+    options.signal?.removeEventListener('abort', stop)
+    enc.release()
+  }
+}
