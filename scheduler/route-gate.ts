@@ -69,32 +69,70 @@ export class GateRouter {
     this.checkHidden(hidden, numTokens)
     const E = this.numExperts
     const D = this.hiddenSize
-    const K = this.topK
-    const rows = numTokens * K
-    checkSelection(out, E, rows)
+    checkSelection(out, E, numTokens * this.topK)
+    this.#grow(numTokens)
+    const w = this.#weight
+    const logits = this.#logits
+    for (let t = 0; t < numTokens; t++) {
+      const x = t * D
+      for (let e = 0; e < E; e++) {
+        // Four float64 partial sums in a fixed order: faster than one chain, and still the same
+        // bits on every run and machine.
+        const r = e * D
+        let a0 = 0, a1 = 0, a2 = 0, a3 = 0
+        let j = 0
+        for (; j + 4 <= D; j += 4) {
+          a0 += w[r + j] * hidden[x + j]
+          a1 += w[r + j + 1] * hidden[x + j + 1]
+          a2 += w[r + j + 2] * hidden[x + j + 2]
+          a3 += w[r + j + 3] * hidden[x + j + 3]
+        }
+        for (; j < D; j++) a0 += w[r + j] * hidden[x + j]
+        logits[t * E + e] = a0 + a1 + (a2 + a3)
+      }
+    }
+    return this.#select(logits, numTokens, out)
+  }
+
+  /**
+   * Routes from gate logits computed elsewhere ([T × E], e.g. by a native GEMM — the JS gate GEMM is
+   * the costly part at large D·E). Same top-k, weights and layout as route().
+   */
+  routeLogits(logits: Float32Array | Float64Array, numTokens: number, out: Selection): number {
+    const E = this.numExperts
+    if (logits.length < numTokens * E)
+      throw new HetmoeError('BAD_INPUT', `logits hold ${logits.length} values; ${numTokens} tokens × ${E} experts need ${numTokens * E}`)
+    for (let i = 0, n = numTokens * E; i < n; i++)
+      if (logits[i] - logits[i] !== 0) throw new HetmoeError('BAD_INPUT', `gate logit of token ${Math.floor(i / E)}, expert ${i % E} is ${logits[i]}`)
+    checkSelection(out, E, numTokens * this.topK)
+    this.#grow(numTokens)
+    return this.#select(logits, numTokens, out)
+  }
+
+  #grow(numTokens: number): void {
+    const rows = numTokens * this.topK
     if (this.#chosen.length < rows) {
       this.#chosen = new Int32Array(rows)
       this.#chosenWeight = new Float64Array(rows)
     }
-    const w = this.#weight
-    const logits = this.#logits
+    if (this.#logits.length < numTokens * this.numExperts) this.#logits = new Float64Array(numTokens * this.numExperts)
+  }
+
+  /** Softmax (float64), top-k with ties to the lower index, then the counting sort into `out`. */
+  #select(logits: Float32Array | Float64Array, numTokens: number, out: Selection): number {
+    const E = this.numExperts
+    const K = this.topK
     const taken = this.#taken
     const chosen = this.#chosen
     const chosenWeight = this.#chosenWeight
     const { counts, offsets, tokenRows, outRows, scales } = out
     counts.fill(0, 0, E)
-
     for (let t = 0; t < numTokens; t++) {
-      const x = t * D
+      const l = t * E
       let max = -Infinity
-      for (let e = 0; e < E; e++) {
-        let acc = 0
-        for (let j = 0, r = e * D; j < D; j++) acc += w[r + j] * hidden[x + j]
-        logits[e] = acc
-        if (acc > max) max = acc
-      }
+      for (let e = 0; e < E; e++) if (logits[l + e] > max) max = logits[l + e]
       let denom = 0
-      for (let e = 0; e < E; e++) denom += Math.exp(logits[e] - max)
+      for (let e = 0; e < E; e++) denom += Math.exp(logits[l + e] - max)
       taken.fill(0)
       let kept = 0
       for (let k = 0; k < K; k++) {
@@ -102,9 +140,9 @@ export class GateRouter {
         let best = -1
         let bestLogit = -Infinity
         for (let e = 0; e < E; e++)
-          if (taken[e] === 0 && (best < 0 || logits[e] > bestLogit)) {
+          if (taken[e] === 0 && (best < 0 || logits[l + e] > bestLogit)) {
             best = e
-            bestLogit = logits[e]
+            bestLogit = logits[l + e]
           }
         taken[best] = 1
         const p = Math.exp(bestLogit - max) / denom
@@ -127,6 +165,6 @@ export class GateRouter {
         outRows[i] = slot
         scales[i] = chosenWeight[slot]
       }
-    return rows
+    return numTokens * K
   }
 }
