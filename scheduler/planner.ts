@@ -141,42 +141,57 @@ function exactFrontier(m: LayerTimeModel, active: number[]): Frontier {
   return pareto(order, bytes, time, (i) => active.filter((_, k) => masks[i] & (1 << k)))
 }
 
-/** A chain of nested sets: each step adds the expert that saves the most time per byte. */
+/**
+ * Heuristic frontier: the Pareto union of three greedy chains of nested sets, each adding one expert
+ * at a time — by time saved per byte, by time saved, and by load. Each alone misses knapsack
+ * combinations that another finds when expert sizes differ (mixed formats).
+ */
 function greedyFrontier(m: LayerTimeModel, active: number[]): Frontier {
-  let cs = 0, cp = 0, gs = 0, gp = 0, b = 0
-  for (let e = 0; e < m.numExperts; e++) {
-    cs += m.cpuS[e]
-    cp += m.share[e]
-  }
-  const bytes = [0]
-  const time = [m.time(cs, gs, cp, gp)]
-  const sets: number[][] = [[]]
-  const left = new Set(active)
-  for (;;) {
-    let best = -1
-    let bestGain = 0
-    let bestTime = 0
-    for (const e of left) {
-      const t = m.time(cs - m.cpuS[e], gs + m.gpuS[e], cp - m.share[e], gp + m.share[e])
-      const gain = (time[time.length - 1] - t) / m.bytes[e]
-      if (gain > bestGain) {
-        best = e
-        bestGain = gain
-        bestTime = t
-      }
+  const bytes: number[] = []
+  const time: number[] = []
+  const sets: number[][] = []
+  const scores: ((saved: number, e: number) => number)[] = [(saved, e) => saved / m.bytes[e], (saved) => saved, (_, e) => m.share[e]]
+  for (const score of scores) {
+    let cs = 0, cp = 0, gs = 0, gp = 0, b = 0
+    for (let e = 0; e < m.numExperts; e++) {
+      cs += m.cpuS[e]
+      cp += m.share[e]
     }
-    if (best < 0) break
-    left.delete(best)
-    cs -= m.cpuS[best]
-    cp -= m.share[best]
-    gs += m.gpuS[best]
-    gp += m.share[best]
-    b += m.bytes[best]
-    bytes.push(b)
-    time.push(bestTime)
-    sets.push([...sets[sets.length - 1], best])
+    let now = m.time(cs, gs, cp, gp)
+    let set: number[] = []
+    bytes.push(0)
+    time.push(now)
+    sets.push(set)
+    const left = new Set(active)
+    for (;;) {
+      let best = -1
+      let bestScore = -Infinity
+      let bestTime = 0
+      for (const e of left) {
+        const t = m.time(cs - m.cpuS[e], gs + m.gpuS[e], cp - m.share[e], gp + m.share[e])
+        const sc = score(now - t, e)
+        if (t < now && sc > bestScore) {
+          best = e
+          bestScore = sc
+          bestTime = t
+        }
+      }
+      if (best < 0) break
+      left.delete(best)
+      cs -= m.cpuS[best]
+      cp -= m.share[best]
+      gs += m.gpuS[best]
+      gp += m.share[best]
+      b += m.bytes[best]
+      now = bestTime
+      set = [...set, best]
+      bytes.push(b)
+      time.push(now)
+      sets.push(set)
+    }
   }
-  return { bytes: Float64Array.from(bytes), time: Float64Array.from(time), sets }
+  const order = Array.from(bytes.keys()).sort((x, y) => bytes[x] - bytes[y] || time[x] - time[y])
+  return pareto(order, bytes, time, (i) => sets[i])
 }
 
 /** From points sorted by (bytes, time): those strictly faster than every cheaper one. */
