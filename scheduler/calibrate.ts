@@ -1,0 +1,262 @@
+// Fitting the cost model's rates from measurements, and caching them per machine.
+//
+// A probe runs one expert-like operation — read `bytes` of weights in a format and apply them to
+// `tokens` tokens — and returns its seconds. The backends supply real probes (their own kernels);
+// defaultProbes() below is a stand-in that measures this machine with typed-array loops in one JS
+// thread, so it is a lower bound on what native SIMD workers reach.
+//
+// Fit, per device and format, against t(n) = fixed + max(bytes/readRate, n·flops/flopRate):
+//   1. one token, several sizes: least squares t = fixed + bytes/readRate (fixed clamped ≥ 0);
+//   2. the largest size, several token counts: flopRate = max over samples of n·flops / (t − fixed).
+//      While still bandwidth-bound that ratio is a lower bound on the true rate; once compute-bound
+//      it equals it — so the max over samples is the best estimate either way.
+import { createHash } from 'node:crypto'
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { cpus, homedir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { envConfig } from '../runtime/config.js'
+import type { Calibration, DeviceRates, FormatKey } from './cost-model.js'
+
+export interface ProbeRequest {
+  format: FormatKey
+  bytes: number
+  /** Dense-equivalent FLOPs per token of the probed weights. */
+  flopsPerToken: number
+  tokens: number
+}
+
+/** Seconds for one run of the operation described (the best of a few runs, ideally). */
+export type Probe = (req: ProbeRequest) => number | Promise<number>
+
+export interface DeviceProbes {
+  /** One probe per format to calibrate; at least one. Formats left out borrow dense rates. */
+  formats: Partial<Record<FormatKey, Probe>>
+  /** Seconds of the fixed per-layer cost (dispatch + barrier, or launch + sync) with no work. */
+  layerOverhead?: () => number | Promise<number>
+}
+
+export interface CalibrationProbes {
+  machine: { cpu: string; gpu: string | null }
+  source: string
+  cpu: DeviceProbes
+  gpu?: DeviceProbes
+  /** Seconds to copy `bytes` from pinned host memory to the GPU. */
+  pcie?: (bytes: number) => number | Promise<number>
+  /** Probe sizes; defaults suit native kernels (8–128 MiB, 1–512 tokens). */
+  plan?: { bytes: number[]; tokens: number[]; repeats?: number }
+}
+
+const MiB = 2 ** 20
+const DEFAULT_PLAN = { bytes: [8 * MiB, 32 * MiB, 128 * MiB], tokens: [1, 16, 64, 256, 512], repeats: 3 }
+
+/** Fits a Calibration from the probes' timings. */
+export async function calibrate(probes: CalibrationProbes): Promise<Calibration> {
+  const plan = { ...DEFAULT_PLAN, ...probes.plan }
+  const gpu = probes.gpu ? await fitDevice(probes.gpu, plan) : null
+  let pcie: Calibration['pcie'] = null
+  if (probes.pcie && gpu) {
+    const samples: [number, number][] = []
+    for (const b of plan.bytes) samples.push([b, await best(plan.repeats ?? 3, () => probes.pcie!(b))])
+    const { intercept, slope } = fitLine(samples)
+    pcie = { latencyS: intercept, bytesPerS: 1 / slope }
+  }
+  return {
+    format: 'hetmoe-calibration',
+    version: 1,
+    machine: probes.machine,
+    source: probes.source,
+    measuredAt: new Date().toISOString(),
+    cpu: await fitDevice(probes.cpu, plan),
+    gpu,
+    pcie,
+  }
+}
+
+async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<CalibrationProbes['plan']>> | typeof DEFAULT_PLAN): Promise<DeviceRates> {
+  const rates: DeviceRates = { readBytesPerS: {}, flopsPerS: {}, expertOverheadS: 0, layerOverheadS: 0 }
+  const keys = Object.keys(dev.formats) as FormatKey[]
+  if (keys.length === 0) throw new RangeError('calibrate: a device needs at least one format probe')
+  const fixed: number[] = []
+  const repeats = plan.repeats ?? 3
+  for (const format of keys) {
+    const probe = dev.formats[format]!
+    // flopsPerToken of a square-ish dense matrix with these bytes; only the ratio matters to the fit.
+    const flopsFor = (bytes: number) => 2 * (bytes / bytesPerParam(format))
+    const oneToken: [number, number][] = []
+    for (const bytes of plan.bytes) oneToken.push([bytes, await best(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens: 1 }))])
+    const { intercept, slope } = fitLine(oneToken)
+    rates.readBytesPerS[format] = 1 / slope
+    fixed.push(intercept)
+    const bytes = plan.bytes[plan.bytes.length - 1]
+    let flopRate = 0
+    for (const tokens of plan.tokens) {
+      const t = await best(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
+      flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / Math.max(t - intercept, 1e-12))
+    }
+    rates.flopsPerS[format] = flopRate
+  }
+  rates.expertOverheadS = median(fixed)
+  rates.layerOverheadS = dev.layerOverhead ? await best(repeats, dev.layerOverhead) : 0
+  return rates
+}
+
+/** Least squares t = intercept + slope·x, intercept clamped at 0 (then refit through the origin). */
+export function fitLine(samples: [number, number][]): { intercept: number; slope: number } {
+  const n = samples.length
+  const mx = samples.reduce((s, [x]) => s + x, 0) / n
+  const my = samples.reduce((s, [, y]) => s + y, 0) / n
+  let sxy = 0
+  let sxx = 0
+  for (const [x, y] of samples) {
+    sxy += (x - mx) * (y - my)
+    sxx += (x - mx) ** 2
+  }
+  let slope = sxx > 0 ? sxy / sxx : my / mx
+  let intercept = my - slope * mx
+  if (intercept < 0 || !(slope > 0)) {
+    intercept = 0
+    slope = samples.reduce((s, [x, y]) => s + x * y, 0) / samples.reduce((s, [x]) => s + x * x, 0)
+  }
+  return { intercept, slope }
+}
+
+function bytesPerParam(format: FormatKey): number {
+  const dtypeBytes = format.endsWith('fp32') ? 4 : 2
+  if (format.startsWith('2:4')) return (dtypeBytes * 10) / 16
+  if (format.startsWith('75%')) return (dtypeBytes * 5) / 16
+  return dtypeBytes
+}
+
+async function best(repeats: number, f: () => number | Promise<number>): Promise<number> {
+  let m = Infinity
+  for (let i = 0; i < repeats; i++) m = Math.min(m, await f())
+  return m
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length ? s[Math.floor(s.length / 2)] : 0
+}
+
+// ── default probes ────────────────────────────────────────────────────────────────────────────
+
+/**
+ * This machine measured from JavaScript: fp32 weights streamed through a 4-accumulator dot-product
+ * loop, one thread; no GPU and no PCIe. Small sizes keep it under half a second. The runtime replaces
+ * these with its native backends' probes.
+ */
+export function defaultProbes(machine: { cpu: string; gpu: string | null } = thisMachine()): CalibrationProbes {
+  const cols = 1024
+  let weights = new Float32Array(0)
+  let x = new Float32Array(0)
+  let sink = 0
+  const probe: Probe = ({ bytes, tokens }) => {
+    const rows = Math.max(1, Math.floor(bytes / 4 / cols))
+    if (weights.length < rows * cols) weights = Float32Array.from({ length: rows * cols }, (_, i) => ((i * 2654435761) % 1000) / 1000)
+    if (x.length < tokens * cols) x = Float32Array.from({ length: tokens * cols }, (_, i) => (i % 7) / 7)
+    const start = performance.now()
+    for (let r = 0; r < rows; r++) {
+      const w = r * cols
+      for (let t = 0; t < tokens; t++) {
+        const xv = t * cols
+        let a0 = 0, a1 = 0, a2 = 0, a3 = 0
+        for (let c = 0; c < cols; c += 4) {
+          a0 += weights[w + c] * x[xv + c]
+          a1 += weights[w + c + 1] * x[xv + c + 1]
+          a2 += weights[w + c + 2] * x[xv + c + 2]
+          a3 += weights[w + c + 3] * x[xv + c + 3]
+        }
+        sink += a0 + a1 + a2 + a3
+      }
+    }
+    const s = (performance.now() - start) / 1000
+    if (sink === 42.4242) console.log('') // keeps the loop observable to the optimiser
+    return s
+  }
+  return {
+    machine,
+    source: 'js default probes (one JavaScript thread; a lower bound until native probes exist)',
+    cpu: { formats: { 'dense/fp32': probe } },
+    plan: { bytes: [1 * MiB, 4 * MiB, 16 * MiB], tokens: [1, 4, 8], repeats: 2 },
+  }
+}
+
+export function thisMachine(gpu: string | null = null): { cpu: string; gpu: string | null } {
+  return { cpu: cpus()[0]?.model?.trim() || 'unknown cpu', gpu }
+}
+
+/**
+ * Reference GPU rates, from the H100 measurements recorded in DESIGN.md (cuBLAS dense weights at
+ * ~1.8 TB/s; ~690 TFLOP/s dense, ~950 dense-equivalent for mma.sp), PCIe Gen5 x16 ~50 GB/s. For
+ * planning on a machine without the GPU; reports say so whenever these are used.
+ */
+export function referenceH100(): Pick<Calibration, 'gpu' | 'pcie'> {
+  return {
+    gpu: {
+      readBytesPerS: { 'dense/bf16': 1.8e12, '2:4/bf16': 1.8e12, '75%/bf16': 1.8e12, 'dense/fp32': 1.8e12 },
+      flopsPerS: { 'dense/bf16': 690e12, '2:4/bf16': 950e12, '75%/bf16': 1400e12, 'dense/fp32': 50e12 },
+      expertOverheadS: 2e-6,
+      layerOverheadS: 8e-6,
+    },
+    pcie: { bytesPerS: 50e9, latencyS: 10e-6 },
+  }
+}
+
+// ── cache ─────────────────────────────────────────────────────────────────────────────────────
+
+/** `$HETMOE_CACHE_DIR/calibration-<hash>.json` (default ~/.cache/hetmoe), one file per cpu+gpu. */
+export function calibrationCachePath(machine: { cpu: string; gpu: string | null }, env: NodeJS.ProcessEnv = process.env): string {
+  const dir = envConfig(env).cacheDir ?? join(homedir(), '.cache', 'hetmoe')
+  const hash = createHash('sha256').update(`${machine.cpu}\n${machine.gpu ?? 'no gpu'}`).digest('hex').slice(0, 16)
+  return join(dir, `calibration-${hash}.json`)
+}
+
+export function readCalibration(path: string): Calibration | undefined {
+  try {
+    const c = JSON.parse(readFileSync(path, 'utf8')) as Calibration
+    return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu ? c : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export function writeCalibration(path: string, c: Calibration): void {
+  mkdirSync(dirname(path), { recursive: true })
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, JSON.stringify(c, null, 2) + '\n')
+  renameSync(tmp, path) // atomic: a concurrent reader never sees half a file
+}
+
+/** The cached calibration for these probes' machine, measuring (and caching) it when absent or `refresh`. */
+export async function loadCalibration(probes: CalibrationProbes = defaultProbes(), options: { refresh?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Calibration> {
+  const path = calibrationCachePath(probes.machine, options.env)
+  const cached = options.refresh ? undefined : readCalibration(path)
+  if (cached) return cached
+  const c = await calibrate(probes)
+  writeCalibration(path, c)
+  return c
+}
+
+// ── report ────────────────────────────────────────────────────────────────────────────────────
+
+const gbps = (b: number) => `${(b / 1e9).toFixed(1)} GB/s`
+const tflops = (f: number) => (f >= 1e12 ? `${(f / 1e12).toFixed(1)} TFLOP/s` : `${(f / 1e9).toFixed(1)} GFLOP/s`)
+const us = (s: number) => `${(s * 1e6).toFixed(1)} µs`
+
+/** Lines for `hetmoe info` and the place report. */
+export function describeCalibration(c: Calibration): string {
+  const dev = (name: string, d: DeviceRates | null): string[] => {
+    if (!d) return [`${name.padEnd(5)} none`]
+    const keys = Object.keys(d.readBytesPerS) as FormatKey[]
+    return [
+      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}`,
+      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
+    ]
+  }
+  return [
+    `calibration: ${c.source}; measured ${c.measuredAt} on ${c.machine.cpu}${c.machine.gpu ? ` + ${c.machine.gpu}` : ''}`,
+    ...dev('CPU', c.cpu),
+    ...dev('GPU', c.gpu),
+    `PCIe  ${c.pcie ? `${gbps(c.pcie.bytesPerS)}, latency ${us(c.pcie.latencyS)}` : 'none'}`,
+  ].join('\n')
+}

@@ -1,0 +1,174 @@
+// Predicted time of one expert on one device: a roofline per weight format.
+//
+//   t(n) = 0                                              n = 0
+//   t(n) = expertOverhead + max(bytes / readRate, n · flopsPerToken / flopRate)   n ≥ 1
+//
+// Below a few tokens the weights' bytes dominate (decode is bandwidth-bound); above, the FLOPs do.
+// The crossover (≈ readRate·flopsPerToken / (flopRate·bytes) tokens) comes out of the calibration,
+// it is not a constant. A streamed expert costs tPcie(bytes) + tGpu(n). Rates are *measured*
+// (calibrate.ts); `flopRate` counts dense-equivalent FLOPs (2·rows·cols per token per matrix), so a
+// sparse kernel that skips zeros simply shows a higher rate for its format.
+import type { ExpertRef, MatrixRef, WeightDtype, WeightFormat } from '../experts/manifest.js'
+
+export type FormatKey = `${WeightFormat}/${WeightDtype}`
+
+export interface DeviceRates {
+  /** Weight bytes read per second when bandwidth-bound, by format ('dense/bf16', '2:4/bf16', …). */
+  readBytesPerS: Partial<Record<FormatKey, number>>
+  /** Dense-equivalent FLOP/s when compute-bound, by format. */
+  flopsPerS: Partial<Record<FormatKey, number>>
+  /** Fixed seconds per expert run (task setup, per-expert kernel prologue). */
+  expertOverheadS: number
+  /** Fixed seconds per layer when this device has any work (pool dispatch + barrier, or a launch + sync). */
+  layerOverheadS: number
+}
+
+export interface Calibration {
+  format: 'hetmoe-calibration'
+  version: 1
+  /** The machine the numbers were measured on. */
+  machine: { cpu: string; gpu: string | null }
+  /** Where the numbers come from: e.g. 'native probes', 'js default probes', 'reference h100 (DESIGN.md)'. */
+  source: string
+  measuredAt: string
+  cpu: DeviceRates
+  /** null: no GPU (everything runs on the CPU). */
+  gpu: DeviceRates | null
+  /** Host → GPU copies from pinned memory; null without a GPU. */
+  pcie: { bytesPerS: number; latencyS: number } | null
+}
+
+/** What the cost model needs to know about one expert. */
+export interface ExpertShape {
+  /** Bytes of all its matrices as stored (values + metadata). */
+  bytes: number
+  /** Dense-equivalent FLOPs per token: 2·rows·cols summed over its matrices. */
+  flopsPerToken: number
+  format: FormatKey
+}
+
+const DTYPE_BYTES: Record<WeightDtype, number> = { bf16: 2, fp32: 4 }
+
+/** Stored bytes of a rows × cols matrix in a format, as native/formats/layout.h lays it out. */
+export function matrixBytes(rows: number, cols: number, format: WeightFormat, dtype: WeightDtype): number {
+  const v = DTYPE_BYTES[dtype]
+  if (format === 'dense') return rows * cols * v
+  const keptRows = format === '75%' ? rows / 2 : rows
+  const values = keptRows * (cols / 2) * v
+  const meta = keptRows * (cols / 16) * 4
+  const select = format === '75%' ? (rows / 2) * Math.ceil(cols / 128) : 0
+  return values + meta + select
+}
+
+const refBytes = (m: MatrixRef): number => m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0)
+
+/** An expert's shape from its manifest entry (bytes as stored; the format of its up matrix). */
+export function expertShape(e: ExpertRef): ExpertShape {
+  const ms = [e.gate, e.up, e.down].filter((m): m is MatrixRef => m !== undefined)
+  return {
+    bytes: ms.reduce((s, m) => s + refBytes(m), 0),
+    flopsPerToken: ms.reduce((s, m) => s + 2 * m.rows * m.cols, 0),
+    format: `${e.up.format}/${e.up.dtype}`,
+  }
+}
+
+/** Roofline parameters of one expert on one device: t(n≥1) = fixed + max(readS, n·perTokenS). */
+export interface Roofline {
+  fixedS: number
+  readS: number
+  perTokenS: number
+}
+
+export class CostModel {
+  readonly calibration: Calibration
+
+  constructor(calibration: Calibration) {
+    this.calibration = calibration
+  }
+
+  get hasGpu(): boolean {
+    return this.calibration.gpu !== null
+  }
+
+  cpuRoofline(e: ExpertShape): Roofline {
+    return roofline(this.calibration.cpu, e)
+  }
+
+  /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. */
+  gpuRoofline(e: ExpertShape): Roofline {
+    const g = this.calibration.gpu
+    return g ? roofline(g, e) : { fixedS: Infinity, readS: Infinity, perTokenS: Infinity }
+  }
+
+  tCpu(e: ExpertShape, n: number): number {
+    return evalRoofline(this.cpuRoofline(e), n)
+  }
+
+  /** Time on the GPU when the expert is resident there. */
+  tGpu(e: ExpertShape, n: number): number {
+    return evalRoofline(this.gpuRoofline(e), n)
+  }
+
+  /** Time to copy `bytes` of weights to the GPU (Infinity without one). */
+  tPcie(bytes: number): number {
+    const p = this.calibration.pcie
+    return p ? p.latencyS + bytes / p.bytesPerS : Infinity
+  }
+
+  cpuLayerOverheadS(): number {
+    return this.calibration.cpu.layerOverheadS
+  }
+
+  gpuLayerOverheadS(): number {
+    return this.calibration.gpu?.layerOverheadS ?? Infinity
+  }
+}
+
+export function evalRoofline(r: Roofline, n: number): number {
+  return n <= 0 ? 0 : r.fixedS + Math.max(r.readS, n * r.perTokenS)
+}
+
+/**
+ * E[t(N)] for N ~ Binomial(batch, p): the expected time of an expert that each of `batch` tokens
+ * picks with probability p. Using t(E[N]) instead would be badly wrong at decode: an expert with
+ * 0.05 expected tokens still costs a full weight read whenever it is hit.
+ * Exact, via max(a, nk) = a + k·(n − m)⁺ with m = a/k and E[(N−m)⁺] = E[N] − m + E[(m−N)⁺], whose
+ * last term needs the pmf only below m (a handful of terms: m is the roofline's crossover).
+ */
+export function expectedRooflineTime(r: Roofline, batch: number, p: number): number {
+  if (p <= 0 || batch <= 0) return 0
+  if (!Number.isFinite(r.fixedS + r.readS + r.perTokenS)) return Infinity
+  const q = Math.min(p, 1)
+  const pEmpty = q >= 1 ? 0 : Math.exp(batch * Math.log1p(-q))
+  const base = (1 - pEmpty) * (r.fixedS + r.readS)
+  if (r.perTokenS <= 0) return base
+  const m = r.readS / r.perTokenS
+  let below = 0 // E[(m − N)⁺]
+  if (q < 1) {
+    let pmf = pEmpty // P(N = 0)
+    for (let n = 0; n < m && n <= batch; n++) {
+      below += (m - n) * pmf
+      pmf *= ((batch - n) / (n + 1)) * (q / (1 - q))
+    }
+  } else if (batch < m) below = m - batch
+  return base + r.perTokenS * (batch * q - m + below)
+}
+
+function roofline(d: DeviceRates, e: ExpertShape): Roofline {
+  return {
+    fixedS: d.expertOverheadS,
+    readS: e.bytes / rateFor(d.readBytesPerS, e.format),
+    perTokenS: e.flopsPerToken / rateFor(d.flopsPerS, e.format),
+  }
+}
+
+/**
+ * A format that was not calibrated borrows the rate of dense weights of the same dtype (then any
+ * measured one): bytes already shrink with the format, so its bandwidth-bound time still does.
+ */
+function rateFor(rates: Partial<Record<FormatKey, number>>, key: FormatKey): number {
+  const dtype = key.slice(key.indexOf('/') + 1)
+  const r = rates[key] ?? rates[`dense/${dtype}` as FormatKey] ?? Object.values(rates).find((x) => x !== undefined)
+  if (r === undefined || !(r > 0)) throw new RangeError(`calibration has no usable rate for ${key}`)
+  return r
+}

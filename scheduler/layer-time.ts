@@ -1,0 +1,67 @@
+// The predicted time of one MoE layer for a batch, given which experts are GPU-resident.
+//
+// CPU and GPU work concurrently, so a layer takes max(CPU part, GPU part), each part being the sum of
+// its experts' expected times (cost-model.ts: expectedRooflineTime) plus a per-layer overhead when
+// that side has any work. The max of two random sums is not the max of their expectations: with one
+// token (decode, top-1) only one side ever works and the layer costs the *sum* of both expectations;
+// with many tokens both sides always work and it costs the max. So:
+//   E[max(C, G)] ≈ E[C] + E[G] − P(both sides busy) · min(E[C], E[G])
+// which is exact at both ends and lets the planner value decode and prefill placements correctly.
+import { CostModel, expectedRooflineTime, type ExpertShape } from './cost-model.js'
+
+export class LayerTimeModel {
+  readonly numExperts: number
+  /** Expected CPU and GPU seconds of each expert at this batch size. */
+  readonly cpuS: Float64Array
+  readonly gpuS: Float64Array
+  /** Probability that a token routes to each expert (sums to K over the layer). */
+  readonly share: Float64Array
+  readonly bytes: Float64Array
+  readonly batchTokens: number
+  readonly cpuLayerS: number
+  readonly gpuLayerS: number
+
+  constructor(experts: readonly ExpertShape[], share: ArrayLike<number>, batchTokens: number, cost: CostModel) {
+    const E = experts.length
+    this.numExperts = E
+    this.batchTokens = batchTokens
+    this.cpuS = new Float64Array(E)
+    this.gpuS = new Float64Array(E)
+    this.share = Float64Array.from(share)
+    this.bytes = new Float64Array(E)
+    for (let e = 0; e < E; e++) {
+      this.bytes[e] = experts[e].bytes
+      this.cpuS[e] = expectedRooflineTime(cost.cpuRoofline(experts[e]), batchTokens, this.share[e])
+      this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e]), batchTokens, this.share[e]) : Infinity
+    }
+    this.cpuLayerS = cost.cpuLayerOverheadS()
+    this.gpuLayerS = cost.hasGpu ? cost.gpuLayerOverheadS() : 0
+  }
+
+  /** Layer seconds from the sums over each side: expert seconds and token shares. */
+  time(cpuSum: number, gpuSum: number, cpuShare: number, gpuShare: number): number {
+    const B = this.batchTokens
+    const cpuIdle = Math.pow(1 - Math.min(1, cpuShare), B)
+    const gpuIdle = Math.pow(1 - Math.min(1, gpuShare), B)
+    const bothIdle = Math.pow(Math.max(0, 1 - cpuShare - gpuShare), B)
+    const bothBusy = Math.min(1, Math.max(0, 1 - cpuIdle - gpuIdle + bothIdle))
+    const c = cpuSum + (cpuShare > 0 ? (1 - cpuIdle) * this.cpuLayerS : 0)
+    const g = gpuShare > 0 || gpuSum > 0 ? gpuSum + (1 - gpuIdle) * this.gpuLayerS : 0
+    return c + g - bothBusy * Math.min(c, g)
+  }
+
+  /** Layer seconds with `onGpu` (a predicate or a set of expert ids) resident. */
+  timeOf(onGpu: (e: number) => boolean): number {
+    let cs = 0, gs = 0, cp = 0, gp = 0
+    for (let e = 0; e < this.numExperts; e++) {
+      if (onGpu(e)) {
+        gs += this.gpuS[e]
+        gp += this.share[e]
+      } else {
+        cs += this.cpuS[e]
+        cp += this.share[e]
+      }
+    }
+    return this.time(cs, gs, cp, gp)
+  }
+}

@@ -1,0 +1,102 @@
+// A placement for a model, a load profile and a GPU budget, with the figures an operator needs:
+// what `hetmoe place` prints and writes. Predictions cover the expert (FFN) layers only.
+import type { ModelManifest } from '../experts/manifest.js'
+import { CostModel, expertShape, type ExpertShape } from './cost-model.js'
+import { planPlacement, predictBatchTime, type PlacementProblem } from './planner.js'
+import { profileShares, type LoadProfile } from './profile.js'
+import { planStreaming } from './streaming.js'
+
+export interface PlanDocument {
+  format: 'hetmoe-plan'
+  version: 1
+  model: string
+  budgetBytes: number
+  /** Bytes of the resident experts (≤ budgetBytes − streamBytes). */
+  gpuBytes: number
+  /** GPU bytes kept free for weights streamed per batch (prefill). */
+  streamBytes: number
+  /** Share of routed rows, over all layers, that resident experts serve. */
+  gpuTokenShare: number
+  /** Tokens per forward the placement was optimised for. */
+  batchTokens: number
+  /** True when the planner provably found the optimum of its cost model. */
+  exact: boolean
+  layers: { layer: number; gpuExperts: number[]; gpuBytes: number; gpuTokenShare: number }[]
+  predicted: {
+    /** Tokens/s of decode steps carrying `batchTokens` tokens each, expert layers only. */
+    decodeTokensPerS: number
+    /** Tokens/s of a prefill batch of `prefillTokens`, streaming cold experts where that pays. */
+    prefillTokensPerS: number
+    prefillTokens: number
+    /** The same two with every expert on the CPU, for comparison. */
+    cpuOnlyDecodeTokensPerS: number
+    cpuOnlyPrefillTokensPerS: number
+  }
+  profile: { source: string; tokens: number }
+  calibration: { source: string; machine: string }
+}
+
+export interface PlanOptions {
+  budgetBytes: number
+  batchTokens: number
+  /** Defaults to 4096. */
+  prefillTokens?: number
+  /** GPU bytes reserved for streaming. Defaults to two of the largest experts (double buffering) when
+   *  the budget holds at least eight, else 0. */
+  streamBytes?: number
+}
+
+export function modelShapes(m: ModelManifest): ExpertShape[][] {
+  return m.layers.map((l) => l.experts.map(expertShape))
+}
+
+export function defaultStreamBytes(shapes: ExpertShape[][], budgetBytes: number): number {
+  const largest = Math.max(0, ...shapes.flat().map((s) => s.bytes))
+  return budgetBytes >= 8 * largest ? 2 * largest : 0
+}
+
+export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostModel, options: PlanOptions): PlanDocument {
+  const experts = modelShapes(model)
+  const share = profileShares(profile)
+  const prefillTokens = options.prefillTokens ?? 4096
+  const streamBytes = cost.hasGpu ? Math.min(options.streamBytes ?? defaultStreamBytes(experts, options.budgetBytes), options.budgetBytes) : 0
+  const problem: PlacementProblem = { experts, share, batchTokens: options.batchTokens, budgetBytes: options.budgetBytes - streamBytes, cost }
+  const placement = planPlacement(problem)
+  const sets = placement.layers.map((l) => l.gpuExperts)
+
+  const prefillS = (resident: number[][]) =>
+    experts.reduce((s, ex, l) => {
+      const on = new Set(resident[l])
+      const counts = Array.from(share[l], (p) => p * prefillTokens)
+      return s + planStreaming(ex, counts, (e) => on.has(e), cost, streamBytes).layerS
+    }, 0)
+  const none = experts.map(() => [] as number[])
+  const cpuOnlyDecodeS = predictBatchTime(problem, none)
+  const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
+  const layers = placement.layers.map((l) => {
+    const served = l.gpuExperts.reduce((s, e) => s + share[l.layer][e], 0)
+    const all = share[l.layer].reduce((a, b) => a + b, 0)
+    return { layer: l.layer, gpuExperts: l.gpuExperts, gpuBytes: l.gpuBytes, gpuTokenShare: all > 0 ? served / all : 0, served }
+  })
+  return {
+    format: 'hetmoe-plan',
+    version: 1,
+    model: model.name,
+    budgetBytes: options.budgetBytes,
+    gpuBytes: placement.gpuBytes,
+    streamBytes,
+    gpuTokenShare: total > 0 ? layers.reduce((s, l) => s + l.served, 0) / total : 0,
+    batchTokens: options.batchTokens,
+    exact: placement.exact,
+    layers: layers.map(({ served: _, ...l }) => l),
+    predicted: {
+      decodeTokensPerS: options.batchTokens / placement.predictedBatchS,
+      prefillTokensPerS: prefillTokens / prefillS(sets),
+      prefillTokens,
+      cpuOnlyDecodeTokensPerS: options.batchTokens / cpuOnlyDecodeS,
+      cpuOnlyPrefillTokensPerS: prefillTokens / prefillS(none),
+    },
+    profile: { source: profile.source, tokens: profile.tokens },
+    calibration: { source: cost.calibration.source, machine: `${cost.calibration.machine.cpu}${cost.calibration.machine.gpu ? ` + ${cost.calibration.machine.gpu}` : ''}` },
+  }
+}

@@ -1,0 +1,83 @@
+// Per-batch decision: which cold (CPU-resident) experts are worth copying to the GPU for this batch
+// only. Worth it when the layer — max(CPU part, GPU part), computed concurrently — finishes sooner
+// with the expert's tCpu(n) moved to the GPU side as tPcie(bytes) + tGpu(n). The copy is charged
+// to the GPU side in full (conservative: copies may overlap earlier kernels, but the expert cannot
+// start before its weights arrive). Typical outcome: nothing at decode, the busiest cold experts at
+// prefill.
+import type { CostModel, ExpertShape } from './cost-model.js'
+
+export interface StreamPlan {
+  /** Cold experts to copy to the GPU for this batch, in the order chosen (most useful first). */
+  stream: number[]
+  /** Predicted layer seconds with them streamed. */
+  layerS: number
+  /** Predicted layer seconds without streaming. */
+  withoutS: number
+}
+
+/**
+ * @param counts tokens routed to each expert of the layer in this batch
+ * @param resident whether each expert is GPU-resident
+ * @param streamBytes GPU scratch bytes available for streamed weights this batch
+ */
+export function planStreaming(
+  experts: readonly ExpertShape[],
+  counts: ArrayLike<number>,
+  resident: (e: number) => boolean,
+  cost: CostModel,
+  streamBytes: number,
+): StreamPlan {
+  let cpu = 0
+  let gpu = 0
+  let cpuBusy = false
+  let gpuBusy = false
+  const cold: number[] = []
+  for (let e = 0; e < experts.length; e++) {
+    const n = counts[e]
+    if (n <= 0) continue
+    if (resident(e)) {
+      gpu += cost.tGpu(experts[e], n)
+      gpuBusy = true
+    } else {
+      cpu += cost.tCpu(experts[e], n)
+      cpuBusy = true
+      cold.push(e)
+    }
+  }
+  const side = (sum: number, busy: boolean, overhead: number) => (busy ? sum + overhead : 0)
+  const cpuOv = cost.cpuLayerOverheadS()
+  const gpuOv = cost.hasGpu ? cost.gpuLayerOverheadS() : 0
+  const layer = (c: number, cb: boolean, g: number, gb: boolean) => Math.max(side(c, cb, cpuOv), side(g, gb, gpuOv))
+  const withoutS = layer(cpu, cpuBusy, gpu, gpuBusy)
+  const stream: number[] = []
+  if (!cost.hasGpu) return { stream, layerS: withoutS, withoutS }
+
+  const onCpu = cold.map((e) => cost.tCpu(experts[e], counts[e]))
+  const onGpu = cold.map((e) => cost.tPcie(experts[e].bytes) + cost.tGpu(experts[e], counts[e]))
+  const taken = new Uint8Array(cold.length)
+  let left = cold.length
+  let now = withoutS
+  let room = streamBytes
+  // Greedy: move the expert that shortens the layer most; stop when none does.
+  for (;;) {
+    let best = -1
+    let bestS = now
+    for (let i = 0; i < cold.length; i++) {
+      if (taken[i] || experts[cold[i]].bytes > room) continue
+      const t = layer(cpu - onCpu[i], left > 1, gpu + onGpu[i], true)
+      if (t < bestS) {
+        best = i
+        bestS = t
+      }
+    }
+    if (best < 0) break
+    taken[best] = 1
+    left--
+    cpu -= onCpu[best]
+    gpu += onGpu[best]
+    room -= experts[cold[best]].bytes
+    now = bestS
+    stream.push(cold[best])
+  }
+  return { stream, layerS: now, withoutS }
+}

@@ -1,0 +1,117 @@
+import t from 'tap'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import {
+  calibrate, calibrationCachePath, defaultProbes, describeCalibration, fitLine, loadCalibration, type Probe,
+} from '../scheduler/calibrate.js'
+import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type FormatKey } from '../scheduler/cost-model.js'
+import { testCalibration } from './helpers/calibration.js'
+import { tempDir } from './helpers/model-dir.js'
+
+t.test('matrix bytes by format follow layout.h: a 75% matrix is ~5/16 of dense bf16', async (t) => {
+  const dense = matrixBytes(8192, 2048, 'dense', 'bf16')
+  t.equal(dense, 8192 * 2048 * 2)
+  t.equal(matrixBytes(8192, 2048, 'dense', 'fp32'), 2 * dense)
+  t.equal(matrixBytes(8192, 2048, '2:4', 'bf16') / dense, 10 / 16, '2:4: half the values plus one uint32 per 16 columns')
+  const r75 = matrixBytes(8192, 2048, '75%', 'bf16') / dense
+  t.ok(Math.abs(r75 - 5 / 16) < 0.003, `75%: ${r75.toFixed(4)} of dense`)
+  const m = (format: '75%' | 'dense') => ({ rows: 8192, cols: 2048, format, dtype: 'bf16' as const, values: { offset: 0, bytes: matrixBytes(8192, 2048, format, 'bf16') } })
+  const shape = expertShape({ up: m('dense'), down: { ...m('dense'), rows: 2048, cols: 8192 } })
+  t.equal(shape.bytes, 2 * dense)
+  t.equal(shape.flopsPerToken, 2 * 2 * 8192 * 2048)
+  t.equal(shape.format, 'dense/bf16')
+})
+
+t.test('roofline: bandwidth-bound at few tokens, compute-bound at many', async (t) => {
+  const cost = new CostModel(testCalibration())
+  const e = { bytes: 64 * 2 ** 20, flopsPerToken: 2 * 32 * 2 ** 20, format: 'dense/bf16' as FormatKey }
+  const t1 = cost.tCpu(e, 1)
+  t.equal(cost.tCpu(e, 0), 0)
+  t.ok(Math.abs(cost.tCpu(e, 8) - t1) < 1e-12, 'flat below the crossover')
+  t.ok(cost.tCpu(e, 512) > 10 * t1, 'grows with tokens above it')
+  t.ok(Math.abs(cost.tCpu(e, 2048) / cost.tCpu(e, 1024) - 2) < 0.01, 'linear when compute-bound')
+  t.ok(cost.tGpu(e, 1) < t1 / 10, 'GPU reads faster')
+  t.ok(Math.abs(cost.tPcie(1e9) - (10e-6 + 1e9 / 25e9)) < 1e-12)
+  t.ok(cost.tCpu({ ...e, format: '75%/bf16' }, 1) > 0, 'an uncalibrated format borrows dense rates')
+  const noGpu = new CostModel(testCalibration({ gpu: null, pcie: null }))
+  t.equal(noGpu.tGpu(e, 1), Infinity)
+  t.equal(noGpu.tPcie(1), Infinity)
+})
+
+t.test('expected time under Binomial(batch, p) matches brute-force summation', async (t) => {
+  const r = { fixedS: 3e-6, readS: 6e-4, perTokenS: 4e-5 } // crossover at 15 tokens
+  const lgamma = (n: number): number => { let s = 0; for (let i = 2; i <= n; i++) s += Math.log(i); return s }
+  for (const [B, p] of [[1, 0.3], [16, 0.05], [64, 0.2], [300, 0.04], [4096, 0.01], [20, 1]] as const) {
+    let want = 0
+    for (let n = 0; n <= B; n++) {
+      const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(lgamma(B) - lgamma(n) - lgamma(B - n) + n * Math.log(p) + (B - n) * Math.log1p(-p))
+      want += pmf * evalRoofline(r, n)
+    }
+    const got = expectedRooflineTime(r, B, p)
+    t.ok(Math.abs(got - want) <= 1e-9 * want, `B ${B}, p ${p}: ${got} vs ${want}`)
+  }
+  t.equal(expectedRooflineTime(r, 16, 0), 0)
+})
+
+t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
+  // A device with known truth: 3 µs fixed, 80 GB/s, 2 TFLOP/s dense; 2:4 reads 70 GB/s, 3 TFLOP/s.
+  const truth: Record<string, { bw: number; flops: number }> = { 'dense/bf16': { bw: 80e9, flops: 2e12 }, '2:4/bf16': { bw: 70e9, flops: 3e12 } }
+  let calls = 0
+  const probe: Probe = ({ format, bytes, flopsPerToken, tokens }) => {
+    calls++
+    const { bw, flops } = truth[format]
+    const noise = 1 + 0.002 * ((calls * 7) % 5) // repeat-to-repeat jitter; the fit takes the best of repeats
+    return (3e-6 + Math.max(bytes / bw, (tokens * flopsPerToken) / flops)) * noise
+  }
+  const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / 1.5e12, (tokens * flopsPerToken) / 500e12)
+  const c = await calibrate({
+    machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
+    source: 'synthetic',
+    cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
+    gpu: { formats: { 'dense/bf16': gpuProbe } },
+    pcie: (bytes) => 9e-6 + bytes / 24e9,
+  })
+  const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
+  near(c.cpu.readBytesPerS['dense/bf16']!, 80e9, 0.01, 'CPU dense GB/s')
+  near(c.cpu.readBytesPerS['2:4/bf16']!, 70e9, 0.01, 'CPU 2:4 GB/s')
+  near(c.cpu.flopsPerS['dense/bf16']!, 2e12, 0.01, 'CPU dense FLOP/s')
+  near(c.cpu.flopsPerS['2:4/bf16']!, 3e12, 0.01, 'CPU 2:4 FLOP/s')
+  near(c.cpu.expertOverheadS, 3e-6, 0.5, 'CPU fixed cost')
+  t.equal(c.cpu.layerOverheadS, 12e-6)
+  near(c.gpu!.readBytesPerS['dense/bf16']!, 1.5e12, 0.01, 'GPU GB/s')
+  near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.01, 'GPU FLOP/s')
+  near(c.pcie!.bytesPerS, 24e9, 0.01, 'PCIe GB/s')
+  near(c.pcie!.latencyS, 9e-6, 0.01, 'PCIe latency')
+  t.match(describeCalibration(c), /CPU .*\n.*dense\/bf16 +weights (79\.\d|80\.\d) GB\/s, compute 2\.0 TFLOP\/s/)
+  t.match(describeCalibration(c), /PCIe +24\.0 GB\/s/)
+})
+
+t.test('fitLine clamps a negative intercept', async (t) => {
+  const f = fitLine([[1, 0.5], [2, 2], [3, 3.5]])
+  t.equal(f.intercept, 0)
+  t.ok(f.slope > 0)
+})
+
+t.test('default probes measure this machine; the calibration is cached per machine and refreshable', async (t) => {
+  const dir = tempDir()
+  const env = { HETMOE_CACHE_DIR: dir }
+  const probes = defaultProbes({ cpu: 'cpu under test', gpu: null })
+  const path = calibrationCachePath(probes.machine, env)
+  t.equal(join(dir, path.slice(dir.length + 1)), path)
+  t.match(path, /calibration-[0-9a-f]{16}\.json$/)
+  t.not(path, calibrationCachePath({ cpu: 'cpu under test', gpu: 'some gpu' }, env), 'the GPU is part of the key')
+  const start = performance.now()
+  const a = await loadCalibration(probes, { env })
+  t.comment(`default probes took ${(performance.now() - start).toFixed(0)} ms: ${describeCalibration(a).split('\n')[2]?.trim()}`)
+  t.ok(existsSync(path))
+  t.ok(a.cpu.readBytesPerS['dense/fp32']! > 1e8, 'a plausible read bandwidth')
+  t.ok(a.cpu.flopsPerS['dense/fp32']! > 1e7)
+  t.equal(a.gpu, null)
+  t.equal(a.pcie, null)
+  const b = await loadCalibration(probes, { env })
+  t.equal(b.measuredAt, a.measuredAt, 'second load comes from the cache')
+  await new Promise((r) => setTimeout(r, 5))
+  const c = await loadCalibration(probes, { env, refresh: true })
+  t.not(c.measuredAt, a.measuredAt, 'refresh measures again')
+  t.equal(JSON.parse(readFileSync(path, 'utf8')).measuredAt, c.measuredAt)
+})
