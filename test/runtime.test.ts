@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -22,7 +22,7 @@ async function model(preset: SynthPreset, format: 'dense' | '2:4' | '75%' = 'den
   return loadModel(out)
 }
 
-async function checkLayer(t: Tap.Test, rt: Runtime, m: Model, layer: number, T: number, seed: number, tol = 1e-2) {
+async function checkLayer(t: Test, rt: Runtime, m: Model, layer: number, T: number, seed: number, tol = 1e-2) {
   const D = m.manifest.hiddenSize
   const x = randomHidden(T, D, seed)
   const ids = uniformTokens(T, m.manifest.vocabSize, seed)
@@ -31,11 +31,6 @@ async function checkLayer(t: Tap.Test, rt: Runtime, m: Model, layer: number, T: 
   const err = relativeError(ref, out)
   t.ok(err <= tol, `layer ${layer}, T=${T}: relative error ${err.toExponential(2)} <= ${tol}`)
   return out
-}
-
-type Tap = { Test: Parameters<Parameters<typeof t.test>[1]>[0] }
-declare namespace Tap {
-  type Test = Parameters<Parameters<typeof t.test>[1]>[0]
 }
 
 t.test('CPU-only forward matches the float64 reference: every format, SwiGLU, GeLU, top-2 gate', async (t) => {
