@@ -1,0 +1,80 @@
+// Routing one layer's batch into a selection in the arena (scheduler/selection.ts has the layout),
+// with the layer's router built once per model and reused, so steady-state routing allocates nothing.
+import type { Lease } from './arena.js'
+import { HetmoeError } from './errors.js'
+import { RreRouter } from '../scheduler/route-rre.js'
+import { GateRouter } from '../scheduler/route-gate.js'
+import { selectionBytes, selectionViews } from '../scheduler/selection.js'
+import type { Model } from '../experts/model.js'
+
+export interface Selection {
+  counts: Int32Array
+  offsets: Int32Array
+  /** Byte offsets into the arena of the int32 tokenRows / outRows arrays and of f32 scales. */
+  tokenRowsOffset: number
+  outRowsOffset: number
+  /** Absent for RRE (every weight is 1). */
+  scalesOffset?: number
+}
+
+const routers = new WeakMap<Model, (RreRouter | GateRouter | undefined)[]>()
+
+function routerOf(model: Model, layer: number): RreRouter | GateRouter {
+  let perLayer = routers.get(model)
+  if (!perLayer) routers.set(model, (perLayer = []))
+  let r = perLayer[layer]
+  if (!r) {
+    const l = model.layer(layer)
+    const m = model.manifest
+    r =
+      l.routing.kind === 'rre'
+        ? new RreRouter(l.routing, model.rreTable(layer), m.vocabSize, l.experts.length)
+        : new GateRouter({ weight: model.gateWeight(layer), numExperts: l.experts.length, hiddenSize: m.hiddenSize, topK: l.routing.topK, normalize: l.routing.normalize })
+    perLayer[layer] = r
+  }
+  return r
+}
+
+/** Throws BAD_INPUT naming the first NaN/Inf; RRE routing never reads hidden states, so check here. */
+function checkFinite(h: Float32Array, D: number): void {
+  for (let i = 0; i < h.length; i++) {
+    const v = h[i]
+    if (v - v !== 0) {
+      const row = Math.floor(i / D)
+      throw new HetmoeError('BAD_INPUT', `hidden state row ${row} (column ${i - row * D}) is ${v}; hetmoe needs finite values`)
+    }
+  }
+}
+
+export function routeLayer(
+  model: Model,
+  layer: number,
+  hidden: Float32Array,
+  T: number,
+  options: { tokenIds?: Int32Array; domain?: string | number },
+  lease: (bytes: number) => Lease,
+): Selection {
+  const router = routerOf(model, layer)
+  const E = router.numExperts
+  const K = router instanceof GateRouter ? router.topK : 1
+  const l = lease(selectionBytes(E, T * K))
+  const sel = selectionViews(l.arena.buffer, l.offset, E, T * K)
+  if (router instanceof RreRouter) {
+    const ids = options.tokenIds
+    if (!(ids instanceof Int32Array) || ids.length !== T)
+      throw new HetmoeError('BAD_INPUT', `layer ${layer} is routed by token id (RRE): options.tokenIds must be an Int32Array of ${T} ids (got ${ids ? `${ids.constructor.name}(${ids.length})` : 'none'})`)
+    if (options.domain === undefined) throw new HetmoeError('BAD_INPUT', `layer ${layer} is RRE-routed: options.domain is required (${router.domains.map((d) => d.name).join(', ')})`)
+    checkFinite(hidden, model.manifest.hiddenSize)
+    router.route(ids, options.domain, sel)
+  } else {
+    router.route(hidden, T, sel)
+  }
+  const base = sel.tokenRows.byteOffset
+  return {
+    counts: sel.counts,
+    offsets: sel.offsets,
+    tokenRowsOffset: base,
+    outRowsOffset: sel.outRows.byteOffset,
+    ...(router instanceof GateRouter ? { scalesOffset: sel.scales.byteOffset } : {}),
+  }
+}
