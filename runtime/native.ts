@@ -88,8 +88,96 @@ export interface NativeCpuApi {
   cpuFillRandom(view: Uint8Array, kind: 'bf16' | 'fp32' | 'meta' | 'select', seed: number): void
 }
 
-/** gpu_bindings.cc: the device expert cache and the sparse-sparse expert kernels. */
-export interface NativeGpuApi {}
+/** A matrix as gpuUpload reads it: the manifest's MatrixRef (byte ranges into the mapped weights file). */
+export interface NativeGpuMatrix {
+  rows: number
+  cols: number
+  format: 'dense' | '2:4' | '75%'
+  dtype: 'bf16' | 'fp32'
+  values: { offset: number; bytes: number }
+  meta?: { offset: number; bytes: number }
+  select?: { offset: number; bytes: number }
+}
+
+/** One expert's selections for gpuRunLayer: out[outRows[i]] = (scale?.[i] ?? 1) * FFN(hidden[tokenRows[i]]). */
+export interface NativeGpuLayerExpert {
+  key: string
+  tokenRows: Int32Array
+  outRows: Int32Array
+  scale?: Float32Array
+}
+
+export interface NativeGpuResident {
+  key: string
+  ffn: 'swiglu' | 'gelu'
+  format: 'dense' | '2:4' | '75%'
+  D: number
+  F: number
+  bytes: number
+}
+
+/**
+ * gpu_bindings.cc: the device expert cache and the sparse-sparse expert kernels (native/cuda/).
+ * Errors carry `code`: 'GPU_OOM' (device allocation failed or the cache budget is full) or
+ * 'GPU_ERROR' (any other CUDA error; the message names the CUDA error and what was being done).
+ * Built without CUDA, every function but gpuAvailable throws a GPU_ERROR saying so.
+ */
+export interface NativeGpuApi {
+  /** Whether a device with sparse tensor cores (sm_80+) can be used, and why not. Never throws. */
+  gpuAvailable(): { available: boolean; reason?: string }
+  /** Opens a device: a stream, events and an expert cache of `budgetBytes` (0: 80% of free memory). */
+  gpuOpen(device?: number, budgetBytes?: number): number
+  gpuClose(handle: number): void
+  gpuDeviceName(handle: number): string
+  /**
+   * Copies one expert from the mapped weights file (`weightsId` from mapWeights) to the device and
+   * repacks it into the kernel's layout; replaces an expert of the same key. All matrices of an
+   * expert share one format; gate/up are [F x D], down [D x F]; SwiGLU needs `gate`, GeLU has none.
+   * GPU shape limits: cols % 64 == 0, rows % 16 == 0 (75%: % 32). Returns the device bytes it uses.
+   */
+  gpuUpload(
+    handle: number,
+    key: string,
+    weightsId: number,
+    ffn: 'swiglu' | 'gelu',
+    expert: { gate?: NativeGpuMatrix; up: NativeGpuMatrix; down: NativeGpuMatrix },
+  ): number
+  gpuEvict(handle: number, key: string): boolean
+  gpuResident(handle: number, key: string): boolean
+  gpuBytesUsed(handle: number): number
+  gpuBudget(handle: number): number
+  gpuResidentExperts(handle: number): NativeGpuResident[]
+  /** cudaHostRegister (mapped) of the view's bytes; '' on success, else the reason (copies then stage). */
+  gpuRegisterHost(handle: number, view: Uint8Array): string
+  gpuUnregisterHost(handle: number, view: Uint8Array): void
+  /**
+   * Runs every listed expert (all resident) on a libuv thread: hidden [T x D] fp32 in, `out` rows
+   * named by outRows overwritten (fp32), nothing else written. hidden/out inside a registered range
+   * (16-byte aligned) move by DMA / zero-copy, otherwise through a pinned staging buffer.
+   * Resolves with the stream time of the call and of its kernels.
+   */
+  gpuRunLayer(
+    handle: number,
+    experts: NativeGpuLayerExpert[],
+    hidden: Float32Array,
+    D: number,
+    out: Float32Array,
+  ): Promise<{ gpuMs: number; kernelMs: number; staged: boolean }>
+  /** The GPU bench (native/cuda/gpu_bench.cu), synchronous; returns its results as JSON text. */
+  gpuBench(options: {
+    preset?: string
+    E?: number
+    D?: number
+    F?: number
+    topK?: number
+    tokensPerExpert?: number[]
+    formats?: string[]
+    baselines?: boolean
+    minReps?: number
+    seconds?: number
+    device?: number
+  }): string
+}
 
 export interface NativeAddon extends NativeInfoApi, NativeWeightsApi, NativeCpuApi, NativeGpuApi {}
 

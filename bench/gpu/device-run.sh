@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call: machine facts, correctness (test under the tap shim), compute-sanitizer memcheck on
+# a small case, then the benches. Run from the package root prepared by bench/gpu/prepare-device.sh
+# (which copies dist/, build/Release, the node bundle into /work/main/.hgpu). Writes under $OUT.
+set -uo pipefail
+source .gpu/enter.sh
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export HETMOE_COMMIT=$(cat COMMIT 2>/dev/null || echo unknown)
+STEPS=${STEPS:-info,test,sanitize,mixtral,fine}
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/nvidia-smi.txt"
+if has info; then
+  node dist/runtime/cli/main.js info --json > "$OUT/info-h100.json"; echo "info rc=$?"
+  node -e "new (require('worker_threads').Worker)('const a=require(process.env.A); const i=a.info(); console.log(\"worker sees\", i.gpu.devices.map(d=>d.name).join(\",\"), \"compiled\", i.gpu.compiled)', {eval:true, env:{A: require('path').resolve('build/Release/hetmoe.node')}}).on('exit', c=>console.log('worker exit', c))" 2>&1 | tee "$OUT/worker-load.txt"
+fi
+if has test; then
+  timeout 240 node dist/test/gpu-layer.test.js 2>&1 | tee "$OUT/test.log" | grep -E "not ok|# |ok [0-9]+ - round 0" | head -80
+  if grep -q "not ok" "$OUT/test.log"; then
+    echo "=== retry with HETMOE_SPMETA=1 ==="
+    HETMOE_SPMETA=1 timeout 240 node dist/test/gpu-layer.test.js 2>&1 | tee "$OUT/test-meta1.log" | grep -E "not ok|# " | head -40
+  fi
+fi
+if has sanitize; then
+  timeout 300 compute-sanitizer --tool memcheck --leak-check no node dist/test/gpu-layer.test.js > "$OUT/sanitizer-test.log" 2>&1; echo "sanitizer(test) rc=$?"
+  grep -E "ERROR SUMMARY|not ok|assertions" "$OUT/sanitizer-test.log" | tail -5
+  timeout 200 compute-sanitizer --tool memcheck --leak-check no node dist/runtime/cli/main.js bench gpu --preset tiny --tokens 3,40 > "$OUT/sanitizer-bench.log" 2>&1; echo "sanitizer(bench tiny) rc=$?"
+  grep -E "ERROR SUMMARY|note" "$OUT/sanitizer-bench.log" | tail -5
+fi
+if has mixtral; then
+  timeout 400 node dist/runtime/cli/main.js bench gpu --preset mixtral --json "$OUT/gpu-mixtral.json" 2>&1 | tee "$OUT/bench-mixtral.txt"
+fi
+if has fine; then
+  timeout 300 node dist/runtime/cli/main.js bench gpu --preset fine --json "$OUT/gpu-fine.json" 2>&1 | tee "$OUT/bench-fine.txt"
+fi

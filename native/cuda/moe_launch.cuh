@@ -1,0 +1,228 @@
+// Host-side helpers around moe_kernels.cuh: error checks, the repacked weights of one matrix, and
+// the launch plan of one layer (work items of every expert of every format group).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/gpu_backend.h"
+#include "cuda/moe_kernels.cuh"
+
+namespace hetmoe {
+namespace gpu {
+
+inline void check(cudaError_t e, const std::string& doing) {
+  if (e == cudaSuccess) return;
+  cudaGetLastError();
+  const bool oom = e == cudaErrorMemoryAllocation;
+  throw GpuError(std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ") while " + doing, oom);
+}
+
+// One matrix in fragment order (see moe_kernels.cuh).
+struct DevWeights {
+  int format = 0, rows = 0, cols = 0;
+  int mTiles = 0, kSteps = 0, chunks = 0;
+  const uint4* vals = nullptr;
+  const uint32_t* meta = nullptr;
+  const uint32_t* sel = nullptr;
+  size_t bytes() const {
+    const size_t srows = size_t(mTiles) * 16;
+    return srows * (format == 0 ? cols : cols / 2) * 2 + (format ? size_t(mTiles) * kSteps * 128 : 0) +
+           (format == 2 ? size_t(mTiles) * chunks * 4 : 0);
+  }
+};
+
+inline int gridFor(long long n, int threads) {
+  long long b = (n + threads - 1) / threads;
+  return int(std::min<long long>(std::max<long long>(b, 1), 65535LL * 16));
+}
+
+// src* are device pointers to layout.h arrays; w.vals/meta/sel must already point to device memory.
+inline void repackOnDevice(const DevWeights& w, const void* srcVals, int dtype, const uint32_t* srcMeta,
+                           const uint8_t* srcSel, int metaVariant, cudaStream_t s) {
+  if (w.format == kFmtDense) {
+    const long long n = (long long)w.mTiles * w.kSteps * 128;
+    repackDenseKernel<<<gridFor(n, 256), 256, 0, s>>>(srcVals, dtype, w.rows, w.cols, const_cast<uint4*>(w.vals));
+  } else {
+    const int srows = w.mTiles * 16;
+    const long long n = (long long)w.mTiles * w.kSteps * 64;
+    repackSparseKernel<<<gridFor(n, 256), 256, 0, s>>>(srcVals, dtype, srcMeta, srows, w.cols, const_cast<uint4*>(w.vals),
+                                                      const_cast<uint32_t*>(w.meta), metaVariant);
+    if (w.format == kFmt75) {
+      const long long m = (long long)w.mTiles * w.chunks;
+      repackSelectKernel<<<gridFor(m, 256), 256, 0, s>>>(srcSel, srows, w.chunks, const_cast<uint32_t*>(w.sel));
+    }
+  }
+  check(cudaGetLastError(), "launching the weight repack");
+}
+
+inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, cudaStream_t s) {
+  toBf16Kernel<<<gridFor(count / 4 + 1, 256), 256, 0, s>>>(src, dst, count);
+}
+
+inline void launchCopyRows(const float* src, float* dst, const int* rows, int count, int D, bool compact, cudaStream_t s) {
+  if (count <= 0) return;
+  copyRowsKernel<<<std::min(count, 65535), 256, 0, s>>>(src, dst, rows, count, D, compact ? 1 : 0);
+}
+
+struct GroupExpert {
+  const DevWeights* gate = nullptr;  // SwiGLU only
+  const DevWeights* up = nullptr;
+  const DevWeights* down = nullptr;
+  int tokOff = 0, n = 0;
+};
+
+template <int FMT, int MODE>
+inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
+  const int threads = kWarpsPerCta * 32;
+  switch (nt) {
+    case 1: moeProjKernel<FMT, 1, MODE><<<grid, threads, 0, s>>>(a); break;
+    case 2: moeProjKernel<FMT, 2, MODE><<<grid, threads, 0, s>>>(a); break;
+    default: moeProjKernel<FMT, 4, MODE><<<grid, threads, 0, s>>>(a); break;
+  }
+}
+
+template <int MODE>
+inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream_t s) {
+  switch (fmt) {
+    case kFmtDense: launchProjNT<kFmtDense, MODE>(nt, grid, a, s); break;
+    case kFmt24: launchProjNT<kFmt24, MODE>(nt, grid, a, s); break;
+    default: launchProjNT<kFmt75, MODE>(nt, grid, a, s); break;
+  }
+}
+
+inline int chooseNT(int maxN) { return maxN <= 8 ? 1 : maxN <= 16 ? 2 : 4; }
+
+// The launches of one layer: for every group (one format and FFN kind, one shape), one up/gate
+// launch and one down launch over all its experts.
+class HostLaunchPlan {
+ public:
+  void begin(int totalSelections) {
+    groups_.clear();
+    blob_.clear();
+    S_ = totalSelections;
+  }
+
+  void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
+    Group g;
+    g.fmt = fmt;
+    g.ffn = ffn;
+    int maxN = 0;
+    for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
+    g.nt = chooseNT(maxN);
+    const DevWeights& up0 = *ex[0].up;
+    const DevWeights& dn0 = *ex[0].down;
+    g.upMTiles = up0.mTiles;
+    g.upKSteps = up0.kSteps;
+    g.upChunks = up0.chunks;
+    g.dnMTiles = dn0.mTiles;
+    g.dnKSteps = dn0.kSteps;
+    g.dnChunks = dn0.chunks;
+    g.F = up0.rows;
+    std::vector<ExpDesc> upD, dnD;
+    std::vector<WorkItem> upI, dnI;
+    const int bn = g.nt * 8;
+    for (size_t i = 0; i < ex.size(); ++i) {
+      const GroupExpert& e = ex[i];
+      ExpDesc u{}, d{};
+      if (ffn == kSwiGLU) {
+        u.vals[0] = e.gate->vals, u.meta[0] = e.gate->meta, u.sel[0] = e.gate->sel;
+        u.vals[1] = e.up->vals, u.meta[1] = e.up->meta, u.sel[1] = e.up->sel;
+      } else {
+        u.vals[0] = e.up->vals, u.meta[0] = e.up->meta, u.sel[0] = e.up->sel;
+      }
+      d.vals[0] = e.down->vals, d.meta[0] = e.down->meta, d.sel[0] = e.down->sel;
+      u.tokOff = d.tokOff = e.tokOff;
+      u.n = d.n = e.n;
+      upD.push_back(u);
+      dnD.push_back(d);
+      const int upMB = (g.upMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
+      const int dnMB = (g.dnMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
+      // n-tiles innermost: CTAs that run together share weight tiles through L2.
+      for (int mb = 0; mb < upMB; ++mb)
+        for (int n0 = 0; n0 < e.n; n0 += bn) upI.push_back({int(i), mb, n0, 0});
+      for (int mb = 0; mb < dnMB; ++mb)
+        for (int n0 = 0; n0 < e.n; n0 += bn) dnI.push_back({int(i), mb, n0, 0});
+    }
+    g.upItems = int(upI.size());
+    g.dnItems = int(dnI.size());
+    g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
+    g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
+    g.offUpI = append(upI.data(), upI.size() * sizeof(WorkItem));
+    g.offDnI = append(dnI.data(), dnI.size() * sizeof(WorkItem));
+    groups_.push_back(g);
+  }
+
+  size_t bytes() const { return blob_.size(); }
+
+  // Copies the plan to host memory `h`; `d` is where the same bytes will be on the device.
+  void write(char* h, char* d) {
+    std::memcpy(h, blob_.data(), blob_.size());
+    dev_ = d;
+  }
+
+  // B: bf16 hidden [*, ldb]; tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
+  // out: fp32 [*, ldo] scattered by outRows, scaled by scales.
+  void launchAll(const __nv_bfloat16* B, long long ldb, const int* tokenRows, __nv_bfloat16* H, long long ldh,
+                 float* out, long long ldo, const int* outRows, const float* scales, cudaStream_t s) const {
+    for (const Group& g : groups_) {
+      LayerArgs a{};
+      a.exps = reinterpret_cast<const ExpDesc*>(dev_ + g.offUpD);
+      a.items = reinterpret_cast<const WorkItem*>(dev_ + g.offUpI);
+      a.numItems = g.upItems;
+      a.mTiles = g.upMTiles;
+      a.kSteps = g.upKSteps;
+      a.chunks = g.upChunks;
+      a.B = B;
+      a.ldb = ldb;
+      a.tokenRows = tokenRows;
+      a.H = H;
+      a.ldh = ldh;
+      if (g.upItems) {
+        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.nt, g.upItems, a, s);
+        else launchProj<kModeGeLU>(g.fmt, g.nt, g.upItems, a, s);
+      }
+    }
+    for (const Group& g : groups_) {
+      LayerArgs a{};
+      a.exps = reinterpret_cast<const ExpDesc*>(dev_ + g.offDnD);
+      a.items = reinterpret_cast<const WorkItem*>(dev_ + g.offDnI);
+      a.numItems = g.dnItems;
+      a.mTiles = g.dnMTiles;
+      a.kSteps = g.dnKSteps;
+      a.chunks = g.dnChunks;
+      a.B = H;
+      a.ldb = ldh;
+      a.tokenRows = nullptr;
+      a.out = out;
+      a.ldo = ldo;
+      a.outRows = outRows;
+      a.scales = scales;
+      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.nt, g.dnItems, a, s);
+    }
+  }
+
+ private:
+  struct Group {
+    int fmt, ffn, nt, F;
+    int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
+    int upItems, dnItems;
+    size_t offUpD, offDnD, offUpI, offDnI;
+  };
+  size_t append(const void* p, size_t n) {
+    const size_t off = (blob_.size() + 255) & ~size_t(255);
+    blob_.resize(off + n);
+    if (n) std::memcpy(blob_.data() + off, p, n);
+    return off;
+  }
+  std::vector<Group> groups_;
+  std::vector<char> blob_;
+  char* dev_ = nullptr;
+  int S_ = 0;
+};
+
+}  // namespace gpu
+}  // namespace hetmoe
