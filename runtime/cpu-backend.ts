@@ -27,7 +27,7 @@ export class CpuBackend implements ExpertBackend {
       hiddenSize: m.hiddenSize,
       ffnSize: m.ffnSize,
       hidden: work.hidden,
-      out: { offset: work.out.offset },
+      out: { offset: work.out.offset, rows: work.out.rows },
       experts: work.experts.map((w) => ({
         matrices: w.shared ? layer.sharedExperts[w.expert] : layer.experts[w.expert],
         tokens: { offset: w.tokens, count: w.count },
@@ -35,8 +35,6 @@ export class CpuBackend implements ExpertBackend {
         ...(w.scales !== undefined ? { scales: { offset: w.scales } } : {}),
       })),
     }
-    // Few rows: fewer workers join, so a one-token layer does not wake every core for nothing.
-    const rows = work.experts.reduce((s, w) => s + w.count, 0)
-    await runCpuLayer(this.#pool, this.#arena, job, { signal, workers: Math.min(this.#pool.threads, Math.max(1, work.experts.length * 4, rows)) })
+    await runCpuLayer(this.#pool, this.#arena, job, { signal })
   }
 }

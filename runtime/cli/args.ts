@@ -1,6 +1,7 @@
 // Flag parsing shared by the commands: node's parseArgs, with errors turned into UsageError.
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { UsageError } from './command.js'
+import { parseSize } from '../size.js'
 
 type FlagSpec = NonNullable<ParseArgsConfig['options']>
 export type FlagValues<T extends FlagSpec> = {
@@ -22,11 +23,9 @@ export function parseFlags<T extends FlagSpec>(
 
 /** Parses sizes such as 20GiB, 512MiB, 1.5G, 4096 (bytes). */
 export function parseBytes(text: string, flag: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$/i.exec(text)
-  if (!m) throw new UsageError(`${flag} must be a size such as 20GiB, 512MiB or 4096 (got "${text}")`)
-  const unit = (m[2] ?? 'b').toLowerCase()
-  const scale: Record<string, number> = { b: 1, k: 2 ** 10, kb: 1e3, kib: 2 ** 10, m: 2 ** 20, mb: 1e6, mib: 2 ** 20, g: 2 ** 30, gb: 1e9, gib: 2 ** 30, t: 2 ** 40, tb: 1e12, tib: 2 ** 40 }
-  return Math.round(Number(m[1]) * scale[unit])
+  const bytes = parseSize(text)
+  if (bytes === undefined) throw new UsageError(`${flag} must be a size such as 20GiB, 512MiB or 4096 (got "${text}")`)
+  return bytes
 }
 
 export function parseIntFlag(text: string | undefined, flag: string, fallback: number, min = 0): number {

@@ -2,7 +2,7 @@ import { createRuntime } from '../../runtime.js'
 import { runTokenStream, formatStreamReport } from '../../stream-runner.js'
 import { zipfTokens } from '../../token-stream.js'
 import { loadModel } from '../../../experts/model.js'
-import { readTokenFile } from '../../../scheduler/token-file.js'
+import { readTokenFile, checkTokenIds } from '../../../scheduler/token-file.js'
 import { planForModel, readPlanFile } from '../../placement.js'
 import { parseBytes, parseFlags, parseIntFlag } from '../args.js'
 import { Progress } from '../progress.js'
@@ -47,7 +47,7 @@ device and a per-layer time breakdown.
     const model = await loadModel(values.model)
     try {
       const tokens = values.tokens
-        ? readTokenFile(values.tokens, model.manifest.vocabSize)
+        ? readTokenFileFor(values.tokens, model.manifest.vocabSize)
         : zipfTokens(parseIntFlag(values.synthetic, '--synthetic', 0, 1), model.manifest.vocabSize, 1.1, 42)
       const plan = values.plan ? readPlanFile(values.plan, model) : (await planForModel(model, { tokens, gpu, batch, gpuMemory, domain })).plan
       const rt = await createRuntime({ model, gpu, gpuMemory, plan })
@@ -74,4 +74,10 @@ device and a per-layer time breakdown.
     }
     return 0
   },
+}
+
+function readTokenFileFor(path: string, vocabSize: number): Int32Array {
+  const tokens = readTokenFile(path)
+  checkTokenIds(tokens, vocabSize, path)
+  return tokens
 }

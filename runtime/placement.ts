@@ -1,0 +1,78 @@
+// Placement for the runtime and its commands: which experts stay on the GPU, planned by the
+// scheduler from a load profile, the GPU budget and this machine's calibration.
+import { HetmoeError } from './errors.js'
+import { native } from './native.js'
+import { formatBytes } from './size.js'
+import type { PlacementPlan } from './runtime.js'
+import type { Model } from '../experts/model.js'
+import { CostModel, type Calibration } from '../scheduler/cost-model.js'
+import { defaultProbes, loadCalibration, referenceH100, thisMachine } from '../scheduler/calibrate.js'
+import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
+import { profileFromTokens, type LoadProfile } from '../scheduler/profile.js'
+import { readDocument } from '../scheduler/document.js'
+
+export interface PlanForModelOptions {
+  /** The expected token stream (RRE models: the profile is exact from it). */
+  tokens?: Int32Array
+  gpu: 'auto' | 'off' | number
+  /** Tokens per forward to optimise for. */
+  batch: number
+  /** GPU bytes for experts; default 80% of the device's free memory. */
+  gpuMemory?: number
+  domain?: string | number
+}
+
+export interface PlanForModel {
+  /** Undefined when there is no GPU to place on. */
+  plan: PlacementPlan | undefined
+  document?: PlanDocument
+  summary: string
+}
+
+/** This machine's cached calibration; GPU and PCIe rates from the H100 reference where none was measured. */
+export async function machineCalibration(): Promise<Calibration> {
+  const c = await loadCalibration(defaultProbes(thisMachine()))
+  if (c.gpu) return c
+  return { ...c, ...referenceH100(), source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
+}
+
+/** An even load: every expert of a layer equally likely (gated models without a recorded profile). */
+function uniformProfile(model: Model, tokens: number): LoadProfile {
+  const m = model.manifest
+  const topK = m.layers[0]?.routing.kind === 'gate' ? m.layers[0].routing.topK : 1
+  return {
+    format: 'hetmoe-profile',
+    version: 1,
+    model: m.name,
+    tokens,
+    topK,
+    source: 'uniform (no profile given)',
+    layers: m.layers.map((l, layer) => ({ layer, counts: l.experts.map(() => (tokens * topK) / l.experts.length) })),
+  }
+}
+
+export async function planForModel(model: Model, o: PlanForModelOptions): Promise<PlanForModel> {
+  if (o.gpu === 'off') return { plan: undefined, summary: 'CPU only (--gpu off)' }
+  const info = native().info().gpu
+  const device = info.devices[typeof o.gpu === 'number' ? o.gpu : 0]
+  if (!device) return { plan: undefined, summary: `CPU only (no usable GPU: ${info.error ?? 'no device'})` }
+  const budgetBytes = o.gpuMemory ?? Math.floor(0.8 * device.freeBytes)
+  const rre = model.manifest.layers.every((l) => l.routing.kind === 'rre')
+  const profile = rre && o.tokens ? profileFromTokens(model, o.tokens, o.domain) : uniformProfile(model, o.tokens?.length ?? 1024)
+  const doc = makePlan(model.manifest, profile, new CostModel(await machineCalibration()), { budgetBytes, batchTokens: o.batch })
+  const n = doc.layers.reduce((s, l) => s + l.gpuExperts.length, 0)
+  const all = model.manifest.layers.reduce((s, l) => s + l.experts.length, 0)
+  return {
+    plan: { layers: doc.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })) },
+    document: doc,
+    summary: `${n}/${all} experts on the GPU (${formatBytes(doc.gpuBytes)} of ${formatBytes(budgetBytes)}), serving ${(100 * doc.gpuTokenShare).toFixed(1)}% of expert rows; predicted decode ${doc.predicted.decodeTokensPerS.toFixed(0)} tokens/s (CPU only ${doc.predicted.cpuOnlyDecodeTokensPerS.toFixed(0)})`,
+  }
+}
+
+/** A plan written by `hetmoe place --out`, checked against the model. */
+export function readPlanFile(path: string, model: Model): PlacementPlan {
+  const d = readDocument(path, 'plan') as Partial<PlanDocument>
+  if (d?.format !== 'hetmoe-plan' || !Array.isArray(d.layers)) throw new HetmoeError('BAD_INPUT', `${path} is not a hetmoe plan (write one with \`hetmoe place --out\`)`)
+  if (d.model !== model.manifest.name) throw new HetmoeError('BAD_INPUT', `${path} was planned for model "${d.model}", not "${model.manifest.name}"`)
+  return { layers: d.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })) }
+}
