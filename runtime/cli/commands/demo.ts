@@ -35,21 +35,19 @@ checks layer 0 of the first batch against the float64 reference, and prints a su
     const dir = join(cacheDir, 'models', 'small-seed0-dense-bf16')
     if (!existsSync(join(dir, 'manifest.msgpack'))) {
       console.error(`hetmoe demo: first run — synthesising the 'small' model into ${dir} (once)`)
-      const bar = new Progress('synth small', 1)
-      let last = 0
+      let bar: Progress | undefined
+      let shown = 0
       await synthModel({
         preset: 'small',
         out: dir,
         overwrite: true,
         onProgress: (done, total) => {
-          bar.tick(0)
-          if (done - last > total / 50 || done === total) {
-            bar.tick(0, `${(done / 2 ** 30).toFixed(2)}/${(total / 2 ** 30).toFixed(2)} GiB`)
-            last = done
-          }
+          bar ??= new Progress('synth small', total)
+          bar.tick(done - shown, `${(done / 2 ** 30).toFixed(2)}/${(total / 2 ** 30).toFixed(2)} GiB`)
+          shown = done
         },
       })
-      bar.done()
+      bar?.done()
     }
     const model = await loadModel(dir)
     const tokens = zipfTokens(nTokens, model.manifest.vocabSize, 1.1, 42)
