@@ -1,0 +1,13 @@
+// The `machine` block every bench result carries: what ran it, and at which commit.
+import { execFileSync } from 'node:child_process'
+import { native, packageRoot } from '../runtime/native.js'
+import { bestIsa } from '../runtime/info.js'
+
+export function benchMachine(): { cpu: string; isa: string; cores: number; gpu: string | null; commit: string; node: string } {
+  const info = native().info()
+  let commit = process.env.HETMOE_COMMIT ?? 'unknown'
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: packageRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {}
+  return { cpu: info.cpu.model, isa: bestIsa(info.cpu.isa), cores: info.cpu.logicalCores, gpu: info.gpu.devices[0]?.name ?? null, commit, node: process.version }
+}
