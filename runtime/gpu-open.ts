@@ -16,6 +16,10 @@ export interface GpuExpertBackend extends ExpertBackend {
   /** Resident experts per layer. */
   resident(): Map<number, number[]>
   residentBytes(): number
+  readonly budgetBytes: number
+  /** Copies an expert's weights in (GPU_OOM when they do not fit). */
+  upload(layer: number, expert: number): number
+  evict(layer: number, expert: number): boolean
   close(): Promise<void>
 }
 

@@ -13,6 +13,9 @@ import { routeLayer, type Selection } from './route-layer.js'
 import { CpuBackend } from './cpu-backend.js'
 import { openGpu, type GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
+import { GpuExpertCache, GPU_STRATEGIES, type GpuStrategy } from './gpu-cache.js'
+import { machineCalibration } from './placement.js'
+import { CostModel } from '../scheduler/cost-model.js'
 
 export interface RuntimeOptions {
   /** The model, from loadModel(). */
@@ -29,6 +32,10 @@ export interface RuntimeOptions {
   plan?: PlacementPlan
   /** Shared-memory arena size in bytes. Defaults to HETMOE_ARENA_MB (256 MiB). */
   arenaBytes?: number
+  /** How the GPU's share of each batch is chosen: 'hetmoe' (default: the plan's experts resident,
+   *  cold experts streamed in when the cost model says it pays), or a rule other systems use, for
+   *  comparison: 'on-demand-lru', 'fiddler-rule', 'stream-at-32' (see runtime/gpu-cache.ts). */
+  strategy?: GpuStrategy
   /** @internal For fault-injection tests: use this GPU backend instead of opening a device. */
   _gpuBackend?: GpuExpertBackend
 }
@@ -58,7 +65,18 @@ export interface LayerStats {
 
 export interface RuntimeStats {
   layers: LayerStats[]
-  gpu: { enabled: boolean; healthy: boolean; device?: string; residentExperts: number; residentBytes: number; failures: number }
+  gpu: {
+    enabled: boolean
+    healthy: boolean
+    device?: string
+    residentExperts: number
+    residentBytes: number
+    failures: number
+    strategy: GpuStrategy | null
+    /** Expert copies to the GPU after start (streaming and cache misses), and evictions. */
+    uploads: number
+    evictions: number
+  }
   cpuThreads: number
   arena: { bytes: number; leasedBytes: number }
 }
@@ -72,13 +90,13 @@ export class Runtime extends EventEmitter {
   readonly #pool: CpuPool
   readonly #cpu: CpuBackend
   readonly #gpu: GpuExpertBackend | undefined
-  readonly #resident: Set<number>[] // per layer
+  readonly #cache: GpuExpertCache | undefined
   readonly #stats: LayerStats[]
   #gpuFailures = 0
   #gpuHealthy = true
   #closed = false
 
-  private constructor(model: Model, arena: Arena, pool: CpuPool, gpu: GpuExpertBackend | undefined, resident: Set<number>[]) {
+  private constructor(model: Model, arena: Arena, pool: CpuPool, gpu: GpuExpertBackend | undefined, cache: GpuExpertCache | undefined) {
     super()
     this.model = model
     this.#manifest = model.manifest
@@ -86,7 +104,7 @@ export class Runtime extends EventEmitter {
     this.#pool = pool
     this.#cpu = new CpuBackend(pool, arena, model)
     this.#gpu = gpu
-    this.#resident = resident
+    this.#cache = cache
     this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, ms: { route: 0, compute: 0, combine: 0, total: 0 } }))
   }
 
@@ -107,17 +125,20 @@ export class Runtime extends EventEmitter {
     const arena = new Arena({ bytes: arenaBytes })
     const pool = new CpuPool({ arena, threads })
     const warnings: string[] = []
+    const strategy = options.strategy ?? 'hetmoe'
+    if (!GPU_STRATEGIES.includes(strategy)) throw badOption('strategy', GPU_STRATEGIES.map((s) => `'${s}'`).join(', '), strategy)
     let gpu: GpuExpertBackend | undefined
-    const resident = model.manifest.layers.map(() => new Set<number>())
+    let cache: GpuExpertCache | undefined
     try {
-      gpu = options._gpuBackend ?? await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) })
-      if (gpu) for (const [layer, experts] of gpu.resident()) for (const e of experts) resident[layer].add(e)
+      gpu = options._gpuBackend ?? (await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) }))
+      if (gpu) cache = new GpuExpertCache(gpu, model, strategy, strategy === 'hetmoe' && !options._gpuBackend ? new CostModel(await machineCalibration()) : undefined)
     } catch (err) {
+      await gpu?.close()
       await pool.destroy()
       arena.close()
       throw err
     }
-    const rt = new Runtime(model, arena, pool, gpu, resident)
+    const rt = new Runtime(model, arena, pool, gpu, cache)
     // Emitted after construction so that listeners attached right after createRuntime() see them.
     if (warnings.length) setImmediate(() => warnings.forEach((w) => rt.emit('warning', w)))
     return rt
@@ -144,6 +165,7 @@ export class Runtime extends EventEmitter {
     const K = routing.kind === 'gate' ? routing.topK : 1
     const shared = m.layers[layer].sharedExperts.length
     const leases: Lease[] = []
+    const releases: (() => void)[] = []
     const lease = (bytes: number) => {
       const l = this.#arena.lease(bytes)
       leases.push(l)
@@ -177,7 +199,8 @@ export class Runtime extends EventEmitter {
 
       const gpuWork: ExpertWork[] = []
       const cpuWork: ExpertWork[] = []
-      const useGpu = this.#gpu !== undefined && this.#gpuHealthy
+      const choice = this.#gpu && this.#gpuHealthy ? this.#cache!.choose(layer, sel.counts, T) : undefined
+      if (choice) releases.push(choice.release)
       for (let e = 0; e < sel.counts.length; e++) {
         const count = sel.counts[e]
         if (count === 0) continue
@@ -188,7 +211,7 @@ export class Runtime extends EventEmitter {
           outRows: sel.outRowsOffset + 4 * sel.offsets[e],
           ...(sel.scalesOffset !== undefined ? { scales: sel.scalesOffset + 4 * sel.offsets[e] } : {}),
         }
-        ;(useGpu && this.#resident[layer].has(e) ? gpuWork : cpuWork).push(w)
+        ;(choice?.onGpu.has(e) ? gpuWork : cpuWork).push(w)
       }
       // Shared experts see every token and write block s of the shared output.
       const sharedWorks: ExpertWork[] = []
@@ -227,6 +250,7 @@ export class Runtime extends EventEmitter {
       st.ms.total += tEnd - t0
       return out
     } finally {
+      for (const r of releases) r()
       for (const l of leases) l.release()
     }
   }
@@ -256,8 +280,7 @@ export class Runtime extends EventEmitter {
   }
 
   stats(): RuntimeStats {
-    let residentExperts = 0
-    for (const s of this.#resident) residentExperts += s.size
+    const residentExperts = this.#cache?.residentCount ?? 0
     return {
       layers: this.#stats.map((s) => ({ ...s, ms: { ...s.ms } })),
       gpu: {
@@ -267,6 +290,9 @@ export class Runtime extends EventEmitter {
         residentExperts,
         residentBytes: this.#gpu?.residentBytes() ?? 0,
         failures: this.#gpuFailures,
+        strategy: this.#cache?.strategy ?? null,
+        uploads: this.#cache?.uploads ?? 0,
+        evictions: this.#cache?.evictions ?? 0,
       },
       cpuThreads: this.#pool.threads,
       arena: { bytes: this.#arena.byteLength, leasedBytes: this.#arena.leasedBytes },

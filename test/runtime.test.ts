@@ -127,3 +127,41 @@ t.test('abort, bad inputs and bad options: clear errors, nothing leaked', async 
   await t.rejects(createRuntime({ model: m, plan: { layers: [{ layer: 0, gpuExperts: [99] }] } }), /options\.plan must be expert ids of layer 0 in \[0, 8\)/)
   m.close()
 })
+
+t.test('GPU strategies: LRU within the budget, Fiddler threshold, stream-at-32 drops what it streamed', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const make = async (strategy: 'on-demand-lru' | 'fiddler-rule' | 'stream-at-32', resident: [number, number[]][], budget: number) => {
+    const gpu = new FakeGpu(m, new Map(resident))
+    gpu.budgetBytes = budget * gpu.expertBytes
+    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, strategy, _gpuBackend: gpu })
+    gpu.arena = rt.arena
+    return { gpu, rt }
+  }
+  {
+    const { gpu, rt } = await make('on-demand-lru', [], 3)
+    for (let i = 0; i < 4; i++) await checkLayer(t, rt, m, 0, 24, 40 + i)
+    t.ok(gpu.uploadLog.some((x) => x.startsWith('-')), 'LRU evicted to make room')
+    t.ok(rt.stats().gpu.residentExperts <= 3, 'never more than the budget')
+    t.ok(rt.stats().layers[0].gpuRows > 0)
+    await rt.close()
+  }
+  {
+    const { gpu, rt } = await make('fiddler-rule', [], 8)
+    await checkLayer(t, rt, m, 0, 4, 50) // ≤ 4 tokens per expert: all on the CPU
+    t.equal(gpu.uploadLog.length, 0, 'below 10 tokens per expert nothing is copied')
+    await checkLayer(t, rt, m, 0, 200, 51) // ~50 tokens per expert of the domain: copied in
+    t.ok(gpu.uploadLog.length > 0 && rt.stats().layers[0].gpuRows > 0)
+    await rt.close()
+  }
+  {
+    const { gpu, rt } = await make('stream-at-32', [[0, [1]]], 8)
+    await checkLayer(t, rt, m, 0, 16, 60)
+    t.equal(gpu.uploadLog.length, 0, 'a 16-token batch streams nothing')
+    await checkLayer(t, rt, m, 0, 64, 61)
+    t.ok(gpu.uploadLog.filter((x) => x.startsWith('+')).length > 0, 'a 64-token batch streams')
+    t.same(gpu.resident().get(0), [1], 'and drops what it streamed afterwards')
+    await rt.close()
+  }
+  await t.rejects(createRuntime({ model: m, strategy: 'random' as never }), /options\.strategy must be 'hetmoe', 'on-demand-lru'/)
+  m.close()
+})

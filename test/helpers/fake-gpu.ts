@@ -6,6 +6,7 @@ import type { GpuExpertBackend } from '../../runtime/gpu-open.js'
 import type { LayerWork } from '../../runtime/layer-work.js'
 import type { Model } from '../../experts/model.js'
 import { denseExpert, denseExpertForwardRef } from '../../experts/reference.js'
+import { expertShape } from '../../scheduler/cost-model.js'
 
 export class FakeGpu implements GpuExpertBackend {
   readonly kind = 'gpu' as const
@@ -22,14 +23,37 @@ export class FakeGpu implements GpuExpertBackend {
   constructor(model: Model, resident: Map<number, number[]>) {
     this.#model = model
     this.#resident = resident
+    this.expertBytes = expertShape(model.expert(0, 0)).bytes
   }
 
   resident(): Map<number, number[]> {
     return this.#resident
   }
 
+  /** Bytes each expert takes on the fake device: its stored size, as the cost model counts it. */
+  readonly expertBytes: number
+  budgetBytes = Infinity
+  uploadLog: string[] = []
+
   residentBytes(): number {
-    return 0
+    let n = 0
+    for (const es of this.#resident.values()) n += es.length
+    return n * this.expertBytes
+  }
+
+  upload(layer: number, expert: number): number {
+    if (this.residentBytes() + this.expertBytes > this.budgetBytes) throw new HetmoeError('GPU_OOM', 'fake budget full')
+    this.#resident.set(layer, [...(this.#resident.get(layer) ?? []), expert])
+    this.uploadLog.push(`+${layer}/${expert}`)
+    return this.expertBytes
+  }
+
+  evict(layer: number, expert: number): boolean {
+    const es = this.#resident.get(layer) ?? []
+    if (!es.includes(expert)) return false
+    this.#resident.set(layer, es.filter((e) => e !== expert))
+    this.uploadLog.push(`-${layer}/${expert}`)
+    return true
   }
 
   async run(work: LayerWork): Promise<void> {
@@ -44,6 +68,7 @@ export class FakeGpu implements GpuExpertBackend {
     const hidden = new Float32Array(buf, work.hidden.offset, work.hidden.rows * D)
     const out = new Float32Array(buf, work.out.offset, work.out.rows * D)
     for (const w of work.experts) {
+      if (!w.shared && !(this.#resident.get(work.layer) ?? []).includes(w.expert)) throw new HetmoeError('GPU_ERROR', `fake GPU asked to run non-resident expert ${work.layer}/${w.expert}`)
       const tokens = new Int32Array(buf, w.tokens, w.count)
       const outRows = new Int32Array(buf, w.outRows, w.count)
       const scales = w.scales !== undefined ? new Float32Array(buf, w.scales, w.count) : undefined
