@@ -1,17 +1,13 @@
-import { existsSync } from 'node:fs'
-import { join } from 'node:path'
-import { homedir } from 'node:os'
-import { envConfig } from '../../config.js'
 import { createRuntime } from '../../runtime.js'
 import { runTokenStream, formatStreamReport } from '../../stream-runner.js'
 import { zipfTokens } from '../../token-stream.js'
 import { loadModel } from '../../../experts/model.js'
-import { synthModel } from '../../../experts/synth.js'
 import { layerForwardRef } from '../../../experts/reference.js'
 import { relativeError } from '../../../experts/formats.js'
 import { planForModel } from '../../placement.js'
 import { parseFlags, parseIntFlag } from '../args.js'
 import { Progress } from '../progress.js'
+import { cachedPresetModel } from '../../model-cache.js'
 import type { Command } from '../command.js'
 
 export const command: Command = {
@@ -31,24 +27,7 @@ checks layer 0 of the first batch against the float64 reference, and prints a su
     const { values } = parseFlags(argv, { tokens: { type: 'string' }, batch: { type: 'string' }, gpu: { type: 'string' }, json: { type: 'boolean' } })
     const nTokens = parseIntFlag(values.tokens, '--tokens', 256, 1)
     const batch = parseIntFlag(values.batch, '--batch', 16, 1)
-    const cacheDir = envConfig().cacheDir ?? join(homedir(), '.cache', 'hetmoe')
-    const dir = join(cacheDir, 'models', 'small-seed0-dense-bf16')
-    if (!existsSync(join(dir, 'manifest.msgpack'))) {
-      console.error(`hetmoe demo: first run — synthesising the 'small' model into ${dir} (once)`)
-      let bar: Progress | undefined
-      let shown = 0
-      await synthModel({
-        preset: 'small',
-        out: dir,
-        overwrite: true,
-        onProgress: (done, total) => {
-          bar ??= new Progress('synth small', total)
-          bar.tick(done - shown, `${(done / 2 ** 30).toFixed(2)}/${(total / 2 ** 30).toFixed(2)} GiB`)
-          shown = done
-        },
-      })
-      bar?.done()
-    }
+    const dir = await cachedPresetModel('small', 'hetmoe demo')
     const model = await loadModel(dir)
     const tokens = zipfTokens(nTokens, model.manifest.vocabSize, 1.1, 42)
     const gpu = values.gpu === 'off' ? 'off' : 'auto'
