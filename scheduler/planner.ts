@@ -113,16 +113,31 @@ function single(m: LayerTimeModel): Frontier {
 function exactFrontier(m: LayerTimeModel, active: number[]): Frontier {
   const n = active.length
   const count = 2 ** n
-  const bytes = new Float64Array(count)
-  const time = new Float64Array(count)
-  const masks = new Int32Array(count)
+  // Only the fastest subset of each byte total can be on the frontier: keep one per total (experts
+  // of one format share a size, so there are few totals), then sort just those.
+  const bestAt = new Map<number, number>() // bytes → index into the arrays below
+  const bytes: number[] = []
+  const time: number[] = []
+  const masks: number[] = []
+  const offer = (b: number, t: number, mask: number) => {
+    const i = bestAt.get(b)
+    if (i === undefined) {
+      bestAt.set(b, bytes.length)
+      bytes.push(b)
+      time.push(t)
+      masks.push(mask)
+    } else if (t < time[i]) {
+      time[i] = t
+      masks[i] = mask
+    }
+  }
   let cs = 0, cp = 0
   for (let e = 0; e < m.numExperts; e++) {
     cs += m.cpuS[e]
     cp += m.share[e]
   }
   let gs = 0, gp = 0, b = 0, mask = 0
-  time[0] = m.time(cs, gs, cp, gp)
+  offer(0, m.time(cs, gs, cp, gp), 0)
   for (let i = 1; i < count; i++) {
     const bit = 31 - Math.clz32(i & -i)
     const e = active[bit]
@@ -133,11 +148,9 @@ function exactFrontier(m: LayerTimeModel, active: number[]): Frontier {
     gs += sign * m.gpuS[e]
     gp += sign * m.share[e]
     b += sign * m.bytes[e]
-    bytes[i] = b
-    time[i] = m.time(cs, gs, cp, gp)
-    masks[i] = mask
+    offer(b, m.time(cs, gs, cp, gp), mask)
   }
-  const order = Array.from({ length: count }, (_, i) => i).sort((x, y) => bytes[x] - bytes[y] || time[x] - time[y])
+  const order = Array.from(bytes.keys()).sort((x, y) => bytes[x] - bytes[y] || time[x] - time[y])
   return pareto(order, bytes, time, (i) => active.filter((_, k) => masks[i] & (1 << k)))
 }
 
