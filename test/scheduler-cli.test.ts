@@ -7,7 +7,10 @@ import { packageRoot } from '../runtime/native.js'
 import { CostModel } from '../scheduler/cost-model.js'
 import { readModelFile } from '../scheduler/model-file.js'
 import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
-import { profileFromTokens } from '../scheduler/profile.js'
+import { writeDocument } from '../scheduler/document.js'
+import { LoadTracker, profileFromTokens } from '../scheduler/profile.js'
+import { GateRouter } from '../scheduler/route-gate.js'
+import { allocSelection } from '../scheduler/selection.js'
 import { checkTokenIds, readTokenFile } from '../scheduler/token-file.js'
 import { testCalibration } from './helpers/calibration.js'
 import { SIGMA_LITE, tempDir, writeTestModel, zipfTokens } from './helpers/model-dir.js'
@@ -91,6 +94,32 @@ t.test('the table, the plan file (JSON or msgpack), and profiles round-trip thro
   t.same((JSON.parse(viaProfile.stdout) as PlanDocument).layers, fromJson.layers, 'a profile gives the plan its token file gives')
   const pj = hetmoe('profile', '--model', model, '--tokens', i32, '--json')
   t.equal(JSON.parse(pj.stdout).format, 'hetmoe-profile')
+})
+
+t.test('gated models are placed from a recorded profile', async (t) => {
+  const gated = join(dir, 'fine')
+  writeTestModel(gated, { name: 'fine', layers: 2, experts: 64, topK: 6, hiddenSize: 256, ffnSize: 1408, vocabSize: 1000 })
+  const m = readModelFile(gated)
+  const tracker = new LoadTracker('fine', [64, 64], 6)
+  let x = 3
+  for (let l = 0; l < 2; l++) {
+    const router = new GateRouter({ weight: m.gateWeight(l), numExperts: 64, hiddenSize: 256, topK: 6, normalize: false })
+    for (let b = 0; b < 20; b++) {
+      const hidden = Float32Array.from({ length: 16 * 256 }, () => (x = (x * 48271) % 2147483647) / 2147483647 - 0.5)
+      const sel = allocSelection(64, 96)
+      router.route(hidden, 16, sel)
+      tracker.record(l, sel.counts, 16)
+    }
+  }
+  const profile = join(dir, 'fine-profile.json')
+  writeDocument(profile, tracker.profile())
+  const r = hetmoe('place', '--model', gated, '--profile', profile, '--gpu-mem', '64MiB', '--batch', '16', '--calibration', calibration, '--json')
+  t.equal(r.status, 0, r.stderr)
+  const plan = JSON.parse(r.stdout) as PlanDocument
+  t.ok(plan.gpuBytes <= plan.budgetBytes && plan.gpuBytes > 0)
+  t.ok(plan.gpuTokenShare > 0 && plan.gpuTokenShare < 1)
+  const table = hetmoe('place', '--model', gated, '--profile', profile, '--gpu-mem', '64MiB', '--batch', '16', '--calibration', calibration)
+  t.ok(table.stdout.split('\n').filter((l) => /^\d/.test(l)).every((l) => l.length <= 80), 'long expert lists are shortened in the table')
 })
 
 t.test('without a calibration file, place measures this machine once and says GPU figures are reference numbers', async (t) => {
