@@ -1,6 +1,6 @@
 import t from 'tap'
 import { CostModel, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
-import { planPlacement, predictBatchTime, type PlacementProblem } from '../scheduler/planner.js'
+import { layerModels, planPlacement, predictBatchTime, type PlacementProblem } from '../scheduler/planner.js'
 import { planStreaming } from '../scheduler/streaming.js'
 import { testCalibration } from './helpers/calibration.js'
 
@@ -44,6 +44,7 @@ function randomProblem(r: () => number, L: number, E: number, mixed = true): Pla
 /** Every assignment of every expert of every layer. */
 function bruteForce(p: PlacementProblem): number {
   const flat = p.experts.flatMap((ex, l) => ex.map((e, i) => ({ l, i, bytes: e.bytes })))
+  const models = layerModels(p)
   let best = Infinity
   for (let mask = 0; mask < 2 ** flat.length; mask++) {
     let bytes = 0
@@ -54,7 +55,7 @@ function bruteForce(p: PlacementProblem): number {
         sets[x.l].push(x.i)
       }
     })
-    if (bytes <= p.budgetBytes) best = Math.min(best, predictBatchTime(p, sets))
+    if (bytes <= p.budgetBytes) best = Math.min(best, predictBatchTime(p, sets, models))
   }
   return best
 }
