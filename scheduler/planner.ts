@@ -12,6 +12,7 @@
 //      exact), keeping the best total time within the budget.
 //   3. When step 1 was not exact for some layer, a local search over single adds, drops and swaps.
 // Experts nobody routes to never take GPU bytes.
+import { badOption } from '../runtime/errors.js'
 import type { CostModel, ExpertShape } from './cost-model.js'
 import { LayerTimeModel } from './layer-time.js'
 
@@ -67,6 +68,7 @@ export function predictBatchTime(p: PlacementProblem, gpuExperts: readonly (read
 }
 
 export function planPlacement(p: PlacementProblem, options: PlannerOptions = {}): Placement {
+  checkProblem(p)
   const exactLimit = options.exactLimit ?? 16
   const models = layerModels(p)
   const budget = Math.max(0, p.budgetBytes)
@@ -83,6 +85,17 @@ export function planPlacement(p: PlacementProblem, options: PlannerOptions = {})
   const sets = merged.picks.map((i, l) => frontiers[l].sets[i].slice())
   if (!exact) improve(models, sets, budget)
   return placementOf(p, models, sets, exact)
+}
+
+function checkProblem(p: PlacementProblem): void {
+  if (!(p.budgetBytes >= 0)) throw badOption('budgetBytes', 'a non-negative number of bytes', p.budgetBytes)
+  if (!Number.isInteger(p.batchTokens) || p.batchTokens < 1) throw badOption('batchTokens', 'a positive integer', p.batchTokens)
+  if (p.share.length !== p.experts.length) throw badOption('share', `one entry per layer (${p.experts.length})`, `${p.share.length} entries`)
+  p.experts.forEach((ex, l) => {
+    if (p.share[l].length !== ex.length) throw badOption(`share[${l}]`, `one entry per expert (${ex.length})`, `${p.share[l].length} entries`)
+    for (let e = 0; e < ex.length; e++)
+      if (!(p.share[l][e] >= 0) || !Number.isFinite(p.share[l][e])) throw badOption(`share[${l}][${e}]`, 'a finite probability ≥ 0', p.share[l][e])
+  })
 }
 
 function placementOf(p: PlacementProblem, models: LayerTimeModel[], sets: number[][], exact: boolean): Placement {
