@@ -145,10 +145,12 @@ export function expectedRooflineTime(r: Roofline, batch: number, p: number): num
   const m = r.readS / r.perTokenS
   let below = 0 // E[(m − N)⁺]
   if (q < 1) {
-    let pmf = pEmpty // P(N = 0)
+    // In log space: P(N = 0) underflows for large batches while P(N = n < m) may still matter.
+    let logPmf = batch * Math.log1p(-q)
+    const logOdds = Math.log(q / (1 - q))
     for (let n = 0; n < m && n <= batch; n++) {
-      below += (m - n) * pmf
-      pmf *= ((batch - n) / (n + 1)) * (q / (1 - q))
+      below += (m - n) * Math.exp(logPmf)
+      logPmf += Math.log((batch - n) / (n + 1)) + logOdds
     }
   } else if (batch < m) below = m - batch
   return base + r.perTokenS * (batch * q - m + below)

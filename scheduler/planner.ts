@@ -12,6 +12,7 @@
 //      exact), keeping the best total time within the budget.
 //   3. When step 1 was not exact for some layer, a local search over single adds, drops and swaps.
 // Experts nobody routes to never take GPU bytes.
+import { badOption } from '../runtime/errors.js'
 import type { CostModel, ExpertShape } from './cost-model.js'
 import { LayerTimeModel } from './layer-time.js'
 
@@ -67,6 +68,7 @@ export function predictBatchTime(p: PlacementProblem, gpuExperts: readonly (read
 }
 
 export function planPlacement(p: PlacementProblem, options: PlannerOptions = {}): Placement {
+  checkProblem(p)
   const exactLimit = options.exactLimit ?? 16
   const models = layerModels(p)
   const budget = Math.max(0, p.budgetBytes)
@@ -83,6 +85,17 @@ export function planPlacement(p: PlacementProblem, options: PlannerOptions = {})
   const sets = merged.picks.map((i, l) => frontiers[l].sets[i].slice())
   if (!exact) improve(models, sets, budget)
   return placementOf(p, models, sets, exact)
+}
+
+function checkProblem(p: PlacementProblem): void {
+  if (!(p.budgetBytes >= 0)) throw badOption('budgetBytes', 'a non-negative number of bytes', p.budgetBytes)
+  if (!Number.isInteger(p.batchTokens) || p.batchTokens < 1) throw badOption('batchTokens', 'a positive integer', p.batchTokens)
+  if (p.share.length !== p.experts.length) throw badOption('share', `one entry per layer (${p.experts.length})`, `${p.share.length} entries`)
+  p.experts.forEach((ex, l) => {
+    if (p.share[l].length !== ex.length) throw badOption(`share[${l}]`, `one entry per expert (${ex.length})`, `${p.share[l].length} entries`)
+    for (let e = 0; e < ex.length; e++)
+      if (!(p.share[l][e] >= 0) || !Number.isFinite(p.share[l][e])) throw badOption(`share[${l}][${e}]`, 'a finite probability ≥ 0', p.share[l][e])
+  })
 }
 
 function placementOf(p: PlacementProblem, models: LayerTimeModel[], sets: number[][], exact: boolean): Placement {
@@ -113,16 +126,31 @@ function single(m: LayerTimeModel): Frontier {
 function exactFrontier(m: LayerTimeModel, active: number[]): Frontier {
   const n = active.length
   const count = 2 ** n
-  const bytes = new Float64Array(count)
-  const time = new Float64Array(count)
-  const masks = new Int32Array(count)
+  // Only the fastest subset of each byte total can be on the frontier: keep one per total (experts
+  // of one format share a size, so there are few totals), then sort just those.
+  const bestAt = new Map<number, number>() // bytes → index into the arrays below
+  const bytes: number[] = []
+  const time: number[] = []
+  const masks: number[] = []
+  const offer = (b: number, t: number, mask: number) => {
+    const i = bestAt.get(b)
+    if (i === undefined) {
+      bestAt.set(b, bytes.length)
+      bytes.push(b)
+      time.push(t)
+      masks.push(mask)
+    } else if (t < time[i]) {
+      time[i] = t
+      masks[i] = mask
+    }
+  }
   let cs = 0, cp = 0
   for (let e = 0; e < m.numExperts; e++) {
     cs += m.cpuS[e]
     cp += m.share[e]
   }
   let gs = 0, gp = 0, b = 0, mask = 0
-  time[0] = m.time(cs, gs, cp, gp)
+  offer(0, m.time(cs, gs, cp, gp), 0)
   for (let i = 1; i < count; i++) {
     const bit = 31 - Math.clz32(i & -i)
     const e = active[bit]
@@ -133,11 +161,9 @@ function exactFrontier(m: LayerTimeModel, active: number[]): Frontier {
     gs += sign * m.gpuS[e]
     gp += sign * m.share[e]
     b += sign * m.bytes[e]
-    bytes[i] = b
-    time[i] = m.time(cs, gs, cp, gp)
-    masks[i] = mask
+    offer(b, m.time(cs, gs, cp, gp), mask)
   }
-  const order = Array.from({ length: count }, (_, i) => i).sort((x, y) => bytes[x] - bytes[y] || time[x] - time[y])
+  const order = Array.from(bytes.keys()).sort((x, y) => bytes[x] - bytes[y] || time[x] - time[y])
   return pareto(order, bytes, time, (i) => active.filter((_, k) => masks[i] & (1 << k)))
 }
 
@@ -254,7 +280,7 @@ function mergeFrontiers(frontiers: Frontier[], budget: number): { picks: number[
   return { picks: picks[picks.length - 1], exact }
 }
 
-/** Local search: single adds, drops and swaps (within or across layers) while any improves. */
+/** Local search: single adds, drops and swaps (within or across layers), best move first, while any improves. */
 function improve(models: LayerTimeModel[], sets: number[][], budget: number): void {
   const L = models.length
   const on = sets.map((s, l) => {
@@ -262,59 +288,74 @@ function improve(models: LayerTimeModel[], sets: number[][], budget: number): vo
     for (const e of s) u[e] = 1
     return u
   })
-  // Per-layer sums [cpuS, gpuS, cpuShare, gpuShare], so a move is evaluated in O(1).
-  const sums = models.map((m, l) => {
-    const s = [0, 0, 0, 0]
-    for (let e = 0; e < m.numExperts; e++) {
-      const g = on[l][e]
-      s[g ? 1 : 0] += g ? m.gpuS[e] : m.cpuS[e]
-      s[g ? 3 : 2] += m.share[e]
-    }
-    return s
-  })
-  // delta(l, e, dir): the layer's sums after moving e to the GPU (dir 1) or back to the CPU (dir −1).
-  const moved = (l: number, e: number, dir: number, s: number[]): number[] => {
+  // Per-layer sums, so that a move is evaluated in O(1) and without allocating.
+  const cs = new Float64Array(L), gs = new Float64Array(L), cp = new Float64Array(L), gp = new Float64Array(L)
+  const times = new Float64Array(L)
+  const resum = (l: number) => {
     const m = models[l]
-    return [s[0] - dir * m.cpuS[e], s[1] + dir * m.gpuS[e], s[2] - dir * m.share[e], s[3] + dir * m.share[e]]
-  }
-  const timeOf = (l: number, s: number[]) => models[l].time(s[0], s[1], s[2], s[3])
-  const times = models.map((_, l) => timeOf(l, sums[l]))
-  const candidates = models.map((m) => [...Array(m.numExperts).keys()].filter((e) => m.share[e] > 0 && m.gpuS[e] < Infinity))
-  let used = sets.reduce((s, set, l) => s + set.reduce((b, e) => b + models[l].bytes[e], 0), 0)
-  for (let pass = 0; pass < 100; pass++) {
-    let best: { la: number; a: number; lb: number; b: number; gain: number; sa: number[]; sb: number[] } | undefined
-    for (let la = 0; la < L; la++)
-      for (const a of [-1, ...candidates[la]]) {
-        if (a >= 0 && on[la][a] === 0) continue // a: a resident expert to drop, or −1 for none
-        const sa0 = a >= 0 ? moved(la, a, -1, sums[la]) : sums[la]
-        const freed = a >= 0 ? models[la].bytes[a] : 0
-        for (let lb = 0; lb < L; lb++)
-          for (const b of [-1, ...candidates[lb]]) {
-            if ((b >= 0 && on[lb][b] === 1) || (a < 0 && (b < 0 || lb !== la))) continue
-            if (used - freed + (b >= 0 ? models[lb].bytes[b] : 0) > budget) continue
-            let gain: number
-            let sa = sa0
-            let sb = sums[lb]
-            if (lb === la) {
-              sa = b >= 0 ? moved(la, b, 1, sa0) : sa0
-              sb = sa
-              gain = times[la] - timeOf(la, sa)
-            } else {
-              sb = b >= 0 ? moved(lb, b, 1, sums[lb]) : sums[lb]
-              gain = times[la] + times[lb] - timeOf(la, sa) - timeOf(lb, sb)
-            }
-            if (gain > 1e-12 * times[la] && (!best || gain > best.gain)) best = { la, a, lb, b, gain, sa, sb }
-          }
+    cs[l] = gs[l] = cp[l] = gp[l] = 0
+    for (let e = 0; e < m.numExperts; e++)
+      if (on[l][e]) {
+        gs[l] += m.gpuS[e]
+        gp[l] += m.share[e]
+      } else {
+        cs[l] += m.cpuS[e]
+        cp[l] += m.share[e]
       }
-    if (!best) break
-    const { la, a, lb, b, sa, sb } = best
-    if (a >= 0) on[la][a] = 0
-    if (b >= 0) on[lb][b] = 1
-    used += (b >= 0 ? models[lb].bytes[b] : 0) - (a >= 0 ? models[la].bytes[a] : 0)
-    sums[la] = sa
-    sums[lb] = sb
-    times[la] = timeOf(la, sa)
-    times[lb] = timeOf(lb, sb)
+    times[l] = m.time(cs[l], gs[l], cp[l], gp[l])
+  }
+  for (let l = 0; l < L; l++) resum(l)
+  const candidates = models.map((m) => [-1, ...[...Array(m.numExperts).keys()].filter((e) => m.share[e] > 0 && m.gpuS[e] < Infinity)])
+  let used = sets.reduce((s, set, l) => s + set.reduce((b, e) => b + models[l].bytes[e], 0), 0)
+  for (let pass = 0; pass < 200; pass++) {
+    let bestGain = 0
+    let bla = -1, ba = -1, blb = -1, bb = -1
+    for (let la = 0; la < L; la++) {
+      const ma = models[la]
+      for (const a of candidates[la]) {
+        if (a >= 0 && on[la][a] === 0) continue // a: a resident expert to drop, or −1 for none
+        // Layer la after dropping a.
+        const acs = a >= 0 ? cs[la] + ma.cpuS[a] : cs[la]
+        const ags = a >= 0 ? gs[la] - ma.gpuS[a] : gs[la]
+        const acp = a >= 0 ? cp[la] + ma.share[a] : cp[la]
+        const agp = a >= 0 ? gp[la] - ma.share[a] : gp[la]
+        const freed = a >= 0 ? ma.bytes[a] : 0
+        const dropTime = a >= 0 ? ma.time(acs, ags, acp, agp) : times[la]
+        for (let lb = 0; lb < L; lb++) {
+          if (a < 0 && lb !== la) continue // a lone add is tried once, from its own layer
+          const mb = models[lb]
+          for (const b of candidates[lb]) {
+            if (b >= 0 && on[lb][b] === 1) continue
+            if (a < 0 && b < 0) continue
+            if (used - freed + (b >= 0 ? mb.bytes[b] : 0) > budget) continue
+            let gain: number
+            if (b < 0) gain = times[la] - dropTime
+            else if (lb === la)
+              gain = times[la] - ma.time(acs - ma.cpuS[b], ags + ma.gpuS[b], acp - ma.share[b], agp + ma.share[b])
+            else
+              gain = times[la] - dropTime + times[lb] - mb.time(cs[lb] - mb.cpuS[b], gs[lb] + mb.gpuS[b], cp[lb] - mb.share[b], gp[lb] + mb.share[b])
+            if (gain > bestGain && gain > 1e-12 * (times[la] + times[lb])) {
+              bestGain = gain
+              bla = la
+              ba = a
+              blb = lb
+              bb = b
+            }
+          }
+        }
+      }
+    }
+    if (bla < 0) break
+    if (ba >= 0) {
+      on[bla][ba] = 0
+      used -= models[bla].bytes[ba]
+    }
+    if (bb >= 0) {
+      on[blb][bb] = 1
+      used += models[blb].bytes[bb]
+    }
+    resum(bla)
+    if (blb !== bla) resum(blb)
   }
   for (let l = 0; l < L; l++) sets[l] = [...on[l].keys()].filter((e) => on[l][e] === 1)
 }

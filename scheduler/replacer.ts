@@ -46,8 +46,8 @@ export class Replacer {
   #placement: Placement
   #assumed: Float64Array[]
   readonly #observed: Float64Array[]
-  readonly #seen: Float64Array
-  #sinceAccept = 0
+  /** Tokens observed per layer since the placement in force was accepted. */
+  readonly #sinceAccept: Float64Array
 
   constructor(options: ReplacerOptions) {
     const half = options.halfLifeTokens ?? 4096
@@ -59,7 +59,7 @@ export class Replacer {
     this.#placement = options.placement
     this.#assumed = options.assumedShare.map((s) => Float64Array.from(s))
     this.#observed = this.#assumed.map((s) => Float64Array.from(s))
-    this.#seen = new Float64Array(this.#assumed.length)
+    this.#sinceAccept = new Float64Array(this.#assumed.length)
   }
 
   get placement(): Placement {
@@ -77,8 +77,7 @@ export class Replacer {
     const s = this.#observed[layer]
     const alpha = 1 - Math.pow(0.5, tokens / this.#o.halfLifeTokens)
     for (let e = 0; e < s.length; e++) s[e] += alpha * (counts[e] / tokens - s[e])
-    this.#seen[layer] += tokens
-    if (layer === 0) this.#sinceAccept += tokens
+    this.#sinceAccept[layer] += tokens
   }
 
   /** Worst layer's total-variation distance between observed and assumed shares, per routed row. */
@@ -100,7 +99,7 @@ export class Replacer {
 
   /** A new placement and the moves to reach it, or null when the current one is still good enough. */
   propose(): Proposal | null {
-    if (this.#sinceAccept < this.#o.warmupTokens) return null
+    if (Math.max(...this.#sinceAccept) < this.#o.warmupTokens) return null
     const drift = this.drift()
     if (drift < this.#o.driftThreshold) return null
     const share = this.#observed.map((s) => Float64Array.from(s))
@@ -129,6 +128,6 @@ export class Replacer {
   accept(p: Proposal): void {
     this.#placement = p.placement
     this.#assumed = p.share.map((s) => Float64Array.from(s))
-    this.#sinceAccept = 0
+    this.#sinceAccept.fill(0)
   }
 }

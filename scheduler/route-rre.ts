@@ -49,6 +49,8 @@ export class RreRouter {
 
   /** Throws BAD_INPUT naming the first token id outside [0, vocabSize). */
   checkTokens(tokenIds: Int32Array, count = tokenIds.length): void {
+    if (!Number.isInteger(count) || count < 0 || count > tokenIds.length)
+      throw new HetmoeError('BAD_INPUT', `token count ${count} must be an integer in [0, ${tokenIds.length}] (the ids given)`)
     const v = this.vocabSize
     for (let t = 0; t < count; t++)
       if (tokenIds[t] >>> 0 >= v)

@@ -16,9 +16,8 @@ export function readTokenFile(path: string): Int32Array {
 function parseI32(buf: Buffer, path: string): Int32Array {
   if (buf.length % 4 !== 0)
     throw new HetmoeError('BAD_INPUT', `${path} is ${buf.length} bytes, not a whole number of int32 token ids (.i32 files are raw little-endian int32)`)
-  const out = new Int32Array(buf.length / 4)
-  for (let i = 0; i < out.length; i++) out[i] = buf.readInt32LE(4 * i)
-  return out
+  // A copy into fresh memory (aligned for Int32Array); hetmoe runs on little-endian hosts only.
+  return new Int32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length))
 }
 
 /** A byte scanner: one pass, no intermediate strings, so a few million ids parse in milliseconds. */

@@ -1,7 +1,10 @@
 import t from 'tap'
 import { GateRouter } from '../scheduler/route-gate.js'
 import { allocSelection, type Selection } from '../scheduler/selection.js'
+import { execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { throwsHetmoe } from './helpers/expect-error.js'
+import { gateRouteHash } from './helpers/gate-route-hash.js'
 
 function lcg(seed: number): () => number {
   let x = seed >>> 0
@@ -158,4 +161,10 @@ t.test('routeLogits (logits from a native GEMM) selects exactly as route()', asy
   t.same(Array.from(a.outRows), Array.from(b.outRows))
   logits[3 * E + 7] = NaN
   throwsHetmoe(t, () => router.routeLogits(logits, T, b), 'BAD_INPUT', /token 3, expert 7 is NaN/, 'NaN logit')
+})
+
+t.test('gate routes are bit-identical across processes', async (t) => {
+  const helper = fileURLToPath(new URL('./helpers/gate-route-hash.js', import.meta.url))
+  const child = execFileSync(process.execPath, [helper, '64', '512', '6', '32'], { encoding: 'utf8' }).trim()
+  t.equal(child, gateRouteHash(64, 512, 6, 32))
 })

@@ -97,6 +97,7 @@ t.test('bad inputs are refused before any work', async (t) => {
   bad(() => router.route(Int32Array.of(1), 'math', out), /unknown domain "math".*0 "code", 1 "chat"/, 'unknown name')
   bad(() => router.route(Int32Array.of(1), 2, out), /unknown domain 2/, 'index out of range')
   bad(() => router.route(new Int32Array(9), 0, out), /room for 8 routed rows; this batch routes 9/, 'selection too small')
+  bad(() => router.route(Int32Array.of(1, 2), 0, out, 3), /token count 3 must be an integer in \[0, 2\]/, 'count beyond the ids')
   t.same(Array.from(out.counts), new Array(7).fill(-5), 'nothing written on failure')
   throwsHetmoe(t, () => new RreRouter({ domains }, new Int32Array(2 * V).fill(4), V, 7), 'BAD_MODEL', /entry for domain "code", token 0 is 4, outside \[0, 4\)/, 'table entry out of its group')
   throwsHetmoe(t, () => new RreRouter({ domains }, new Int32Array(5), V, 7), 'BAD_MODEL', /need 200/, 'table of the wrong size')

@@ -39,18 +39,22 @@ t.test('roofline: bandwidth-bound at few tokens, compute-bound at many', async (
 })
 
 t.test('expected time under Binomial(batch, p) matches brute-force summation', async (t) => {
-  const r = { fixedS: 3e-6, readS: 6e-4, perTokenS: 4e-5 } // crossover at 15 tokens
-  const lgamma = (n: number): number => { let s = 0; for (let i = 2; i <= n; i++) s += Math.log(i); return s }
-  for (const [B, p] of [[1, 0.3], [16, 0.05], [64, 0.2], [300, 0.04], [4096, 0.01], [20, 1]] as const) {
+  const logFact = [0]
+  for (let i = 1; i <= 200_000; i++) logFact.push(logFact[i - 1] + Math.log(i))
+  const cases: [number, number, number][] = [[1, 0.3, 15], [16, 0.05, 15], [64, 0.2, 15], [300, 0.04, 15], [4096, 0.01, 15], [20, 1, 15], [5000, 0.15, 15],
+    // P(N = 0) underflows (e^-722) while P(N < m) is about one half: needs the log-space pmf.
+    [100_000, 0.0072, 700]]
+  for (const [B, p, m] of cases) {
+    const r = { fixedS: 3e-6, readS: m * 4e-5, perTokenS: 4e-5 } // crossover at m tokens
     let want = 0
     for (let n = 0; n <= B; n++) {
-      const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(lgamma(B) - lgamma(n) - lgamma(B - n) + n * Math.log(p) + (B - n) * Math.log1p(-p))
+      const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(logFact[B] - logFact[n] - logFact[B - n] + n * Math.log(p) + (B - n) * Math.log1p(-p))
       want += pmf * evalRoofline(r, n)
     }
     const got = expectedRooflineTime(r, B, p)
-    t.ok(Math.abs(got - want) <= 1e-9 * want, `B ${B}, p ${p}: ${got} vs ${want}`)
+    t.ok(Math.abs(got - want) <= 1e-8 * want, `B ${B}, p ${p}, crossover ${m}: ${got} vs ${want}`)
   }
-  t.equal(expectedRooflineTime(r, 16, 0), 0)
+  t.equal(expectedRooflineTime({ fixedS: 1, readS: 1, perTokenS: 1 }, 16, 0), 0)
 })
 
 t.test('calibrate recovers the parameters of synthetic probes', async (t) => {

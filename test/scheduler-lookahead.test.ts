@@ -40,3 +40,24 @@ t.test('lookahead: every layer\'s experts, and where each runs, from token ids a
   throwsHetmoe(t, () => lookahead(ctx, Int32Array.of(5, 1000), 0), 'BAD_INPUT', /token 1 has id 1000/, 'bad token id')
   throwsHetmoe(t, () => lookahead(ctx, Int32Array.of(5), 'd7'), 'BAD_INPUT', /unknown domain "d7"/, 'bad domain')
 })
+
+t.test('lookahead cost at decode (all layers at once, µs, median)', async (t) => {
+  const dir = tempDir()
+  writeTestModel(dir, { layers: 4, domains: 4, expertsPerDomain: 16, hiddenSize: 2048, ffnSize: 8192, ffn: 'gelu', vocabSize: 32000 })
+  const model = readModelFile(dir)
+  const experts = modelShapes(model.manifest)
+  const ctx = { routers: rreRouters(model), experts, resident: [0, 1, 2, 3].map(() => new Set([0, 1, 2, 3, 4, 5, 6, 7])), cost: new CostModel(testCalibration()), streamBytes: 2 * experts[0][0].bytes }
+  for (const T of [1, 16]) {
+    const tokens = Int32Array.from({ length: T }, (_, i) => (i * 7919) % 32000)
+    for (let i = 0; i < 2000; i++) lookahead(ctx, tokens, 2)
+    const times: number[] = []
+    for (let i = 0; i < 201; i++) {
+      const s = process.hrtime.bigint()
+      lookahead(ctx, tokens, 2)
+      times.push(Number(process.hrtime.bigint() - s) / 1000)
+    }
+    times.sort((a, b) => a - b)
+    t.comment(`lookahead, sigma-lite (4 layers × 64 experts), ${T} token(s): median ${times[100].toFixed(1)} µs for all layers`)
+    if (T === 1) t.ok(times[100] / 4 < 30, 'per layer within the 30 µs budget')
+  }
+})

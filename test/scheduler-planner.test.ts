@@ -1,8 +1,9 @@
 import t from 'tap'
 import { CostModel, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
-import { planPlacement, predictBatchTime, type PlacementProblem } from '../scheduler/planner.js'
+import { layerModels, planPlacement, predictBatchTime, type PlacementProblem } from '../scheduler/planner.js'
 import { planStreaming } from '../scheduler/streaming.js'
 import { testCalibration } from './helpers/calibration.js'
+import { throwsHetmoe } from './helpers/expect-error.js'
 
 const MiB = 2 ** 20
 const cost = new CostModel(testCalibration())
@@ -44,6 +45,7 @@ function randomProblem(r: () => number, L: number, E: number, mixed = true): Pla
 /** Every assignment of every expert of every layer. */
 function bruteForce(p: PlacementProblem): number {
   const flat = p.experts.flatMap((ex, l) => ex.map((e, i) => ({ l, i, bytes: e.bytes })))
+  const models = layerModels(p)
   let best = Infinity
   for (let mask = 0; mask < 2 ** flat.length; mask++) {
     let bytes = 0
@@ -54,7 +56,7 @@ function bruteForce(p: PlacementProblem): number {
         sets[x.l].push(x.i)
       }
     })
-    if (bytes <= p.budgetBytes) best = Math.min(best, predictBatchTime(p, sets))
+    if (bytes <= p.budgetBytes) best = Math.min(best, predictBatchTime(p, sets, models))
   }
   return best
 }
@@ -196,4 +198,12 @@ t.test('per-batch streaming: nothing at decode, the busiest cold experts at pref
   t.ok(tight.stream.length <= 1, 'stream room respected')
   const none = planStreaming(experts, [900, 800, 700, 600, 500, 30, 2, 0], resident, new CostModel(testCalibration({ gpu: null, pcie: null })), 1e12)
   t.same(none.stream, [])
+})
+
+t.test('bad problems are refused naming the option', async (t) => {
+  const p = randomProblem(rng(8), 2, 3)
+  throwsHetmoe(t, () => planPlacement({ ...p, budgetBytes: NaN }), 'BAD_OPTION', /options\.budgetBytes/, 'NaN budget')
+  throwsHetmoe(t, () => planPlacement({ ...p, batchTokens: 0 }), 'BAD_OPTION', /options\.batchTokens must be a positive integer/, 'zero batch')
+  throwsHetmoe(t, () => planPlacement({ ...p, share: [p.share[0]] }), 'BAD_OPTION', /options\.share must be one entry per layer \(2\)/, 'layers')
+  throwsHetmoe(t, () => planPlacement({ ...p, share: [p.share[0], [0.5, NaN, 0.5]] }), 'BAD_OPTION', /options\.share\[1\]\[1\]/, 'NaN share')
 })

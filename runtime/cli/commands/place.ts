@@ -88,7 +88,8 @@ function ranges(xs: number[]): string {
 }
 
 export function formatPlan(p: PlanDocument, c: Calibration, expertsPerLayer: number[]): string {
-  const rows = p.layers.map((l) => `${String(l.layer).padEnd(7)}${`${l.gpuExperts.length}/${expertsPerLayer[l.layer]}`.padEnd(9)}${ranges(l.gpuExperts).padEnd(40)}${gib(l.gpuBytes).padStart(11)}${pct(l.gpuTokenShare).padStart(9)}`)
+  const fit = (s: string) => (s.length > 38 ? `${s.slice(0, s.lastIndexOf(',', 36))},…` : s) // the full list is in --json / --out
+  const rows = p.layers.map((l) => `${String(l.layer).padEnd(7)}${`${l.gpuExperts.length}/${expertsPerLayer[l.layer]}`.padEnd(9)}${fit(ranges(l.gpuExperts)).padEnd(40)}${gib(l.gpuBytes).padStart(11)}${pct(l.gpuTokenShare).padStart(9)}`)
   const n = p.layers.reduce((s, l) => s + l.gpuExperts.length, 0)
   return [
     `${p.model}: GPU budget ${gib(p.budgetBytes)} (of it ${gib(p.streamBytes)} kept for streaming), optimised for batches of ${p.batchTokens} token${p.batchTokens === 1 ? '' : 's'}${p.exact ? '' : ' (heuristic search)'}`,

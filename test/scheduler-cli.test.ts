@@ -1,0 +1,165 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { unpack } from 'msgpackr'
+import { packageRoot } from '../runtime/native.js'
+import { CostModel } from '../scheduler/cost-model.js'
+import { readModelFile } from '../scheduler/model-file.js'
+import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
+import { writeDocument } from '../scheduler/document.js'
+import { LoadTracker, profileFromTokens } from '../scheduler/profile.js'
+import { GateRouter } from '../scheduler/route-gate.js'
+import { allocSelection } from '../scheduler/selection.js'
+import { checkTokenIds, readTokenFile } from '../scheduler/token-file.js'
+import { testCalibration } from './helpers/calibration.js'
+import { SIGMA_LITE, tempDir, writeTestModel, zipfTokens } from './helpers/model-dir.js'
+
+const cli = join(packageRoot, 'dist', 'runtime', 'cli', 'main.js')
+const dir = tempDir()
+const model = join(dir, 'sigma-lite')
+writeTestModel(model, SIGMA_LITE)
+const tokens = zipfTokens(200_000, 32000, 1.1)
+const i32 = join(dir, 'zipf.i32')
+const txt = join(dir, 'zipf.txt')
+writeFileSync(i32, Buffer.from(tokens.buffer))
+writeFileSync(txt, Array.from(tokens).join(' ') + '\n')
+const calibration = join(dir, 'calibration.json')
+writeFileSync(calibration, JSON.stringify(testCalibration()))
+const env = { ...process.env, HETMOE_CACHE_DIR: join(dir, 'cache'), CI: 'true' }
+
+function hetmoe(...args: string[]) {
+  const start = performance.now()
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
+}
+
+t.test('hetmoe place on sigma-lite with a Zipf(1.1) token file', async (t) => {
+  for (const file of [i32, txt]) {
+    const r = hetmoe('place', '--model', model, '--tokens', file, '--gpu-mem', '4GiB', '--calibration', calibration, '--json')
+    t.equal(r.status, 0, r.stderr)
+    t.comment(`place --tokens ${file.endsWith('.i32') ? '.i32' : 'text'} (200k tokens): ${r.ms.toFixed(0)} ms wall, node start-up included`)
+    const plan = JSON.parse(r.stdout) as PlanDocument
+    t.equal(plan.budgetBytes, 4 * 2 ** 30)
+    t.ok(plan.gpuBytes > 0 && plan.gpuBytes <= plan.budgetBytes - plan.streamBytes, 'resident experts within the budget')
+    t.equal(plan.gpuBytes, plan.layers.reduce((s, l) => s + l.gpuExperts.length, 0) * 64 * 2 ** 20, 'each sigma-lite expert is 64 MiB (2 × 8192 × 2048 bf16)')
+    t.ok(plan.gpuTokenShare > 0.25 && plan.gpuTokenShare <= 1, `GPU serves ${(100 * plan.gpuTokenShare).toFixed(1)}% of routed tokens`)
+    t.same(plan.layers.map((l) => l.layer), [0, 1, 2, 3])
+    t.ok(plan.predicted.decodeTokensPerS > plan.predicted.cpuOnlyDecodeTokensPerS, 'faster than CPU only at decode')
+    t.ok(plan.predicted.prefillTokensPerS > plan.predicted.cpuOnlyPrefillTokensPerS, 'and at prefill')
+  }
+})
+
+t.test("place's work (read tokens, profile, plan, predictions) takes well under a second of CPU", async (t) => {
+  // CPU time, not wall time: tap runs test files in parallel, so wall time here measures the neighbours.
+  const m = readModelFile(model)
+  const cost = new CostModel(testCalibration())
+  for (const [file, domain] of [[i32, undefined], [txt, undefined], [i32, 'd0']] as const) {
+    const before = process.cpuUsage()
+    const start = performance.now()
+    const tok = readTokenFile(file)
+    checkTokenIds(tok, m.manifest.vocabSize, file)
+    const plan = makePlan(m.manifest, profileFromTokens(m, tok, domain), cost, { budgetBytes: 4 * 2 ** 30, batchTokens: 1 })
+    const used = process.cpuUsage(before)
+    const cpuMs = (used.user + used.system) / 1000
+    t.comment(`${file.endsWith('.i32') ? '.i32' : 'text'}, ${domain ?? 'all domains'}: ${cpuMs.toFixed(0)} ms CPU, ${(performance.now() - start).toFixed(0)} ms wall, exact ${plan.exact}`)
+    t.ok(cpuMs < 1000, 'under a second')
+  }
+})
+
+t.test('the table, the plan file (JSON or msgpack), and profiles round-trip through place', async (t) => {
+  const json = join(dir, 'plan.json')
+  const pack = join(dir, 'plan.msgpack')
+  const table = hetmoe('place', '--model', model, '--tokens', i32, '--gpu-mem', '6GiB', '--domain', 'd1', '--batch', '16', '--calibration', calibration, '--out', json)
+  t.equal(table.status, 0, table.stderr)
+  t.match(table.stdout, /layer +on GPU +experts +bytes +tokens/)
+  t.match(table.stdout, /decode +\(batch 16\) +[\d.k]+ tokens\/s/)
+  t.match(table.stdout, /prefill \(batch 4096\) +[\d.k]+ tokens\/s/)
+  t.match(table.stdout, /domain "d1"/)
+  t.match(table.stdout, /plan written to/)
+  const fromJson = JSON.parse(readFileSync(json, 'utf8')) as PlanDocument
+  t.ok(fromJson.layers.every((l) => l.gpuExperts.every((e) => e >= 16 && e < 32)), 'domain d1 uses experts 16–31 only')
+  t.equal(fromJson.batchTokens, 16)
+  t.equal(hetmoe('place', '--model', model, '--tokens', i32, '--gpu-mem', '6GiB', '--domain', '1', '--batch', '16', '--calibration', calibration, '--out', pack).status, 0)
+  const fromPack = unpack(readFileSync(pack)) as PlanDocument
+  t.same(fromPack.layers, fromJson.layers, 'msgpack holds the same plan; a domain index equals its name')
+
+  const profile = join(dir, 'profile.msgpack')
+  const p = hetmoe('profile', '--model', model, '--tokens', txt, '--domain', 'd1', '--out', profile)
+  t.equal(p.status, 0, p.stderr)
+  t.match(p.stdout, /200000 tokens/)
+  t.match(p.stdout, /layer +active +busiest experts/)
+  const viaProfile = hetmoe('place', '--model', model, '--profile', profile, '--gpu-mem', '6GiB', '--batch', '16', '--calibration', calibration, '--json')
+  t.equal(viaProfile.status, 0, viaProfile.stderr)
+  t.same((JSON.parse(viaProfile.stdout) as PlanDocument).layers, fromJson.layers, 'a profile gives the plan its token file gives')
+  const pj = hetmoe('profile', '--model', model, '--tokens', i32, '--json')
+  t.equal(JSON.parse(pj.stdout).format, 'hetmoe-profile')
+})
+
+t.test('gated models are placed from a recorded profile', async (t) => {
+  const gated = join(dir, 'fine')
+  writeTestModel(gated, { name: 'fine', layers: 2, experts: 64, topK: 6, hiddenSize: 256, ffnSize: 1408, vocabSize: 1000 })
+  const m = readModelFile(gated)
+  const tracker = new LoadTracker('fine', [64, 64], 6)
+  let x = 3
+  for (let l = 0; l < 2; l++) {
+    const router = new GateRouter({ weight: m.gateWeight(l), numExperts: 64, hiddenSize: 256, topK: 6, normalize: false })
+    for (let b = 0; b < 20; b++) {
+      const hidden = Float32Array.from({ length: 16 * 256 }, () => (x = (x * 48271) % 2147483647) / 2147483647 - 0.5)
+      const sel = allocSelection(64, 96)
+      router.route(hidden, 16, sel)
+      tracker.record(l, sel.counts, 16)
+    }
+  }
+  const profile = join(dir, 'fine-profile.json')
+  writeDocument(profile, tracker.profile())
+  const r = hetmoe('place', '--model', gated, '--profile', profile, '--gpu-mem', '64MiB', '--batch', '16', '--calibration', calibration, '--json')
+  t.equal(r.status, 0, r.stderr)
+  const plan = JSON.parse(r.stdout) as PlanDocument
+  t.ok(plan.gpuBytes <= plan.budgetBytes && plan.gpuBytes > 0)
+  t.ok(plan.gpuTokenShare > 0 && plan.gpuTokenShare < 1)
+  const table = hetmoe('place', '--model', gated, '--profile', profile, '--gpu-mem', '64MiB', '--batch', '16', '--calibration', calibration)
+  t.ok(table.stdout.split('\n').filter((l) => /^\d/.test(l)).every((l) => l.length <= 80), 'long expert lists are shortened in the table')
+})
+
+t.test('without a calibration file, place measures this machine once and says GPU figures are reference numbers', async (t) => {
+  const first = hetmoe('place', '--model', model, '--tokens', i32, '--gpu-mem', '4GiB')
+  t.equal(first.status, 0, first.stderr)
+  t.match(first.stderr, /calibrating this machine/)
+  t.match(first.stdout, /H100 reference figures/)
+  const second = hetmoe('place', '--model', model, '--tokens', i32, '--gpu-mem', '4GiB')
+  t.notMatch(second.stderr, /calibrating/, 'cached')
+  t.comment(`place with this machine's cached calibration: ${second.ms.toFixed(0)} ms wall (first run, measuring: ${first.ms.toFixed(0)} ms)`)
+})
+
+t.test('bad flags and inputs: clear errors naming the flag', async (t) => {
+  const gated = join(dir, 'gated')
+  writeTestModel(gated, { layers: 1, experts: 8, topK: 2, hiddenSize: 16, ffnSize: 32, vocabSize: 100 })
+  const junk = join(dir, 'junk.txt')
+  writeFileSync(junk, '1 2 3\n4 five 6\n')
+  const txtSmall = join(dir, 'small.txt')
+  writeFileSync(txtSmall, '1 2 3')
+  const far = join(dir, 'far.txt')
+  writeFileSync(far, '1 2 32000')
+  const cases: [string[], number, RegExp][] = [
+    [['place', '--model', model, '--tokens', i32], 2, /--gpu-mem SIZE is required/],
+    [['place', '--model', model, '--tokens', i32, '--gpu-mem', 'lots'], 2, /--gpu-mem must be a size/],
+    [['place', '--model', model, '--tokens', i32, '--gpu-mem', '1GiB', '--batch', '0'], 2, /--batch must be an integer >= 1/],
+    [['place', '--tokens', i32, '--gpu-mem', '1GiB'], 2, /--model DIR is required/],
+    [['place', '--model', model, '--gpu-mem', '1GiB'], 2, /exactly one of --tokens FILE or --profile FILE/],
+    [['place', '--model', model, '--tokens', i32, '--profile', i32, '--gpu-mem', '1GiB'], 2, /exactly one of --tokens/],
+    [['place', '--model', dir, '--tokens', i32, '--gpu-mem', '1GiB'], 1, /--model .*: .*not a hetmoe model/],
+    [['place', '--model', model, '--tokens', junk, '--gpu-mem', '1GiB'], 1, /--tokens: .*junk\.txt, line 2, column 3: "five" is not an integer/],
+    [['place', '--model', model, '--tokens', far, '--gpu-mem', '1GiB'], 1, /--tokens: .*token 2 .* is 32000, outside the model's vocabulary \[0, 32000\)/],
+    [['place', '--model', model, '--tokens', i32, '--gpu-mem', '1GiB', '--domain', 'math'], 1, /--domain: unknown domain "math"/],
+    [['place', '--model', model, '--profile', junk, '--gpu-mem', '1GiB'], 1, /--profile: .*not a valid profile/],
+    [['place', '--model', gated, '--tokens', txtSmall, '--gpu-mem', '1GiB'], 1, /learned gate.*--profile/],
+    [['place', '--model', model, '--tokens', i32, '--gpu-mem', '1GiB', '--calibration', junk], 1, /--calibration: .*not a valid calibration/],
+    [['profile', '--model', model], 2, /exactly one of --tokens/],
+  ]
+  for (const [args, status, re] of cases) {
+    const r = hetmoe(...args)
+    t.equal(r.status, status, `${args.slice(1).join(' ')}: exit ${status}`)
+    t.match(r.stderr, re, `says: ${r.stderr.split('\n')[0]}`)
+  }
+})
