@@ -10,6 +10,7 @@ import { defaultProbes, loadCalibration, referenceH100, thisMachine } from '../s
 import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
 import { profileFromTokens, type LoadProfile } from '../scheduler/profile.js'
 import { readDocument } from '../scheduler/document.js'
+import { cachedCalibration } from './calibration.js'
 
 export interface PlanForModelOptions {
   /** The expected token stream (RRE models: the profile is exact from it). */
@@ -29,9 +30,12 @@ export interface PlanForModel {
   summary: string
 }
 
-/** This machine's cached calibration; GPU and PCIe rates from the H100 reference where none was measured. */
+/**
+ * This machine's calibration: the runtime-probe one `hetmoe calibrate` measured (cached), else a
+ * quick JavaScript estimate of the CPU; GPU and PCIe rates from the H100 reference where none was measured.
+ */
 export async function machineCalibration(): Promise<Calibration> {
-  const c = await loadCalibration(defaultProbes(thisMachine()))
+  const c = cachedCalibration() ?? (await loadCalibration(defaultProbes(thisMachine())))
   if (c.gpu) return c
   return { ...c, ...referenceH100(), source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
 }

@@ -1,6 +1,8 @@
 import { formatMachineInfo, machineInfo } from '../../info.js'
 import { version } from '../../version.js'
 import { parseFlags } from '../args.js'
+import { cachedCalibration } from '../../calibration.js'
+import { describeCalibration } from '../../../scheduler/calibrate.js'
 import type { Command } from '../command.js'
 
 export const command: Command = {
@@ -15,7 +17,9 @@ AVX512_BF16, AMX-BF16 and whether the OS grants AMX tile state), cores and memor
   async run(argv) {
     const { values } = parseFlags(argv, { json: { type: 'boolean' } })
     const info = await machineInfo(version)
-    console.log(values.json ? JSON.stringify(info, null, 2) : formatMachineInfo(info))
+    const calibration = info.hetmoe.addonBuilt ? cachedCalibration() : undefined
+    if (values.json) console.log(JSON.stringify({ ...info, calibration: calibration ?? null }, null, 2))
+    else console.log(`${formatMachineInfo(info)}\n${calibration ? describeCalibration(calibration) : 'calibration: none cached for this machine (run `hetmoe calibrate`)'}`)
     return 0
   },
 }

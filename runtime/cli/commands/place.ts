@@ -3,7 +3,9 @@ import { parseBytes, parseFlags, parseIntFlag } from '../args.js'
 import { UsageError, type Command } from '../command.js'
 import { forFlag, modelFromFlag, profileFromFlags } from '../../../scheduler/cli-support.js'
 import { CostModel, type Calibration } from '../../../scheduler/cost-model.js'
-import { calibrationCachePath, defaultProbes, describeCalibration, loadCalibration, readCalibration, referenceH100, thisMachine } from '../../../scheduler/calibrate.js'
+import { describeCalibration, referenceH100 } from '../../../scheduler/calibrate.js'
+import { cachedCalibration, measureCalibration } from '../../calibration.js'
+import { machineCalibration } from '../../placement.js'
 import { writeDocument, readDocument } from '../../../scheduler/document.js'
 import { makePlan, type PlanDocument } from '../../../scheduler/plan-report.js'
 import { HetmoeError } from '../../errors.js'
@@ -54,22 +56,18 @@ DESIGN.md, and the report says so.`,
 }
 
 async function calibrationFor(file: string | undefined, refresh: boolean): Promise<Calibration> {
-  let c: Calibration
   if (file) {
-    c = forFlag('--calibration', () => {
+    const c = forFlag('--calibration', () => {
       const d = readDocument(file, 'calibration') as Calibration
       if (d?.format !== 'hetmoe-calibration') throw new HetmoeError('BAD_INPUT', `${file} is not a hetmoe calibration`)
       return d
     })
-  } else {
-    const probes = defaultProbes(thisMachine())
-    const path = calibrationCachePath(probes.machine)
-    if (refresh || !readCalibration(path)) process.stderr.write(`calibrating this machine (once; cached in ${path})…\n`)
-    c = await loadCalibration(probes, { refresh })
+    if (c.gpu) return c
+    return { ...c, ...referenceH100(), source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
   }
-  if (c.gpu) return c
-  const ref = referenceH100()
-  return { ...c, ...ref, source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
+  if (refresh) await measureCalibration({ log: (l) => process.stderr.write(l + '\n') })
+  else if (!cachedCalibration()) process.stderr.write('hetmoe place: no runtime calibration cached for this machine; using a quick JavaScript estimate of the CPU (run `hetmoe calibrate` for measured rates)\n')
+  return machineCalibration()
 }
 
 const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`)

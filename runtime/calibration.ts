@@ -1,0 +1,158 @@
+// Calibrating the cost model with the runtime's own backends: the probes run real expert work
+// through the CPU worker pool's layer job and (where present) the GPU backend, on a small synthetic
+// model per weight format, so the planner predicts what the runtime will actually do. Cached per
+// machine (scheduler/calibrate.ts); `hetmoe calibrate` refreshes, `hetmoe info` shows it.
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { Arena } from './arena.js'
+import { CpuPool } from './pool.js'
+import { CpuBackend } from './cpu-backend.js'
+import { GpuBackend } from './gpu-backend.js'
+import { GpuExperts } from './gpu-open.js'
+import { envConfig } from './config.js'
+import { native } from './native.js'
+import type { ExpertBackend, LayerWork } from './layer-work.js'
+import { cacheDir } from './model-cache.js'
+import { randomHidden } from './token-stream.js'
+import { loadModel, type Model } from '../experts/model.js'
+import { synthModel } from '../experts/synth.js'
+import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
+import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
+import { calibrationCachePath, loadCalibration, readCalibration, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+
+const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
+const EXPERTS = 8
+const MAX_TOKENS = 256
+
+/** A one-layer model of EXPERTS SwiGLU experts (2048 × 4096, ~48 MB each dense bf16) in one format. */
+async function probeModel(format: WeightFormat): Promise<Model> {
+  const dir = join(cacheDir(), 'calibration-models', format.replace(/[:%]/g, '_'))
+  if (!existsSync(join(dir, MANIFEST_FILE)))
+    await synthModel({ preset: { name: `calibration-${format}`, layers: 1, hidden: 2048, inner: 4096, ffn: 'swiglu', routing: { kind: 'gate', experts: EXPERTS, topK: 1, normalize: false }, vocabSize: 1000 }, out: dir, format, overwrite: true })
+  return loadModel(dir)
+}
+
+interface ProbeRig {
+  model: Model
+  expertBytes: number
+  /** LayerWork for k experts × n tokens, all in the arena. */
+  work(k: number, n: number): LayerWork
+}
+
+function rig(model: Model, arena: Arena): ProbeRig {
+  const D = model.manifest.hiddenSize
+  const hidden = arena.lease(MAX_TOKENS * D * 4)
+  hidden.f32(MAX_TOKENS * D).set(randomHidden(MAX_TOKENS, D, 5))
+  const out = arena.lease(EXPERTS * MAX_TOKENS * D * 4)
+  const rows = arena.lease(2 * EXPERTS * MAX_TOKENS * 4)
+  const r = rows.i32(2 * EXPERTS * MAX_TOKENS)
+  for (let e = 0; e < EXPERTS; e++)
+    for (let i = 0; i < MAX_TOKENS; i++) {
+      r[e * MAX_TOKENS + i] = i // token rows
+      r[(EXPERTS + e) * MAX_TOKENS + i] = e * MAX_TOKENS + i // distinct output rows
+    }
+  return {
+    model,
+    expertBytes: expertShape(model.expert(0, 0)).bytes,
+    work: (k, n) => ({
+      layer: 0,
+      hidden: { offset: hidden.offset, rows: MAX_TOKENS },
+      out: { offset: out.offset, rows: EXPERTS * MAX_TOKENS },
+      experts: Array.from({ length: k }, (_, e) => ({ expert: e, count: n, tokens: rows.offset + 4 * e * MAX_TOKENS, outRows: rows.offset + 4 * (EXPERTS + e) * MAX_TOKENS })),
+    }),
+  }
+}
+
+/** A probe over a backend: k whole experts approximate the requested bytes; time is scaled to them exactly. */
+function probeOn(backend: ExpertBackend, rigs: Map<FormatKey, ProbeRig>): Probe {
+  return async ({ format, bytes, tokens }) => {
+    const r = rigs.get(format)!
+    const k = Math.min(EXPERTS, Math.max(1, Math.round(bytes / r.expertBytes)))
+    const n = Math.min(tokens, MAX_TOKENS)
+    const w = r.work(k, n)
+    await backend.run(w) // warm: page faults, first-touch, uploads
+    const t0 = performance.now()
+    await backend.run(w)
+    const s = (performance.now() - t0) / 1000
+    return (s * bytes) / (k * r.expertBytes) * (tokens / n)
+  }
+}
+
+/** Measures this machine through the runtime's backends (a few seconds to a minute). */
+export async function measureCalibration(options: { gpu?: boolean; threads?: number; log?: (line: string) => void } = {}): Promise<Calibration> {
+  const log = options.log ?? (() => {})
+  const gpuOk = options.gpu !== false && GpuBackend.available().available
+  const arena = new Arena({ bytes: 160 << 20 })
+  const pool = new CpuPool({ arena, threads: options.threads ?? envConfig().cpuThreads })
+  const models: Model[] = []
+  let gpu: GpuBackend | undefined
+  try {
+    const cpuRigs = new Map<FormatKey, ProbeRig>()
+    const gpuProbes: Partial<Record<FormatKey, Probe>> = {}
+    const cpuProbes: Partial<Record<FormatKey, Probe>> = {}
+    let pcie: CalibrationProbes['pcie']
+    if (gpuOk) gpu = GpuBackend.open({ arena, warn: log })
+    for (const f of FORMATS) {
+      log(`calibration: preparing the ${f} probe model`)
+      const m = await probeModel(f)
+      models.push(m)
+      const key = `${f}/bf16` as FormatKey
+      const r = rig(m, arena)
+      cpuRigs.set(key, r)
+      cpuProbes[key] = probeOn(new CpuBackend(pool, arena, m), new Map([[key, r]]))
+      if (gpu) {
+        const g = new GpuExperts(gpu, m, arena)
+        // Distinct keys per format: GpuExperts names experts by layer and index only.
+        const gx: ExpertBackend = { kind: 'gpu', run: async (w) => {
+          for (const x of w.experts) g.upload(0, x.expert)
+          await g.run(w)
+          for (const x of w.experts) g.evict(0, x.expert)
+        } }
+        gpuProbes[key] = async (req) => {
+          const k = Math.min(EXPERTS, Math.max(1, Math.round(req.bytes / r.expertBytes)))
+          for (let e = 0; e < k; e++) g.upload(0, e)
+          try {
+            return await probeOn({ kind: 'gpu', run: (w) => g.run(w) }, new Map([[key, r]]))(req)
+          } finally {
+            for (let e = 0; e < k; e++) g.evict(0, e)
+          }
+        }
+        if (f === 'dense') pcie = (bytes) => {
+          const k = Math.min(EXPERTS, Math.max(1, Math.round(bytes / r.expertBytes)))
+          const t0 = performance.now()
+          for (let e = 0; e < k; e++) g.upload(0, e)
+          const s = (performance.now() - t0) / 1000
+          for (let e = 0; e < k; e++) g.evict(0, e)
+          return (s * bytes) / (k * r.expertBytes)
+        }
+        void gx
+      }
+    }
+    const dense = cpuRigs.get('dense/bf16')!.expertBytes
+    const probes: CalibrationProbes = {
+      machine: calibrationMachine(),
+      source: `runtime probes (CPU layer job on ${pool.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
+      cpu: { formats: cpuProbes },
+      ...(gpu ? { gpu: { formats: gpuProbes }, pcie } : {}),
+      plan: { bytes: [dense, 2 * dense, 4 * dense], tokens: [1, 16, 64, 256], repeats: 2 },
+    }
+    log(`calibration: measuring (${probes.source})`)
+    return await loadCalibration(probes, { refresh: true })
+  } finally {
+    gpu?.close()
+    await pool.close()
+    for (const m of models) m.close()
+    arena.close()
+  }
+}
+
+/** This machine as calibrations are keyed: CPU model and the first GPU's name. */
+export function calibrationMachine(): { cpu: string; gpu: string | null } {
+  return thisMachine(native().info().gpu.devices[0]?.name ?? null)
+}
+
+/** The cached runtime calibration of this machine, if one was measured. */
+export function cachedCalibration(): Calibration | undefined {
+  const c = readCalibration(calibrationCachePath(calibrationMachine()))
+  return c?.source.startsWith('runtime probes') ? c : undefined
+}
