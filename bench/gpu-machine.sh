@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole-system run on the GPU machine (H100 + 16-core Xeon), one call of the device tool:
+#   source .gpu/enter.sh && bash bench/gpu-machine.sh          (writes everything under $OUT)
+# It builds nothing (the addon and dist/ are carried from the development machine). Order: cheap and
+# essential first, so a run cut short still returns the foundation and runtime evidence.
+set -uo pipefail
+OUT=${OUT:-/tmp/hetmoe-out}
+mkdir -p "$OUT"
+export HETMOE_CACHE_DIR=/tmp/hetmoe-cache HETMOE_COMMIT=${HETMOE_COMMIT:-unknown} CI=true
+H="node dist/runtime/cli/main.js"
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step info
+$H info --json > "$OUT/info.json"; $H info
+node -e "const {Worker}=require('worker_threads'); const w=new Worker('const a=require(process.env.A); require(\"worker_threads\").parentPort.postMessage(a.info().gpu.devices.map(d=>d.name))',{eval:true,env:{A:require('path').resolve('build/Release/hetmoe.node')}}); w.on('message',m=>console.log('addon loaded in a worker thread; it sees',JSON.stringify(m))); w.on('error',e=>{console.error(e);process.exit(1)})"
+
+step overhead
+$H bench overhead --iters 3000 --json "$OUT/overhead.json"
+
+step calibrate
+$H calibrate --json > "$OUT/calibration.json" && $H info | tail -12
+
+step demo
+$H demo --json > "$OUT/demo.json"; tail -c 1500 "$OUT/demo.json"
+
+step sigma-lite synth
+$H synth --preset sigma-lite --out /tmp/sl
+node -e "
+const {zipfTokens}=await import('./dist/runtime/token-stream.js');
+require('fs').writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))" --input-type=module 2>/dev/null || node --input-type=module -e "
+import {zipfTokens} from './dist/runtime/token-stream.js'; import {writeFileSync} from 'fs';
+writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
+
+step place vs run, sigma-lite, 25% of expert bytes, decode batch 16
+BUDGET=$(node --input-type=module -e "
+import {loadModel} from './dist/experts/model.js'; import {expertShape} from './dist/scheduler/cost-model.js';
+const m=await loadModel('/tmp/sl'); let b=0; for (const l of m.manifest.layers) for (const e of l.experts) b+=expertShape(e).bytes; console.log(Math.floor(b/4))")
+echo "budget bytes: $BUDGET"
+$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 --out "$OUT/plan-sigma-lite.json" --json > "$OUT/place.json"
+$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 | head -20
+$H run --model /tmp/sl --plan "$OUT/plan-sigma-lite.json" --tokens /tmp/zipf.txt --domain 0 --batch 16 --gpu-mem "$BUDGET" --json > "$OUT/run.json"
+node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console.log('predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3))"
+
+step hybrid bench, sigma-lite
+$H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets 0,0.1,0.25,0.5,1 --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
+echo; echo "=== done ($(date +%T))"
