@@ -25,10 +25,8 @@ $H demo --json > "$OUT/demo.json"; tail -c 1500 "$OUT/demo.json"
 
 step sigma-lite synth
 $H synth --preset sigma-lite --out /tmp/sl
-node -e "
-const {zipfTokens}=await import('./dist/runtime/token-stream.js');
-require('fs').writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))" --input-type=module 2>/dev/null || node --input-type=module -e "
-import {zipfTokens} from './dist/runtime/token-stream.js'; import {writeFileSync} from 'fs';
+node --input-type=module -e "
+import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
 writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
 
 step place vs run, sigma-lite, 25% of expert bytes, decode batch 16
