@@ -23,22 +23,23 @@ $H calibrate --json > "$OUT/calibration.json" && $H info | tail -12
 step demo
 $H demo --json > "$OUT/demo.json"; tail -c 1500 "$OUT/demo.json"
 
-step sigma-lite synth
-$H synth --preset sigma-lite --out /tmp/sl
+PRESET=${PRESET:-sigma-lite}
+step $PRESET synth
+$H synth --preset $PRESET --out /tmp/sl --force
 node --input-type=module -e "
 import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
 writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
 
-step place vs run, sigma-lite, 25% of expert bytes, decode batch 16
+step place vs run, $PRESET, 25% of expert bytes, decode batch 16
 BUDGET=$(node --input-type=module -e "
 import {loadModel} from './dist/experts/model.js'; import {expertShape} from './dist/scheduler/cost-model.js';
 const m=await loadModel('/tmp/sl'); let b=0; for (const l of m.manifest.layers) for (const e of l.experts) b+=expertShape(e).bytes; console.log(Math.floor(b/4))")
 echo "budget bytes: $BUDGET"
-$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 --out "$OUT/plan-sigma-lite.json" --json > "$OUT/place.json"
+$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 --out "$OUT/plan.json" --json > "$OUT/place.json"
 $H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 | head -20
-$H run --model /tmp/sl --plan "$OUT/plan-sigma-lite.json" --tokens /tmp/zipf.txt --domain 0 --batch 16 --gpu-mem "$BUDGET" --json > "$OUT/run.json"
+$H run --model /tmp/sl --plan "$OUT/plan.json" --tokens /tmp/zipf.txt --domain 0 --batch 16 --gpu-mem "$BUDGET" --json > "$OUT/run.json"
 node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console.log('predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3))"
 
-step hybrid bench, sigma-lite
+step hybrid bench, $PRESET
 $H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets 0,0.1,0.25,0.5,1 --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
 echo; echo "=== done ($(date +%T))"

@@ -21,6 +21,7 @@ import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost
 import { calibrationCachePath, loadCalibration, readCalibration, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
+const OVERHEAD_RUNS = 300
 const EXPERTS = 8
 const MAX_TOKENS = 256
 
@@ -63,6 +64,20 @@ function rig(model: Model, arena: Arena): ProbeRig {
   }
 }
 
+/** Median seconds of a layer call whose arithmetic is negligible (one token through a 64 × 128 expert):
+ *  the fixed cost of dispatching a layer to a backend and hearing back. */
+function layerOverheadProbe(run: () => Promise<void>): () => Promise<number> {
+  return async () => {
+    const ts: number[] = []
+    for (let i = 0; i < OVERHEAD_RUNS + 20; i++) {
+      const t0 = performance.now()
+      await run()
+      if (i >= 20) ts.push((performance.now() - t0) / 1000)
+    }
+    return ts.sort((a, b) => a - b)[ts.length >> 1]
+  }
+}
+
 /** A probe over a backend: k whole experts approximate the requested bytes; time is scaled to them exactly. */
 function probeOn(backend: ExpertBackend, rigs: Map<FormatKey, ProbeRig>): Probe {
   return async ({ format, bytes, tokens }) => {
@@ -92,6 +107,27 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const cpuProbes: Partial<Record<FormatKey, Probe>> = {}
     let pcie: CalibrationProbes['pcie']
     if (gpuOk) gpu = GpuBackend.open({ arena, warn: log })
+    const tinyDir = join(cacheDir(), 'calibration-models', 'overhead')
+    if (!existsSync(join(tinyDir, MANIFEST_FILE)))
+      await synthModel({ preset: { name: 'calibration-overhead', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu', routing: { kind: 'gate', experts: 1, topK: 1, normalize: false }, vocabSize: 1000 }, out: tinyDir, overwrite: true })
+    const tiny = await loadModel(tinyDir)
+    models.push(tiny)
+    const tinyRig = rig(tiny, arena)
+    const cpuOverhead = layerOverheadProbe(() => new CpuBackend(pool, arena, tiny).run(tinyRig.work(1, 1)))
+    let gpuOverhead: (() => Promise<number>) | undefined
+    if (gpu) {
+      const g = new GpuExperts(gpu, tiny, arena)
+      const probe = layerOverheadProbe(() => g.run(tinyRig.work(1, 1)))
+      // Uploaded only while measured: the format probes below use the same (layer 0, expert e) keys.
+      gpuOverhead = async () => {
+        g.upload(0, 0)
+        try {
+          return await probe()
+        } finally {
+          g.evict(0, 0)
+        }
+      }
+    }
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
@@ -102,12 +138,6 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       cpuProbes[key] = probeOn(new CpuBackend(pool, arena, m), new Map([[key, r]]))
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
-        // Distinct keys per format: GpuExperts names experts by layer and index only.
-        const gx: ExpertBackend = { kind: 'gpu', run: async (w) => {
-          for (const x of w.experts) g.upload(0, x.expert)
-          await g.run(w)
-          for (const x of w.experts) g.evict(0, x.expert)
-        } }
         gpuProbes[key] = async (req) => {
           const k = Math.min(EXPERTS, Math.max(1, Math.round(req.bytes / r.expertBytes)))
           for (let e = 0; e < k; e++) g.upload(0, e)
@@ -125,15 +155,14 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
           for (let e = 0; e < k; e++) g.evict(0, e)
           return (s * bytes) / (k * r.expertBytes)
         }
-        void gx
       }
     }
     const dense = cpuRigs.get('dense/bf16')!.expertBytes
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${pool.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
-      cpu: { formats: cpuProbes },
-      ...(gpu ? { gpu: { formats: gpuProbes }, pcie } : {}),
+      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead },
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead }, pcie } : {}),
       plan: { bytes: [dense, 2 * dense, 4 * dense], tokens: [1, 16, 64, 256], repeats: 2 },
     }
     log(`calibration: measuring (${probes.source})`)
