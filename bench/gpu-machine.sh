@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole-system run on the GPU machine (H100 + 16-core Xeon), one call of the device tool:
-#   source .gpu/enter.sh && bash bench/gpu-machine.sh          (writes everything under $OUT)
+#   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo, agreement)
+#   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
+# Each part fits one device call (10 minutes); everything is written under $OUT.
 # It builds nothing (the addon and dist/ are carried from the development machine). Order: cheap and
 # essential first, so a run cut short still returns the foundation and runtime evidence.
 set -uo pipefail
@@ -10,6 +12,8 @@ export HETMOE_CACHE_DIR=/tmp/hetmoe-cache HETMOE_COMMIT=${HETMOE_COMMIT:-unknown
 H="node dist/runtime/cli/main.js"
 step() { echo; echo "=== $* ($(date +%T))"; }
 
+PART=${1:-1}
+if [ "$PART" = 1 ]; then
 step info
 $H info --json > "$OUT/info.json"; $H info
 node -e "const {Worker}=require('worker_threads'); const w=new Worker('const a=require(process.env.A); require(\"worker_threads\").parentPort.postMessage(a.info().gpu.devices.map(d=>d.name))',{eval:true,env:{A:require('path').resolve('build/Release/hetmoe.node')}}); w.on('message',m=>console.log('addon loaded in a worker thread; it sees',JSON.stringify(m))); w.on('error',e=>{console.error(e);process.exit(1)})"
@@ -18,11 +22,17 @@ step overhead
 $H bench overhead --iters 3000 --json "$OUT/overhead.json"
 
 step calibrate
-$H calibrate --json > "$OUT/calibration.json" && $H info | tail -12
+$H calibrate --json > "$OUT/calibration.json" && $H info | tail -12 && touch "$HETMOE_CACHE_DIR/calibration-done"
 
 step demo
 $H demo --json > "$OUT/demo.json"; tail -c 1500 "$OUT/demo.json"
 
+step agreement
+$H bench agreement --presets ${AGREE_PRESETS:-tiny,small,fine,mixtral} --tokens 1,8 --json "$OUT/agreement.json" | tail -40
+fi
+
+if [ "$PART" = 2 ]; then
+[ -f "$HETMOE_CACHE_DIR/calibration-done" ] || $H calibrate > /dev/null
 PRESET=${PRESET:-sigma-lite}
 step $PRESET synth
 $H synth --preset $PRESET --out /tmp/sl --force
@@ -42,4 +52,5 @@ node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console
 
 step hybrid bench, $PRESET
 $H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets 0,0.1,0.25,0.5,1 --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
+fi
 echo; echo "=== done ($(date +%T))"
