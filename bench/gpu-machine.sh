@@ -51,6 +51,6 @@ $H run --model /tmp/sl --plan "$OUT/plan.json" --tokens /tmp/zipf.txt --domain 0
 node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console.log('predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3))"
 
 step hybrid bench, $PRESET
-$H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets 0,0.1,0.25,0.5,1 --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
+$H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets ${BUDGETS:-0,0.25,1} --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
 fi
 echo; echo "=== done ($(date +%T))"
