@@ -449,7 +449,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     std::memcpy(b.pinned, hidden, hidBytes);
     check(cudaMemcpyAsync(b.hidF32.p, b.pinned, hidBytes, cudaMemcpyHostToDevice, b.stream), "copying hidden states (staged)");
   }
-  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, b.stream);
+  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, D, b.stream);
   check(cudaGetLastError(), "launching the hidden-state conversion");
   check(cudaEventRecord(b.ev[1], b.stream), "recording an event");
   plan.launchAll(b.hidBf16.p, D, dTok, b.H.p, maxF, b.out.p, D, dOutRows, dScale, b.stream);

@@ -104,6 +104,14 @@ __device__ __forceinline__ float geluTanh(float x) {
   return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
 }
 
+// Where logical input column k of a B row (hidden or H) is stored: within each block of 64,
+// logical pair P = k/2 (held by lane t = P%4 as register i = P/4 of the mma B fragments) goes to
+// pair 8t + i, so each lane's 8 registers of a k64 step are contiguous.
+__host__ __device__ __forceinline__ int kPermute(int k) {
+  const int p = (k & 63) >> 1;
+  return (k & ~63) | ((((p & 3) << 3) | (p >> 2)) << 1) | (k & 1);
+}
+
 // A fragments of one k64 step for one matrix.
 template <int FMT>
 struct AFrag {
@@ -139,7 +147,8 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
 template <int FMT, int NT, int MODE>
 static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const LayerArgs args) {
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
-  constexpr int U = FMT == kFmtDense ? 2 : 4;  // k64 steps loaded ahead of their math
+  constexpr int U = FMT == kFmtDense ? 2 : 4;  // k64 steps of A loaded ahead of their math
+  constexpr int UB = NT >= 4 ? 1 : U;           // k64 steps of B loaded together
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
@@ -150,13 +159,15 @@ static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const 
   const int kSteps = args.kSteps;
 
   // Token rows this lane reads for B (column g of each n8 tile); tokens past n repeat the last.
-  const uint32_t* bRow[NT];
+  // B rows are stored k-permuted (kPermute): the lane's 8 registers of a k64 step are 32
+  // contiguous bytes, two 16-byte loads.
+  const uint4* bRow[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     int j = item.nStart + nt * 8 + g;
     if (j >= n) j = n - 1;
     const long long r = args.tokenRows ? args.tokenRows[ex.tokOff + j] : (long long)(ex.tokOff + j);
-    bRow[nt] = reinterpret_cast<const uint32_t*>(args.B + r * args.ldb) + t;
+    bRow[nt] = reinterpret_cast<const uint4*>(args.B + r * args.ldb) + 2 * t;
   }
 
   float acc[NMAT][NT][4];
@@ -186,14 +197,23 @@ static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const 
 #pragma unroll
         for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int ub = 0; ub < U; ub += UB) {
+      uint32_t bb[UB][NT][8];
+#pragma unroll
+      for (int u = 0; u < UB; ++u)
+        if (ks0 + ub + u < kSteps)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint4 lo = __ldg(bRow[nt] + (ks0 + ub + u) * 8), hi = __ldg(bRow[nt] + (ks0 + ub + u) * 8 + 1);
+            bb[u][nt][0] = lo.x, bb[u][nt][1] = lo.y, bb[u][nt][2] = lo.z, bb[u][nt][3] = lo.w;
+            bb[u][nt][4] = hi.x, bb[u][nt][5] = hi.y, bb[u][nt][6] = hi.z, bb[u][nt][7] = hi.w;
+          }
+#pragma unroll
+    for (int uu = 0; uu < UB; ++uu) {
+      const int u = ub + uu;
       const int ks = ks0 + u;
       if (ks < kSteps) {
-        uint32_t b[NT][8];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) b[nt][i] = __ldg(bRow[nt] + ks * 32 + 4 * i);
+        const uint32_t (&b)[NT][8] = bb[uu];
         if constexpr (FMT == kFmt75) {
 #pragma unroll
           for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], a[u][q], b);
@@ -223,6 +243,7 @@ static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const 
         }
       }
     }
+    }
   }
 
   // Epilogue. Accumulator i of n8 tile nt: stored row 16*mt + g + 8*(i>>1), token 2t + (i&1).
@@ -250,7 +271,7 @@ static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const 
           } else {
             h = geluTanh(x0);
           }
-          args.H[(long long)sel * args.ldh + row] = __float2bfloat16_rn(h);
+          args.H[(long long)sel * args.ldh + kPermute(row)] = __float2bfloat16_rn(h);
         }
       }
     }
@@ -342,17 +363,22 @@ static __global__ void repackSelectKernel(const uint8_t* src, int srows, int chu
   }
 }
 
-// fp32 -> bf16, elementwise
-static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count) {
-  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < count; i += (long long)gridDim.x * blockDim.x * 4) {
-    if (i + 3 < count) {
-      const float4 v = *reinterpret_cast<const float4*>(src + i);
-      __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-      *reinterpret_cast<__nv_bfloat162*>(dst + i) = a;
-      *reinterpret_cast<__nv_bfloat162*>(dst + i + 2) = b;
-    } else {
-      for (long long k = i; k < count; ++k) dst[k] = __float2bfloat16_rn(src[k]);
-    }
+// fp32 rows -> bf16 rows in the k-permuted layout the kernels read (row length D % 64 == 0).
+static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count, int D) {
+  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 2; i < count; i += (long long)gridDim.x * blockDim.x * 2) {
+    const float2 v = *reinterpret_cast<const float2*>(src + i);
+    const long long row = i / D;
+    const int k = int(i - row * D);
+    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = __floats2bfloat162_rn(v.x, v.y);
+  }
+}
+
+// bf16 rows (natural order) -> k-permuted rows
+static __global__ void permuteBf16Kernel(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D) {
+  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 2; i < count; i += (long long)gridDim.x * blockDim.x * 2) {
+    const long long row = i / D;
+    const int k = int(i - row * D);
+    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = *reinterpret_cast<const __nv_bfloat162*>(src + i);
   }
 }
 

@@ -59,8 +59,12 @@ inline void repackOnDevice(const DevWeights& w, const void* srcVals, int dtype, 
   check(cudaGetLastError(), "launching the weight repack");
 }
 
-inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, cudaStream_t s) {
-  toBf16Kernel<<<gridFor(count / 4 + 1, 256), 256, 0, s>>>(src, dst, count);
+// fp32 [rows][D] -> bf16 k-permuted rows (what the projection kernels read as B).
+inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
+  toBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
+}
+inline void launchPermuteBf16(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
+  permuteBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
 }
 
 inline void launchCopyRows(const float* src, float* dst, const int* rows, int count, int D, bool compact, cudaStream_t s) {
@@ -164,7 +168,7 @@ class HostLaunchPlan {
     dev_ = d;
   }
 
-  // B: bf16 hidden [*, ldb]; tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
+  // B: bf16 hidden [*, ldb], k-permuted rows (kPermute); tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
   // out: fp32 [*, ldo] scattered by outRows, scaled by scales.
   void launchAll(const __nv_bfloat16* B, long long ldb, const int* tokenRows, __nv_bfloat16* H, long long ldh,
                  float* out, long long ldo, const int* outRows, const float* scales, cudaStream_t s) const {
