@@ -28,7 +28,9 @@ namespace gpu {
 enum : int { kFmtDense = 0, kFmt24 = 1, kFmt75 = 2 };
 enum : int { kModeSwiGLU = 0, kModeGeLU = 1, kModeDown = 2 };
 
-constexpr int kWarpsPerCta = 4;
+// Warps per CTA: 4 for decode tiles (NT <= 2), 8 for the wider tiles, so a CTA covers more rows of
+// the same tokens (B is shared through L1) and reads fewer bytes from L2 per flop.
+__host__ __device__ constexpr int warpsFor(int nt) { return nt >= 4 ? 8 : 4; }
 
 // One expert's operands for one launch (device memory, filled per call).
 struct ExpDesc {
@@ -41,7 +43,7 @@ struct ExpDesc {
 
 struct WorkItem {
   int e;       // ExpDesc index
-  int mBlock;  // block of kWarpsPerCta m16 tiles
+  int mBlock;  // block of warpsFor(NT) m16 tiles
   int nStart;  // first token (within the expert) of this n-tile
   int pad;
 };
@@ -145,15 +147,15 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
 // One launch = one projection for every expert of a group. Each warp owns one m16 tile of stored
 // rows and NT*8 tokens of one expert; it walks the whole K range.
 template <int FMT, int NT, int MODE>
-static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const LayerArgs args) {
+static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const LayerArgs args) {
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
-  constexpr int U = FMT == kFmtDense ? 2 : 4;  // k64 steps of A loaded ahead of their math
+  constexpr int U = FMT == kFmtDense || NT >= 8 ? 2 : 4;  // k64 steps of A loaded ahead of their math
   constexpr int UB = NT >= 4 ? 1 : U;           // k64 steps of B loaded together
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
   const ExpDesc& ex = args.exps[item.e];
-  const int mt = item.mBlock * kWarpsPerCta + warp;
+  const int mt = item.mBlock * warpsFor(NT) + warp;
   if (mt >= args.mTiles) return;
   const int n = ex.n;
   const int kSteps = args.kSteps;

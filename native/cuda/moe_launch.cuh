@@ -81,11 +81,13 @@ struct GroupExpert {
 
 template <int FMT, int MODE>
 inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
-  const int threads = kWarpsPerCta * 32;
   switch (nt) {
-    case 1: moeProjKernel<FMT, 1, MODE><<<grid, threads, 0, s>>>(a); break;
-    case 2: moeProjKernel<FMT, 2, MODE><<<grid, threads, 0, s>>>(a); break;
-    default: moeProjKernel<FMT, 4, MODE><<<grid, threads, 0, s>>>(a); break;
+    case 1: moeProjKernel<FMT, 1, MODE><<<grid, warpsFor(1) * 32, 0, s>>>(a); break;
+    case 2: moeProjKernel<FMT, 2, MODE><<<grid, warpsFor(2) * 32, 0, s>>>(a); break;
+    case 4: moeProjKernel<FMT, 4, MODE><<<grid, warpsFor(4) * 32, 0, s>>>(a); break;
+    default:
+      if constexpr (FMT != kFmt75) moeProjKernel<FMT, 8, MODE><<<grid, warpsFor(8) * 32, 0, s>>>(a);
+      break;
   }
 }
 
@@ -98,7 +100,14 @@ inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream
   }
 }
 
-inline int chooseNT(int maxN) { return maxN <= 8 ? 1 : maxN <= 16 ? 2 : 4; }
+// Tokens per warp tile / 8: as few as cover the largest expert up to 16 tokens (decode: the weights
+// stream once), then 32 or 64 (75% keeps three accumulator sets, so it stops at 32).
+inline int chooseNT(int maxN, int fmt) {
+  if (maxN <= 8) return 1;
+  if (maxN <= 16) return 2;
+  if (maxN <= 32 || fmt == kFmt75) return 4;
+  return 8;
+}
 
 // The launches of one layer: for every group (one format and FFN kind, one shape), one up/gate
 // launch and one down launch over all its experts.
@@ -116,7 +125,7 @@ class HostLaunchPlan {
     g.ffn = ffn;
     int maxN = 0;
     for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-    g.nt = chooseNT(maxN);
+    g.nt = chooseNT(maxN, fmt);
     const DevWeights& up0 = *ex[0].up;
     const DevWeights& dn0 = *ex[0].down;
     g.upMTiles = up0.mTiles;
@@ -143,8 +152,9 @@ class HostLaunchPlan {
       u.n = d.n = e.n;
       upD.push_back(u);
       dnD.push_back(d);
-      const int upMB = (g.upMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
-      const int dnMB = (g.dnMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
+      const int W = warpsFor(g.nt);
+      const int upMB = (g.upMTiles + W - 1) / W;
+      const int dnMB = (g.dnMTiles + W - 1) / W;
       // n-tiles innermost: CTAs that run together share weight tiles through L2.
       for (int mb = 0; mb < upMB; ++mb)
         for (int n0 = 0; n0 < e.n; n0 += bn) upI.push_back({int(i), mb, n0, 0});
