@@ -28,9 +28,9 @@ namespace gpu {
 enum : int { kFmtDense = 0, kFmt24 = 1, kFmt75 = 2 };
 enum : int { kModeSwiGLU = 0, kModeGeLU = 1, kModeDown = 2 };
 
-// Warps per CTA: 4 for decode tiles (NT <= 2), 8 for the wider tiles, so a CTA covers more rows of
+// Warps per CTA: 4, and 8 for the widest tiles (64 tokens), so a CTA covers more rows of
 // the same tokens (B is shared through L1) and reads fewer bytes from L2 per flop.
-__host__ __device__ constexpr int warpsFor(int nt) { return nt >= 4 ? 8 : 4; }
+__host__ __device__ constexpr int warpsFor(int nt) { return nt >= 8 ? 8 : 4; }
 
 // One expert's operands for one launch (device memory, filled per call).
 struct ExpDesc {
@@ -149,8 +149,7 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
 template <int FMT, int NT, int MODE>
 static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const LayerArgs args) {
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
-  constexpr int U = FMT == kFmtDense || NT >= 8 ? 2 : 4;  // k64 steps of A loaded ahead of their math
-  constexpr int UB = NT >= 4 ? 1 : U;           // k64 steps of B loaded together
+  constexpr int U = FMT == kFmtDense || NT >= 4 ? 2 : 4;  // k64 steps of A loaded ahead of their math
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
@@ -191,60 +190,84 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
   }
 
   const long long tileBase = (long long)mt * kSteps;
-  for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
-    AFrag<FMT> a[U][NMAT];
+  auto loadB = [&](int ks, uint32_t (&b)[NT][8]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (ks0 + u < kSteps)
+    for (int nt = 0; nt < NT; ++nt) {
+      const uint4 lo = __ldg(bRow[nt] + ks * 8), hi = __ldg(bRow[nt] + ks * 8 + 1);
+      b[nt][0] = lo.x, b[nt][1] = lo.y, b[nt][2] = lo.z, b[nt][3] = lo.w;
+      b[nt][4] = hi.x, b[nt][5] = hi.y, b[nt][6] = hi.z, b[nt][7] = hi.w;
+    }
+  };
+  auto step = [&](int ks, const AFrag<FMT> (&aq)[NMAT], const uint32_t (&b)[NT][8]) {
+    if constexpr (FMT == kFmt75) {
 #pragma unroll
-        for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+      for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], aq[q], b);
+      // End of a 128-column chunk (or of K): the chunk's sums belong to the even or the odd
+      // row of each pair, as the select bits say.
+      if ((ks & 1) == 1 || ks + 1 == kSteps) {
 #pragma unroll
-    for (int ub = 0; ub < U; ub += UB) {
-      uint32_t bb[UB][NT][8];
-#pragma unroll
-      for (int u = 0; u < UB; ++u)
-        if (ks0 + ub + u < kSteps)
+        for (int q = 0; q < NMAT; ++q) {
+          const uint32_t s = __ldg(ex.sel[q] + (long long)mt * args.chunks + (ks >> 1));
+          const bool odd0 = (s >> g) & 1u, odd1 = (s >> (g + 8)) & 1u;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            const uint4 lo = __ldg(bRow[nt] + (ks0 + ub + u) * 8), hi = __ldg(bRow[nt] + (ks0 + ub + u) * 8 + 1);
-            bb[u][nt][0] = lo.x, bb[u][nt][1] = lo.y, bb[u][nt][2] = lo.z, bb[u][nt][3] = lo.w;
-            bb[u][nt][4] = hi.x, bb[u][nt][5] = hi.y, bb[u][nt][6] = hi.z, bb[u][nt][7] = hi.w;
-          }
 #pragma unroll
-    for (int uu = 0; uu < UB; ++uu) {
-      const int u = ub + uu;
-      const int ks = ks0 + u;
-      if (ks < kSteps) {
-        const uint32_t (&b)[NT][8] = bb[uu];
-        if constexpr (FMT == kFmt75) {
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], a[u][q], b);
-          // End of a 128-column chunk (or of K): the chunk's sums belong to the even or the odd
-          // row of each pair, as the select bits say.
-          if ((ks & 1) == 1 || ks + 1 == kSteps) {
-#pragma unroll
-            for (int q = 0; q < NMAT; ++q) {
-              const uint32_t s = __ldg(ex.sel[q] + (long long)mt * args.chunks + (ks >> 1));
-              const bool odd0 = (s >> g) & 1u, odd1 = (s >> (g + 8)) & 1u;
-#pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                  const bool odd = i < 2 ? odd0 : odd1;
-                  const float v = tmp[q][nt][i];
-                  acc[q][nt][i] += odd ? 0.f : v;
-                  accO[q][nt][i] += odd ? v : 0.f;
-                  tmp[q][nt][i] = 0.f;
-                }
-              }
+            for (int i = 0; i < 4; ++i) {
+              const bool odd = i < 2 ? odd0 : odd1;
+              const float v = tmp[q][nt][i];
+              acc[q][nt][i] += odd ? 0.f : v;
+              accO[q][nt][i] += odd ? v : 0.f;
+              tmp[q][nt][i] = 0.f;
             }
           }
-        } else {
+        }
+      }
+    } else {
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(acc[q], a[u][q], b);
+      for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(acc[q], aq[q], b);
+    }
+  };
+
+  if constexpr (NT >= 4) {
+    // Wide tiles: B for the next k64 step is in flight while this step's math runs.
+    uint32_t bc[NT][8], bn[NT][8];
+    loadB(0, bc);
+    for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
+      AFrag<FMT> a[U][NMAT];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps)
+#pragma unroll
+          for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int ks = ks0 + u;
+        if (ks < kSteps) {
+          if (ks + 1 < kSteps) loadB(ks + 1, bn);
+          step(ks, a[u], bc);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) bc[nt][i] = bn[nt][i];
         }
       }
     }
+  } else {
+    // Decode tiles: A and B of U steps are loaded together, then their math runs.
+    for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
+      AFrag<FMT> a[U][NMAT];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps)
+#pragma unroll
+          for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+      uint32_t bb[U][NT][8];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) loadB(ks0 + u, bb[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) step(ks0 + u, a[u], bb[u]);
     }
   }
 

@@ -86,7 +86,7 @@ inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
     case 2: moeProjKernel<FMT, 2, MODE><<<grid, warpsFor(2) * 32, 0, s>>>(a); break;
     case 4: moeProjKernel<FMT, 4, MODE><<<grid, warpsFor(4) * 32, 0, s>>>(a); break;
     default:
-      if constexpr (FMT != kFmt75) moeProjKernel<FMT, 8, MODE><<<grid, warpsFor(8) * 32, 0, s>>>(a);
+      if constexpr (FMT != kFmt75 && MODE != kModeSwiGLU) moeProjKernel<FMT, 8, MODE><<<grid, warpsFor(8) * 32, 0, s>>>(a);
       break;
   }
 }
@@ -102,10 +102,11 @@ inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream
 
 // Tokens per warp tile / 8: as few as cover the largest expert up to 16 tokens (decode: the weights
 // stream once), then 32 or 64 (75% keeps three accumulator sets, so it stops at 32).
-inline int chooseNT(int maxN, int fmt) {
+// The gate+up launch of SwiGLU keeps two accumulator sets, so it stops at 32 too.
+inline int chooseNT(int maxN, int fmt, bool twoMatrices) {
   if (maxN <= 8) return 1;
   if (maxN <= 16) return 2;
-  if (maxN <= 32 || fmt == kFmt75) return 4;
+  if (maxN <= 32 || fmt == kFmt75 || twoMatrices) return 4;
   return 8;
 }
 
@@ -125,7 +126,8 @@ class HostLaunchPlan {
     g.ffn = ffn;
     int maxN = 0;
     for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-    g.nt = chooseNT(maxN, fmt);
+    g.ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU);
+    g.ntDn = chooseNT(maxN, fmt, false);
     const DevWeights& up0 = *ex[0].up;
     const DevWeights& dn0 = *ex[0].down;
     g.upMTiles = up0.mTiles;
@@ -137,7 +139,7 @@ class HostLaunchPlan {
     g.F = up0.rows;
     std::vector<ExpDesc> upD, dnD;
     std::vector<WorkItem> upI, dnI;
-    const int bn = g.nt * 8;
+    const int bnUp = g.ntUp * 8, bnDn = g.ntDn * 8;
     for (size_t i = 0; i < ex.size(); ++i) {
       const GroupExpert& e = ex[i];
       ExpDesc u{}, d{};
@@ -152,14 +154,14 @@ class HostLaunchPlan {
       u.n = d.n = e.n;
       upD.push_back(u);
       dnD.push_back(d);
-      const int W = warpsFor(g.nt);
-      const int upMB = (g.upMTiles + W - 1) / W;
-      const int dnMB = (g.dnMTiles + W - 1) / W;
+      const int wUp = warpsFor(g.ntUp), wDn = warpsFor(g.ntDn);
+      const int upMB = (g.upMTiles + wUp - 1) / wUp;
+      const int dnMB = (g.dnMTiles + wDn - 1) / wDn;
       // n-tiles innermost: CTAs that run together share weight tiles through L2.
       for (int mb = 0; mb < upMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bn) upI.push_back({int(i), mb, n0, 0});
+        for (int n0 = 0; n0 < e.n; n0 += bnUp) upI.push_back({int(i), mb, n0, 0});
       for (int mb = 0; mb < dnMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bn) dnI.push_back({int(i), mb, n0, 0});
+        for (int n0 = 0; n0 < e.n; n0 += bnDn) dnI.push_back({int(i), mb, n0, 0});
     }
     g.upItems = int(upI.size());
     g.dnItems = int(dnI.size());
@@ -196,8 +198,8 @@ class HostLaunchPlan {
       a.H = H;
       a.ldh = ldh;
       if (g.upItems) {
-        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.nt, g.upItems, a, s);
-        else launchProj<kModeGeLU>(g.fmt, g.nt, g.upItems, a, s);
+        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.ntUp, g.upItems, a, s);
+        else launchProj<kModeGeLU>(g.fmt, g.ntUp, g.upItems, a, s);
       }
     }
     for (const Group& g : groups_) {
@@ -215,13 +217,13 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.nt, g.dnItems, a, s);
+      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
     }
   }
 
  private:
   struct Group {
-    int fmt, ffn, nt, F;
+    int fmt, ffn, ntUp, ntDn, F;
     int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
     int upItems, dnItems;
     size_t offUpD, offDnD, offUpI, offDnI;
