@@ -146,15 +146,18 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
 
 // One launch = one projection for every expert of a group. Each warp owns one m16 tile of stored
 // rows and NT*8 tokens of one expert; it walks the whole K range.
-template <int FMT, int NT, int MODE>
+// MT m16 tiles per warp share each B fragment (wide tiles only; 75% keeps MT = 1).
+template <int FMT, int NT, int MODE, int MT = 1>
 static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const LayerArgs args) {
+  static_assert(FMT != kFmt75 || MT == 1, "75% tiles are one m16 tile per warp");
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
+  constexpr int NQ = NMAT * MT;  // accumulator sets: matrix q, m-tile mi -> q * MT + mi
   constexpr int U = FMT == kFmtDense || NT >= 4 ? 2 : 4;  // k64 steps of A loaded ahead of their math
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
   const ExpDesc& ex = args.exps[item.e];
-  const int mt = item.mBlock * warpsFor(NT) + warp;
+  const int mt = (item.mBlock * warpsFor(NT) + warp) * MT;  // first m16 tile of this warp
   if (mt >= args.mTiles) return;
   const int n = ex.n;
   const int kSteps = args.kSteps;
@@ -171,11 +174,11 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
     bRow[nt] = reinterpret_cast<const uint4*>(args.B + r * args.ldb) + 2 * t;
   }
 
-  float acc[NMAT][NT][4];
+  float acc[NQ][NT][4];
   float accO[FMT == kFmt75 ? NMAT : 1][FMT == kFmt75 ? NT : 1][4];  // 75%: odd rows of each pair
   float tmp[FMT == kFmt75 ? NMAT : 1][FMT == kFmt75 ? NT : 1][4];   // 75%: current 128-column chunk
 #pragma unroll
-  for (int q = 0; q < NMAT; ++q)
+  for (int q = 0; q < NQ; ++q)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -189,7 +192,15 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
         for (int i = 0; i < 4; ++i) accO[q][nt][i] = tmp[q][nt][i] = 0.f;
   }
 
-  const long long tileBase = (long long)mt * kSteps;
+  long long tileBase[MT];
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) tileBase[mi] = (long long)min(mt + mi, args.mTiles - 1) * kSteps;
+  auto loadAll = [&](int ks, AFrag<FMT> (&aq)[NQ]) {
+#pragma unroll
+    for (int q = 0; q < NMAT; ++q)
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) loadA<FMT>(aq[q * MT + mi], ex.vals[q], ex.meta[q], tileBase[mi] + ks, lane);
+  };
   auto loadB = [&](int ks, uint32_t (&b)[NT][8]) {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -198,7 +209,7 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
       b[nt][4] = hi.x, b[nt][5] = hi.y, b[nt][6] = hi.z, b[nt][7] = hi.w;
     }
   };
-  auto step = [&](int ks, const AFrag<FMT> (&aq)[NMAT], const uint32_t (&b)[NT][8]) {
+  auto step = [&](int ks, const AFrag<FMT> (&aq)[NQ], const uint32_t (&b)[NT][8]) {
     if constexpr (FMT == kFmt75) {
 #pragma unroll
       for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], aq[q], b);
@@ -224,7 +235,7 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
       }
     } else {
 #pragma unroll
-      for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(acc[q], aq[q], b);
+      for (int q = 0; q < NQ; ++q) mmaStep<FMT, NT>(acc[q], aq[q], b);
     }
   };
 
@@ -233,12 +244,10 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
     uint32_t bc[NT][8], bn[NT][8];
     loadB(0, bc);
     for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
-      AFrag<FMT> a[U][NMAT];
+      AFrag<FMT> a[U][NQ];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (ks0 + u < kSteps)
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+        if (ks0 + u < kSteps) loadAll(ks0 + u, a[u]);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int ks = ks0 + u;
@@ -255,12 +264,10 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
   } else {
     // Decode tiles: A and B of U steps are loaded together, then their math runs.
     for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
-      AFrag<FMT> a[U][NMAT];
+      AFrag<FMT> a[U][NQ];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (ks0 + u < kSteps)
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+        if (ks0 + u < kSteps) loadAll(ks0 + u, a[u]);
       uint32_t bb[U][NT][8];
 #pragma unroll
       for (int u = 0; u < U; ++u)
@@ -271,32 +278,36 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
     }
   }
 
-  // Epilogue. Accumulator i of n8 tile nt: stored row 16*mt + g + 8*(i>>1), token 2t + (i&1).
+  // Epilogue. Accumulator i of n8 tile nt: stored row 16*(mt+mi) + g + 8*(i>>1), token 2t + (i&1).
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int mi = 0; mi < MT; ++mi) {
+    if (mt + mi >= args.mTiles) break;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int j = item.nStart + nt * 8 + 2 * t + (i & 1);
-      if (j >= n) continue;
-      const int srow = 16 * mt + g + 8 * (i >> 1);
-      const int sel = ex.tokOff + j;
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-      for (int half = 0; half < (FMT == kFmt75 ? 2 : 1); ++half) {
-        const int row = FMT == kFmt75 ? 2 * srow + half : srow;
-        float x0 = FMT == kFmt75 && half ? accO[0][nt][i] : acc[0][nt][i];
-        if (MODE == kModeDown) {
-          const float s = args.scales ? args.scales[sel] : 1.f;
-          const long long orow = args.outRows ? args.outRows[sel] : sel;
-          args.out[orow * args.ldo + row] = s * x0;
-        } else {
-          float h;
-          if (MODE == kModeSwiGLU) {
-            const float x1 = FMT == kFmt75 && half ? accO[NMAT - 1][nt][i] : acc[NMAT - 1][nt][i];
-            h = siluf(x0) * x1;
+      for (int i = 0; i < 4; ++i) {
+        const int j = item.nStart + nt * 8 + 2 * t + (i & 1);
+        if (j >= n) continue;
+        const int srow = 16 * (mt + mi) + g + 8 * (i >> 1);
+        const int sel = ex.tokOff + j;
+#pragma unroll
+        for (int half = 0; half < (FMT == kFmt75 ? 2 : 1); ++half) {
+          const int row = FMT == kFmt75 ? 2 * srow + half : srow;
+          float x0 = FMT == kFmt75 && half ? accO[0][nt][i] : acc[mi][nt][i];
+          if (MODE == kModeDown) {
+            const float s = args.scales ? args.scales[sel] : 1.f;
+            const long long orow = args.outRows ? args.outRows[sel] : sel;
+            args.out[orow * args.ldo + row] = s * x0;
           } else {
-            h = geluTanh(x0);
+            float h;
+            if (MODE == kModeSwiGLU) {
+              const float x1 = FMT == kFmt75 && half ? accO[NMAT - 1][nt][i] : acc[(NMAT - 1) * MT + mi][nt][i];
+              h = siluf(x0) * x1;
+            } else {
+              h = geluTanh(x0);
+            }
+            args.H[(long long)sel * args.ldh + kPermute(row)] = __float2bfloat16_rn(h);
           }
-          args.H[(long long)sel * args.ldh + kPermute(row)] = __float2bfloat16_rn(h);
         }
       }
     }

@@ -79,14 +79,21 @@ struct GroupExpert {
   int tokOff = 0, n = 0;
 };
 
+// m16 tiles per warp: 2 for the wide tiles of 2:4, and of dense except its gate+up launch (which
+// would spill), so each B fragment feeds two tiles.
+inline int mtFor(int nt, int fmt, int mode) {
+  return nt >= 4 && (fmt == kFmt24 || (fmt == kFmtDense && mode != kModeSwiGLU)) ? 2 : 1;
+}
+
 template <int FMT, int MODE>
 inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
   switch (nt) {
     case 1: moeProjKernel<FMT, 1, MODE><<<grid, warpsFor(1) * 32, 0, s>>>(a); break;
     case 2: moeProjKernel<FMT, 2, MODE><<<grid, warpsFor(2) * 32, 0, s>>>(a); break;
-    case 4: moeProjKernel<FMT, 4, MODE><<<grid, warpsFor(4) * 32, 0, s>>>(a); break;
     default:
-      if constexpr (FMT != kFmt75 && MODE != kModeSwiGLU) moeProjKernel<FMT, 8, MODE><<<grid, warpsFor(8) * 32, 0, s>>>(a);
+      if constexpr (FMT == kFmt75 || (FMT == kFmtDense && MODE == kModeSwiGLU))
+        moeProjKernel<FMT, 4, MODE, 1><<<grid, warpsFor(4) * 32, 0, s>>>(a);
+      else moeProjKernel<FMT, 4, MODE, 2><<<grid, warpsFor(4) * 32, 0, s>>>(a);
       break;
   }
 }
@@ -101,13 +108,11 @@ inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream
 }
 
 // Tokens per warp tile / 8: as few as cover the largest expert up to 16 tokens (decode: the weights
-// stream once), then 32 or 64 (75% keeps three accumulator sets, so it stops at 32).
-// The gate+up launch of SwiGLU keeps two accumulator sets, so it stops at 32 too.
+// stream once), else 32 (with mtFor's m32 warp tiles where registers allow).
 inline int chooseNT(int maxN, int fmt, bool twoMatrices) {
   if (maxN <= 8) return 1;
   if (maxN <= 16) return 2;
-  if (maxN <= 32 || fmt == kFmt75 || twoMatrices) return 4;
-  return 8;
+  return 4;
 }
 
 // The launches of one layer: for every group (one format and FFN kind, one shape), one up/gate
@@ -154,7 +159,8 @@ class HostLaunchPlan {
       u.n = d.n = e.n;
       upD.push_back(u);
       dnD.push_back(d);
-      const int wUp = warpsFor(g.ntUp), wDn = warpsFor(g.ntDn);
+      const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+      const int wUp = warpsFor(g.ntUp) * mtFor(g.ntUp, fmt, upMode), wDn = warpsFor(g.ntDn) * mtFor(g.ntDn, fmt, kModeDown);
       const int upMB = (g.upMTiles + wUp - 1) / wUp;
       const int dnMB = (g.dnMTiles + wDn - 1) / wDn;
       // n-tiles innermost: CTAs that run together share weight tiles through L2.
