@@ -32,3 +32,8 @@ fi
 if has fine; then
   timeout 300 node dist/runtime/cli/main.js bench gpu --preset fine --json "$OUT/gpu-fine.json" 2>&1 | tee "$OUT/bench-fine.txt"
 fi
+if has ncu; then
+  # Where the time goes at a large batch: the 2:4 kernels at 4096 tokens/expert (mixtral).
+  timeout 300 ncu --kernel-name regex:moeProj --launch-skip 2 --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis node dist/runtime/cli/main.js bench gpu --preset mixtral --tokens 4096 --formats 2:4 --no-baselines > "$OUT/ncu-24-4096.txt" 2>&1; echo "ncu rc=$?"
+  grep -E "moeProj|Duration|Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Stall|Warp Cycles|Achieved Occupancy|Registers|Issue Slots|Executed Ipc|Theoretical Occ|Pipe" "$OUT/ncu-24-4096.txt" | head -80
+fi

@@ -66,6 +66,7 @@ struct Backend {
   std::map<std::string, DevExpert> cache;
   std::vector<Registered> registered;
   int metaVariant = 0;
+  bool closed = false;
   // scratch
   DevBuf<float> hidF32;
   DevBuf<__nv_bfloat16> hidBf16, H;
@@ -77,14 +78,15 @@ struct Backend {
 };
 
 std::mutex gMu;
-std::map<int, std::unique_ptr<Backend>> gBackends;
+// shared_ptr: a layer call in flight keeps its backend alive while close() waits for it.
+std::map<int, std::shared_ptr<Backend>> gBackends;
 int gNext = 1;
 
-Backend& get(int h) {
+std::shared_ptr<Backend> getShared(int h) {
   std::lock_guard<std::mutex> l(gMu);
   auto it = gBackends.find(h);
   if (it == gBackends.end()) throw GpuError("GPU backend handle " + std::to_string(h) + " is not open (closed?)", false);
-  return *it->second;
+  return it->second;
 }
 
 void ensurePinned(Backend& b, size_t bytes) {
@@ -193,7 +195,7 @@ void uploadMatrix(Backend& b, DevMatrix& dm, const MatrixSrc& m, const char* wha
 }  // namespace
 
 int open(int device, size_t budgetBytes) {
-  auto b = std::make_unique<Backend>();
+  auto b = std::make_shared<Backend>();
   int count = 0;
   check(cudaGetDeviceCount(&count), "counting CUDA devices");
   if (device < 0 || device >= count)
@@ -220,7 +222,7 @@ int open(int device, size_t budgetBytes) {
 }
 
 void close(int h) {
-  std::unique_ptr<Backend> b;
+  std::shared_ptr<Backend> b;
   {
     std::lock_guard<std::mutex> l(gMu);
     auto it = gBackends.find(h);
@@ -229,9 +231,12 @@ void close(int h) {
     gBackends.erase(it);
   }
   std::lock_guard<std::mutex> l(b->mu);
+  b->closed = true;
   cudaSetDevice(b->device);
   cudaStreamSynchronize(b->stream);
   for (auto& kv : b->cache) freeExpert(*b, kv.second);
+  b->cache.clear();
+  b->registered.clear();
   for (const Registered& r : b->registered) cudaHostUnregister(r.p);
   b->hidF32.release();
   b->hidBf16.release();
@@ -244,12 +249,14 @@ void close(int h) {
   cudaStreamDestroy(b->stream);
 }
 
-std::string deviceName(int h) { return get(h).name; }
+std::string deviceName(int h) { return getShared(h)->name; }
 
 size_t upload(int h, const std::string& key, int ffn, const MatrixSrc* gate, const MatrixSrc& up,
               const MatrixSrc& down) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   check(cudaSetDevice(b.device), "selecting the CUDA device");
   if (ffn != kSwiGLU && ffn != kGeLU) throw GpuError("uploading expert " + key + ": unknown FFN kind", false);
   if (ffn == kSwiGLU && !gate) throw GpuError("uploading expert " + key + ": a SwiGLU expert needs a gate matrix", false);
@@ -283,8 +290,10 @@ size_t upload(int h, const std::string& key, int ffn, const MatrixSrc* gate, con
 }
 
 bool evict(int h, const std::string& key) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   auto it = b.cache.find(key);
   if (it == b.cache.end()) return false;
   cudaSetDevice(b.device);
@@ -295,30 +304,38 @@ bool evict(int h, const std::string& key) {
 }
 
 bool resident(int h, const std::string& key) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   return b.cache.count(key) > 0;
 }
 
 size_t bytesUsed(int h) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   return b.used;
 }
 
-size_t budget(int h) { return get(h).budget; }
+size_t budget(int h) { return getShared(h)->budget; }
 
 std::vector<ExpertInfo> residentExperts(int h) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   std::vector<ExpertInfo> v;
   for (auto& kv : b.cache) v.push_back({kv.first, kv.second.ffn, kv.second.format, kv.second.D, kv.second.F, kv.second.bytes});
   return v;
 }
 
 std::string registerHost(int h, void* p, size_t bytes) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   cudaSetDevice(b.device);
   cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable);
   if (e != cudaSuccess) {
@@ -338,8 +355,10 @@ std::string registerHost(int h, void* p, size_t bytes) {
 }
 
 void unregisterHost(int h, void* p) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   cudaSetDevice(b.device);
   cudaStreamSynchronize(b.stream);
   for (size_t i = 0; i < b.registered.size(); ++i)
@@ -352,8 +371,10 @@ void unregisterHost(int h, void* p) {
 
 LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float* hidden, int T, int D, float* out,
                      int outRowsTotal) {
-  Backend& b = get(h);
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
+  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   check(cudaSetDevice(b.device), "selecting the CUDA device");
   LayerTiming timing;
 
@@ -449,7 +470,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     std::memcpy(b.pinned, hidden, hidBytes);
     check(cudaMemcpyAsync(b.hidF32.p, b.pinned, hidBytes, cudaMemcpyHostToDevice, b.stream), "copying hidden states (staged)");
   }
-  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, b.stream);
+  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, D, b.stream);
   check(cudaGetLastError(), "launching the hidden-state conversion");
   check(cudaEventRecord(b.ev[1], b.stream), "recording an event");
   plan.launchAll(b.hidBf16.p, D, dTok, b.H.p, maxF, b.out.p, D, dOutRows, dScale, b.stream);

@@ -28,7 +28,9 @@ namespace gpu {
 enum : int { kFmtDense = 0, kFmt24 = 1, kFmt75 = 2 };
 enum : int { kModeSwiGLU = 0, kModeGeLU = 1, kModeDown = 2 };
 
-constexpr int kWarpsPerCta = 4;
+// Warps per CTA: 4, and 8 for the widest tiles (64 tokens), so a CTA covers more rows of
+// the same tokens (B is shared through L1) and reads fewer bytes from L2 per flop.
+__host__ __device__ constexpr int warpsFor(int nt) { return nt >= 8 ? 8 : 4; }
 
 // One expert's operands for one launch (device memory, filled per call).
 struct ExpDesc {
@@ -41,7 +43,7 @@ struct ExpDesc {
 
 struct WorkItem {
   int e;       // ExpDesc index
-  int mBlock;  // block of kWarpsPerCta m16 tiles
+  int mBlock;  // block of warpsFor(NT) m16 tiles
   int nStart;  // first token (within the expert) of this n-tile
   int pad;
 };
@@ -104,6 +106,14 @@ __device__ __forceinline__ float geluTanh(float x) {
   return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
 }
 
+// Where logical input column k of a B row (hidden or H) is stored: within each block of 64,
+// logical pair P = k/2 (held by lane t = P%4 as register i = P/4 of the mma B fragments) goes to
+// pair 8t + i, so each lane's 8 registers of a k64 step are contiguous.
+__host__ __device__ __forceinline__ int kPermute(int k) {
+  const int p = (k & 63) >> 1;
+  return (k & ~63) | ((((p & 3) << 3) | (p >> 2)) << 1) | (k & 1);
+}
+
 // A fragments of one k64 step for one matrix.
 template <int FMT>
 struct AFrag {
@@ -136,34 +146,39 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
 
 // One launch = one projection for every expert of a group. Each warp owns one m16 tile of stored
 // rows and NT*8 tokens of one expert; it walks the whole K range.
-template <int FMT, int NT, int MODE>
-static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const LayerArgs args) {
+// MT m16 tiles per warp share each B fragment (wide tiles only; 75% keeps MT = 1).
+template <int FMT, int NT, int MODE, int MT = 1>
+static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const LayerArgs args) {
+  static_assert(FMT != kFmt75 || MT == 1, "75% tiles are one m16 tile per warp");
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
-  constexpr int U = FMT == kFmtDense ? 2 : 4;  // k64 steps loaded ahead of their math
+  constexpr int NQ = NMAT * MT;  // accumulator sets: matrix q, m-tile mi -> q * MT + mi
+  constexpr int U = FMT == kFmtDense || NT >= 4 ? 2 : 4;  // k64 steps of A loaded ahead of their math
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
   const ExpDesc& ex = args.exps[item.e];
-  const int mt = item.mBlock * kWarpsPerCta + warp;
+  const int mt = (item.mBlock * warpsFor(NT) + warp) * MT;  // first m16 tile of this warp
   if (mt >= args.mTiles) return;
   const int n = ex.n;
   const int kSteps = args.kSteps;
 
   // Token rows this lane reads for B (column g of each n8 tile); tokens past n repeat the last.
-  const uint32_t* bRow[NT];
+  // B rows are stored k-permuted (kPermute): the lane's 8 registers of a k64 step are 32
+  // contiguous bytes, two 16-byte loads.
+  const uint4* bRow[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     int j = item.nStart + nt * 8 + g;
     if (j >= n) j = n - 1;
     const long long r = args.tokenRows ? args.tokenRows[ex.tokOff + j] : (long long)(ex.tokOff + j);
-    bRow[nt] = reinterpret_cast<const uint32_t*>(args.B + r * args.ldb) + t;
+    bRow[nt] = reinterpret_cast<const uint4*>(args.B + r * args.ldb) + 2 * t;
   }
 
-  float acc[NMAT][NT][4];
+  float acc[NQ][NT][4];
   float accO[FMT == kFmt75 ? NMAT : 1][FMT == kFmt75 ? NT : 1][4];  // 75%: odd rows of each pair
   float tmp[FMT == kFmt75 ? NMAT : 1][FMT == kFmt75 ? NT : 1][4];   // 75%: current 128-column chunk
 #pragma unroll
-  for (int q = 0; q < NMAT; ++q)
+  for (int q = 0; q < NQ; ++q)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -177,80 +192,122 @@ static __global__ void __launch_bounds__(kWarpsPerCta * 32) moeProjKernel(const 
         for (int i = 0; i < 4; ++i) accO[q][nt][i] = tmp[q][nt][i] = 0.f;
   }
 
-  const long long tileBase = (long long)mt * kSteps;
-  for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
-    AFrag<FMT> a[U][NMAT];
+  long long tileBase[MT];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (ks0 + u < kSteps)
+  for (int mi = 0; mi < MT; ++mi) tileBase[mi] = (long long)min(mt + mi, args.mTiles - 1) * kSteps;
+  auto loadAll = [&](int ks, AFrag<FMT> (&aq)[NQ]) {
 #pragma unroll
-        for (int q = 0; q < NMAT; ++q) loadA<FMT>(a[u][q], ex.vals[q], ex.meta[q], tileBase + ks0 + u, lane);
+    for (int q = 0; q < NMAT; ++q)
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int ks = ks0 + u;
-      if (ks < kSteps) {
-        uint32_t b[NT][8];
+      for (int mi = 0; mi < MT; ++mi) loadA<FMT>(aq[q * MT + mi], ex.vals[q], ex.meta[q], tileBase[mi] + ks, lane);
+  };
+  auto loadB = [&](int ks, uint32_t (&b)[NT][8]) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt) {
+      const uint4 lo = __ldg(bRow[nt] + ks * 8), hi = __ldg(bRow[nt] + ks * 8 + 1);
+      b[nt][0] = lo.x, b[nt][1] = lo.y, b[nt][2] = lo.z, b[nt][3] = lo.w;
+      b[nt][4] = hi.x, b[nt][5] = hi.y, b[nt][6] = hi.z, b[nt][7] = hi.w;
+    }
+  };
+  auto step = [&](int ks, const AFrag<FMT> (&aq)[NQ], const uint32_t (&b)[NT][8]) {
+    if constexpr (FMT == kFmt75) {
 #pragma unroll
-          for (int i = 0; i < 8; ++i) b[nt][i] = __ldg(bRow[nt] + ks * 32 + 4 * i);
-        if constexpr (FMT == kFmt75) {
+      for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], aq[q], b);
+      // End of a 128-column chunk (or of K): the chunk's sums belong to the even or the odd
+      // row of each pair, as the select bits say.
+      if ((ks & 1) == 1 || ks + 1 == kSteps) {
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(tmp[q], a[u][q], b);
-          // End of a 128-column chunk (or of K): the chunk's sums belong to the even or the odd
-          // row of each pair, as the select bits say.
-          if ((ks & 1) == 1 || ks + 1 == kSteps) {
+        for (int q = 0; q < NMAT; ++q) {
+          const uint32_t s = __ldg(ex.sel[q] + (long long)mt * args.chunks + (ks >> 1));
+          const bool odd0 = (s >> g) & 1u, odd1 = (s >> (g + 8)) & 1u;
 #pragma unroll
-            for (int q = 0; q < NMAT; ++q) {
-              const uint32_t s = __ldg(ex.sel[q] + (long long)mt * args.chunks + (ks >> 1));
-              const bool odd0 = (s >> g) & 1u, odd1 = (s >> (g + 8)) & 1u;
+          for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                  const bool odd = i < 2 ? odd0 : odd1;
-                  const float v = tmp[q][nt][i];
-                  acc[q][nt][i] += odd ? 0.f : v;
-                  accO[q][nt][i] += odd ? v : 0.f;
-                  tmp[q][nt][i] = 0.f;
-                }
-              }
+            for (int i = 0; i < 4; ++i) {
+              const bool odd = i < 2 ? odd0 : odd1;
+              const float v = tmp[q][nt][i];
+              acc[q][nt][i] += odd ? 0.f : v;
+              accO[q][nt][i] += odd ? v : 0.f;
+              tmp[q][nt][i] = 0.f;
             }
           }
-        } else {
+        }
+      }
+    } else {
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) mmaStep<FMT, NT>(acc[q], a[u][q], b);
+      for (int q = 0; q < NQ; ++q) mmaStep<FMT, NT>(acc[q], aq[q], b);
+    }
+  };
+
+  if constexpr (NT >= 4) {
+    // Wide tiles: B for the next k64 step is in flight while this step's math runs.
+    uint32_t bc[NT][8], bn[NT][8];
+    loadB(0, bc);
+    for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
+      AFrag<FMT> a[U][NQ];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) loadAll(ks0 + u, a[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int ks = ks0 + u;
+        if (ks < kSteps) {
+          if (ks + 1 < kSteps) loadB(ks + 1, bn);
+          step(ks, a[u], bc);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) bc[nt][i] = bn[nt][i];
         }
       }
     }
+  } else {
+    // Decode tiles: A and B of U steps are loaded together, then their math runs.
+    for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
+      AFrag<FMT> a[U][NQ];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) loadAll(ks0 + u, a[u]);
+      uint32_t bb[U][NT][8];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) loadB(ks0 + u, bb[u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ks0 + u < kSteps) step(ks0 + u, a[u], bb[u]);
+    }
   }
 
-  // Epilogue. Accumulator i of n8 tile nt: stored row 16*mt + g + 8*(i>>1), token 2t + (i&1).
+  // Epilogue. Accumulator i of n8 tile nt: stored row 16*(mt+mi) + g + 8*(i>>1), token 2t + (i&1).
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int mi = 0; mi < MT; ++mi) {
+    if (mt + mi >= args.mTiles) break;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int j = item.nStart + nt * 8 + 2 * t + (i & 1);
-      if (j >= n) continue;
-      const int srow = 16 * mt + g + 8 * (i >> 1);
-      const int sel = ex.tokOff + j;
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-      for (int half = 0; half < (FMT == kFmt75 ? 2 : 1); ++half) {
-        const int row = FMT == kFmt75 ? 2 * srow + half : srow;
-        float x0 = FMT == kFmt75 && half ? accO[0][nt][i] : acc[0][nt][i];
-        if (MODE == kModeDown) {
-          const float s = args.scales ? args.scales[sel] : 1.f;
-          const long long orow = args.outRows ? args.outRows[sel] : sel;
-          args.out[orow * args.ldo + row] = s * x0;
-        } else {
-          float h;
-          if (MODE == kModeSwiGLU) {
-            const float x1 = FMT == kFmt75 && half ? accO[NMAT - 1][nt][i] : acc[NMAT - 1][nt][i];
-            h = siluf(x0) * x1;
+      for (int i = 0; i < 4; ++i) {
+        const int j = item.nStart + nt * 8 + 2 * t + (i & 1);
+        if (j >= n) continue;
+        const int srow = 16 * (mt + mi) + g + 8 * (i >> 1);
+        const int sel = ex.tokOff + j;
+#pragma unroll
+        for (int half = 0; half < (FMT == kFmt75 ? 2 : 1); ++half) {
+          const int row = FMT == kFmt75 ? 2 * srow + half : srow;
+          float x0 = FMT == kFmt75 && half ? accO[0][nt][i] : acc[mi][nt][i];
+          if (MODE == kModeDown) {
+            const float s = args.scales ? args.scales[sel] : 1.f;
+            const long long orow = args.outRows ? args.outRows[sel] : sel;
+            args.out[orow * args.ldo + row] = s * x0;
           } else {
-            h = geluTanh(x0);
+            float h;
+            if (MODE == kModeSwiGLU) {
+              const float x1 = FMT == kFmt75 && half ? accO[NMAT - 1][nt][i] : acc[(NMAT - 1) * MT + mi][nt][i];
+              h = siluf(x0) * x1;
+            } else {
+              h = geluTanh(x0);
+            }
+            args.H[(long long)sel * args.ldh + kPermute(row)] = __float2bfloat16_rn(h);
           }
-          args.H[(long long)sel * args.ldh + row] = __float2bfloat16_rn(h);
         }
       }
     }
@@ -342,17 +399,22 @@ static __global__ void repackSelectKernel(const uint8_t* src, int srows, int chu
   }
 }
 
-// fp32 -> bf16, elementwise
-static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count) {
-  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < count; i += (long long)gridDim.x * blockDim.x * 4) {
-    if (i + 3 < count) {
-      const float4 v = *reinterpret_cast<const float4*>(src + i);
-      __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-      *reinterpret_cast<__nv_bfloat162*>(dst + i) = a;
-      *reinterpret_cast<__nv_bfloat162*>(dst + i + 2) = b;
-    } else {
-      for (long long k = i; k < count; ++k) dst[k] = __float2bfloat16_rn(src[k]);
-    }
+// fp32 rows -> bf16 rows in the k-permuted layout the kernels read (row length D % 64 == 0).
+static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count, int D) {
+  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 2; i < count; i += (long long)gridDim.x * blockDim.x * 2) {
+    const float2 v = *reinterpret_cast<const float2*>(src + i);
+    const long long row = i / D;
+    const int k = int(i - row * D);
+    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = __floats2bfloat162_rn(v.x, v.y);
+  }
+}
+
+// bf16 rows (natural order) -> k-permuted rows
+static __global__ void permuteBf16Kernel(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D) {
+  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 2; i < count; i += (long long)gridDim.x * blockDim.x * 2) {
+    const long long row = i / D;
+    const int k = int(i - row * D);
+    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = *reinterpret_cast<const __nv_bfloat162*>(src + i);
   }
 }
 

@@ -59,8 +59,12 @@ inline void repackOnDevice(const DevWeights& w, const void* srcVals, int dtype, 
   check(cudaGetLastError(), "launching the weight repack");
 }
 
-inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, cudaStream_t s) {
-  toBf16Kernel<<<gridFor(count / 4 + 1, 256), 256, 0, s>>>(src, dst, count);
+// fp32 [rows][D] -> bf16 k-permuted rows (what the projection kernels read as B).
+inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
+  toBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
+}
+inline void launchPermuteBf16(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
+  permuteBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
 }
 
 inline void launchCopyRows(const float* src, float* dst, const int* rows, int count, int D, bool compact, cudaStream_t s) {
@@ -75,13 +79,22 @@ struct GroupExpert {
   int tokOff = 0, n = 0;
 };
 
+// m16 tiles per warp: 2 for the wide tiles of 2:4, and of dense except its gate+up launch (which
+// would spill), so each B fragment feeds two tiles.
+inline int mtFor(int nt, int fmt, int mode) {
+  return nt >= 4 && (fmt == kFmt24 || (fmt == kFmtDense && mode != kModeSwiGLU)) ? 2 : 1;
+}
+
 template <int FMT, int MODE>
 inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
-  const int threads = kWarpsPerCta * 32;
   switch (nt) {
-    case 1: moeProjKernel<FMT, 1, MODE><<<grid, threads, 0, s>>>(a); break;
-    case 2: moeProjKernel<FMT, 2, MODE><<<grid, threads, 0, s>>>(a); break;
-    default: moeProjKernel<FMT, 4, MODE><<<grid, threads, 0, s>>>(a); break;
+    case 1: moeProjKernel<FMT, 1, MODE><<<grid, warpsFor(1) * 32, 0, s>>>(a); break;
+    case 2: moeProjKernel<FMT, 2, MODE><<<grid, warpsFor(2) * 32, 0, s>>>(a); break;
+    default:
+      if constexpr (FMT == kFmt75 || (FMT == kFmtDense && MODE == kModeSwiGLU))
+        moeProjKernel<FMT, 4, MODE, 1><<<grid, warpsFor(4) * 32, 0, s>>>(a);
+      else moeProjKernel<FMT, 4, MODE, 2><<<grid, warpsFor(4) * 32, 0, s>>>(a);
+      break;
   }
 }
 
@@ -94,7 +107,13 @@ inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream
   }
 }
 
-inline int chooseNT(int maxN) { return maxN <= 8 ? 1 : maxN <= 16 ? 2 : 4; }
+// Tokens per warp tile / 8: as few as cover the largest expert up to 16 tokens (decode: the weights
+// stream once), else 32 (with mtFor's m32 warp tiles where registers allow).
+inline int chooseNT(int maxN, int fmt, bool twoMatrices) {
+  if (maxN <= 8) return 1;
+  if (maxN <= 16) return 2;
+  return 4;
+}
 
 // The launches of one layer: for every group (one format and FFN kind, one shape), one up/gate
 // launch and one down launch over all its experts.
@@ -112,7 +131,8 @@ class HostLaunchPlan {
     g.ffn = ffn;
     int maxN = 0;
     for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-    g.nt = chooseNT(maxN);
+    g.ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU);
+    g.ntDn = chooseNT(maxN, fmt, false);
     const DevWeights& up0 = *ex[0].up;
     const DevWeights& dn0 = *ex[0].down;
     g.upMTiles = up0.mTiles;
@@ -124,7 +144,7 @@ class HostLaunchPlan {
     g.F = up0.rows;
     std::vector<ExpDesc> upD, dnD;
     std::vector<WorkItem> upI, dnI;
-    const int bn = g.nt * 8;
+    const int bnUp = g.ntUp * 8, bnDn = g.ntDn * 8;
     for (size_t i = 0; i < ex.size(); ++i) {
       const GroupExpert& e = ex[i];
       ExpDesc u{}, d{};
@@ -139,13 +159,15 @@ class HostLaunchPlan {
       u.n = d.n = e.n;
       upD.push_back(u);
       dnD.push_back(d);
-      const int upMB = (g.upMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
-      const int dnMB = (g.dnMTiles + kWarpsPerCta - 1) / kWarpsPerCta;
+      const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+      const int wUp = warpsFor(g.ntUp) * mtFor(g.ntUp, fmt, upMode), wDn = warpsFor(g.ntDn) * mtFor(g.ntDn, fmt, kModeDown);
+      const int upMB = (g.upMTiles + wUp - 1) / wUp;
+      const int dnMB = (g.dnMTiles + wDn - 1) / wDn;
       // n-tiles innermost: CTAs that run together share weight tiles through L2.
       for (int mb = 0; mb < upMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bn) upI.push_back({int(i), mb, n0, 0});
+        for (int n0 = 0; n0 < e.n; n0 += bnUp) upI.push_back({int(i), mb, n0, 0});
       for (int mb = 0; mb < dnMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bn) dnI.push_back({int(i), mb, n0, 0});
+        for (int n0 = 0; n0 < e.n; n0 += bnDn) dnI.push_back({int(i), mb, n0, 0});
     }
     g.upItems = int(upI.size());
     g.dnItems = int(dnI.size());
@@ -164,7 +186,7 @@ class HostLaunchPlan {
     dev_ = d;
   }
 
-  // B: bf16 hidden [*, ldb]; tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
+  // B: bf16 hidden [*, ldb], k-permuted rows (kPermute); tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
   // out: fp32 [*, ldo] scattered by outRows, scaled by scales.
   void launchAll(const __nv_bfloat16* B, long long ldb, const int* tokenRows, __nv_bfloat16* H, long long ldh,
                  float* out, long long ldo, const int* outRows, const float* scales, cudaStream_t s) const {
@@ -182,8 +204,8 @@ class HostLaunchPlan {
       a.H = H;
       a.ldh = ldh;
       if (g.upItems) {
-        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.nt, g.upItems, a, s);
-        else launchProj<kModeGeLU>(g.fmt, g.nt, g.upItems, a, s);
+        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.ntUp, g.upItems, a, s);
+        else launchProj<kModeGeLU>(g.fmt, g.ntUp, g.upItems, a, s);
       }
     }
     for (const Group& g : groups_) {
@@ -201,13 +223,13 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.nt, g.dnItems, a, s);
+      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
     }
   }
 
  private:
   struct Group {
-    int fmt, ffn, nt, F;
+    int fmt, ffn, ntUp, ntDn, F;
     int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
     int upItems, dnItems;
     size_t offUpD, offDnD, offUpI, offDnI;
