@@ -98,29 +98,30 @@ export function synthMatrixBf16(seed: number, rows: number, cols: number, out: U
   // The hot loop of a 17 GB synth: the same stream as Rng.u32() (checked by a test against
   // synthMatrix), with its state in locals; outlier channels are patched afterwards.
   const st = rng.state()
-  let a = st[0]
-  let b = st[1]
-  let c = st[2]
-  let d = st[3]
-  if (cols % 2 !== 0) return toBf16Array(synthMatrix(seed, rows, cols))
+  // int32 locals (| 0): uint32 values above 2^31 would be boxed as doubles in the loop.
+  let a = st[0] | 0
+  let b = st[1] | 0
+  let c = st[2] | 0
+  let d = st[3] | 0
+  if (cols % 2 !== 0 || out.byteOffset % 4 !== 0) {
+    out.set(toBf16Array(synthMatrix(seed, rows, cols)))
+    return out
+  }
   const plain = new Uint8Array(cols / 2)
   for (let p = 0; p < cols / 2; p++) plain[p] = scales[2 * p] === 1 && scales[2 * p + 1] === 1 ? 1 : 0
   const half = cols / 2
+  // Two bf16 per uint32 store (little-endian: the first weight in the low half).
+  const out32 = new Uint32Array(out.buffer, out.byteOffset, (rows * cols) / 2)
   let k = 0
   for (let r = 0; r < rows; r++) {
-    for (let p = 0; p < half; p++, k += 2) {
+    for (let p = 0; p < half; p++, k++) {
       const t = a ^ (a << 11)
       a = b
       b = c
       c = d
-      d = (d ^ (d >>> 19) ^ t ^ (t >>> 8)) >>> 0
-      if (plain[p] === 1) {
-        out[k] = poolBf[d >>> 16]
-        out[k + 1] = poolBf[d & 0xffff]
-      } else {
-        out[k] = toBf16(pool[d >>> 16] * scales[2 * p])
-        out[k + 1] = toBf16(pool[d & 0xffff] * scales[2 * p + 1])
-      }
+      d = d ^ (d >>> 19) ^ t ^ (t >>> 8)
+      if (plain[p] === 1) out32[k] = poolBf[d >>> 16] | (poolBf[d & 0xffff] << 16)
+      else out32[k] = toBf16(pool[d >>> 16] * scales[2 * p]) | (toBf16(pool[d & 0xffff] * scales[2 * p + 1]) << 16)
     }
   }
   return out

@@ -162,3 +162,30 @@ t.test('readManifest: missing files, garbage, truncation and bad RRE table value
   writeFileSync(manifestPath, pack({ ...m, version: 99 }))
   await t.rejects(loadModel(path), { code: 'BAD_MODEL', message: /version/ })
 })
+
+t.test('worker threads attach to the same mapping (same id, no copy)', async (t) => {
+  const { Worker } = await import('node:worker_threads')
+  const { attachModel } = await import('../experts/model.js')
+  const dir = tempDir(t)
+  const m = await loadModel(await makeModel(dir, MICRO))
+  const up = new Uint16Array(m.view(m.matrix(1, 2, 'up').values))
+  let sum = 0
+  for (const v of up) sum = (sum + v) >>> 0
+  const workerFile = new URL('./fixtures/model-worker.js', import.meta.url)
+  const results = await Promise.all(
+    [0, 1].map(
+      () =>
+        new Promise<{ weightsId: number; sum: number; aligned: boolean }>((resolve, reject) => {
+          const w = new Worker(workerFile, { workerData: { handle: m.handle(), layer: 1, expert: 2 } })
+          w.once('message', resolve)
+          w.once('error', reject)
+        }),
+    ),
+  )
+  for (const r of results) t.same(r, { weightsId: m.weightsId, sum, aligned: true })
+  const same = await attachModel(m.handle())
+  t.equal(same.weightsId, m.weightsId)
+  same.close()
+  t.ok(m.view(m.matrix(0, 0, 'gate').values), 'workers closing their handles leaves ours mapped')
+  m.close()
+})
