@@ -10,7 +10,7 @@
 // (seed, layer, expert, which), so models are identical across runs and machines.
 import { HetmoeError } from '../runtime/errors.js'
 import { compress, prune, toBf16, toBf16Array } from './formats.js'
-import type { DomainGroup, ExpertRef, FfnKind, LayerRef, ModelManifest, WeightDtype, WeightFormat } from './manifest.js'
+import type { DomainGroup, ExpertRef, FfnKind, LayerRef, MatrixRef, ModelManifest, WeightDtype, WeightFormat } from './manifest.js'
 import { makeRreTable } from './rre-table.js'
 import { deriveSeed, Rng } from './rng.js'
 import { writeStore, type StoreWriter } from './store-writer.js'
@@ -138,15 +138,26 @@ function resolvePreset(p: PresetName | SynthPreset): SynthPreset {
   return preset
 }
 
-// One scratch buffer per matrix shape: a fresh 33 MB array per matrix costs more in page faults
-// than generating it.
-const scratch = new Map<number, Uint16Array>()
+// Two scratch buffers per matrix shape, used in turn: one is being written to disk (on libuv's
+// thread pool) while the next matrix is generated into the other. Fresh 33 MB arrays per matrix
+// would cost more in page faults than generating them.
+interface Slot {
+  buf: Uint16Array
+  busy?: Promise<void>
+}
+const scratch = new Map<number, { slots: [Slot, Slot]; next: number }>()
 
-function writeMatrix(w: StoreWriter, seed: number, rows: number, cols: number, format: WeightFormat, dtype: WeightDtype) {
+async function writeMatrix(w: StoreWriter, seed: number, rows: number, cols: number, format: WeightFormat, dtype: WeightDtype): Promise<MatrixRef> {
   if (format === 'dense' && dtype === 'bf16') {
-    let buf = scratch.get(rows * cols)
-    if (!buf) scratch.set(rows * cols, (buf = new Uint16Array(rows * cols)))
-    return w.addMatrix({ rows, cols, format, dtype, values: synthMatrixBf16(seed, rows, cols, buf) })
+    let s = scratch.get(rows * cols)
+    if (!s) scratch.set(rows * cols, (s = { slots: [{ buf: new Uint16Array(rows * cols) }, { buf: new Uint16Array(rows * cols) }], next: 0 }))
+    const slot = s.slots[s.next]
+    s.next ^= 1
+    await slot.busy
+    synthMatrixBf16(seed, rows, cols, slot.buf)
+    const { ref, written } = w.addBlobAsync(slot.buf)
+    slot.busy = written.catch(() => undefined) // failures surface in w.flush()
+    return { rows, cols, format, dtype, values: ref }
   }
   const dense = synthMatrix(seed, rows, cols)
   if (format === 'dense') return w.addMatrix({ rows, cols, format, dtype, values: dense })
@@ -183,18 +194,17 @@ export async function synthModel(options: SynthOptions): Promise<ModelManifest> 
       }
       const experts: ExpertRef[] = []
       for (let e = 0; e < E; e++) {
-        const ex: ExpertRef = {
-          ...(p.ffn === 'swiglu' ? { gate: writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) } : {}),
-          up: writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype),
-          down: writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype),
-        }
-        experts.push(ex)
+        const gate = p.ffn === 'swiglu' ? await writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) : undefined
+        const up = await writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype)
+        const down = await writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype)
+        experts.push({ ...(gate ? { gate } : {}), up, down })
         options.onProgress?.(++done, total, w.bytesWritten)
         // Yield so a signal (Ctrl-C) can run its handler and remove the partial model.
         if (e % 4 === 3) await new Promise((r) => setImmediate(r))
       }
       layers.push({ index: li, experts, sharedExperts: [], routing })
     }
+    await w.flush()
     scratch.clear()
     return {
       name: `${p.name}${format === 'dense' ? '' : `-${format}`}-${dtype}-s${seed}`,

@@ -26,6 +26,36 @@ t.test('the writer aligns every blob and commits atomically', async (t) => {
   t.notOk(existsSync(out))
 })
 
+t.test('async and sync blobs land at their offsets; padding reads as zeros', async (t) => {
+  const dir = tempDir(t)
+  const out = join(dir, 'm')
+  const a = new Uint8Array(5000).fill(1)
+  const b = new Uint8Array(100).fill(2)
+  const c = new Uint8Array(4096).fill(3)
+  const refs: { offset: number; bytes: number }[] = []
+  let bin = Buffer.alloc(0)
+  const written = writeStore(out, {}, async (w) => {
+    const ra = w.addBlobAsync(a)
+    refs.push(ra.ref, w.addBlob(b), w.addBlobAsync(c).ref)
+    await ra.written
+    t.throws(() => w.commit({} as never), /await flush\(\) first/)
+    await w.flush()
+    bin = readFileSync(join(w.tempDir, WEIGHTS_FILE))
+    // No layers: the writer validates before committing, so this model is never created.
+    return { name: 'n', origin: 'o', hiddenSize: 1, ffnSize: 1, ffn: 'swiglu', dtype: 'fp32', vocabSize: 0, layers: [], provenance: {} }
+  })
+  await t.rejects(written, { code: 'BAD_MODEL', message: /manifest\.msgpack: layers: expected at least 1 entries/ })
+  t.notOk(existsSync(out), 'an invalid manifest is never committed')
+  t.same(partials(dir), [])
+  t.same(refs, [{ offset: 0, bytes: 5000 }, { offset: 8192, bytes: 100 }, { offset: 12288, bytes: 4096 }])
+  t.equal(bin.length, 16384)
+  const expect = new Uint8Array(16384)
+  expect.set(a, 0)
+  expect.set(b, 8192)
+  expect.set(c, 12288)
+  t.ok(Buffer.from(expect).equals(bin), 'contents, zero padding included')
+})
+
 t.test('a failure while writing leaves no partial model; an existing target is refused', async (t) => {
   const dir = tempDir(t)
   const out = join(dir, 'm')
