@@ -13,7 +13,7 @@ import { compress, prune, toBf16, toBf16Array } from './formats.js'
 import type { DomainGroup, ExpertRef, FfnKind, LayerRef, MatrixRef, ModelManifest, WeightDtype, WeightFormat } from './manifest.js'
 import { makeRreTable } from './rre-table.js'
 import { deriveSeed, Rng } from './rng.js'
-import { writeStore, type StoreWriter } from './store-writer.js'
+import { writeStore, type ManifestDraft, type StoreWriter } from './store-writer.js'
 import { version } from '../runtime/version.js'
 
 export type PresetName = 'tiny' | 'small' | 'sigma-lite' | 'mixtral' | 'fine'
@@ -173,49 +173,54 @@ export async function synthModel(options: SynthOptions): Promise<ModelManifest> 
   const dtype = options.dtype ?? 'bf16'
   if (format !== 'dense' && p.hidden % 16 !== 0) throw new HetmoeError('BAD_OPTION', `${format} needs D % 16 == 0`)
   if (format !== 'dense' && p.inner % 16 !== 0) throw new HetmoeError('BAD_OPTION', `${format} needs F % 16 == 0`)
+  try {
+    return await writeStore(options.out, { overwrite: options.overwrite }, (w) => synthLayers(w, p, seed, format, dtype, options))
+  } finally {
+    scratch.clear()
+  }
+}
+
+async function synthLayers(w: StoreWriter, p: SynthPreset, seed: number, format: WeightFormat, dtype: WeightDtype, options: SynthOptions): Promise<ManifestDraft> {
   const total = p.layers * (p.routing.kind === 'rre' ? p.routing.domains * p.routing.expertsPerDomain : p.routing.experts)
   let done = 0
-  return writeStore(options.out, { overwrite: options.overwrite }, async (w) => {
-    const layers: LayerRef[] = []
-    for (let li = 0; li < p.layers; li++) {
-      let routing: LayerRef['routing']
-      let E: number
-      if (p.routing.kind === 'rre') {
-        const { domains: nd, expertsPerDomain: n } = p.routing
-        E = nd * n
-        const domains: DomainGroup[] = Array.from({ length: nd }, (_, d) => ({ name: DOMAIN_NAMES[d] ?? `domain${d}`, firstExpert: d * n, numExperts: n }))
-        const tableSeed = deriveSeed(seed, li, 0x7ab1e)
-        routing = { kind: 'rre', seed: tableSeed, domains, table: w.addBlob(makeRreTable(tableSeed, domains.map((d) => d.numExperts), p.vocabSize)) }
-      } else {
-        E = p.routing.experts
-        const g = synthMatrix(deriveSeed(seed, li, 0x6a7e), E, p.hidden)
-        // The gate's rows score whole tokens: scale so logits have unit-ish spread for unit-ish inputs.
-        routing = { kind: 'gate', topK: p.routing.topK, normalize: p.routing.normalize, weight: w.addBlob(g) }
-      }
-      const experts: ExpertRef[] = []
-      for (let e = 0; e < E; e++) {
-        const gate = p.ffn === 'swiglu' ? await writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) : undefined
-        const up = await writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype)
-        const down = await writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype)
-        experts.push({ ...(gate ? { gate } : {}), up, down })
-        options.onProgress?.(++done, total, w.bytesWritten)
-        // Yield so a signal (Ctrl-C) can run its handler and remove the partial model.
-        if (e % 4 === 3) await new Promise((r) => setImmediate(r))
-      }
-      layers.push({ index: li, experts, sharedExperts: [], routing })
+  const layers: LayerRef[] = []
+  for (let li = 0; li < p.layers; li++) {
+    let routing: LayerRef['routing']
+    let E: number
+    if (p.routing.kind === 'rre') {
+      const { domains: nd, expertsPerDomain: n } = p.routing
+      E = nd * n
+      const domains: DomainGroup[] = Array.from({ length: nd }, (_, d) => ({ name: DOMAIN_NAMES[d] ?? `domain${d}`, firstExpert: d * n, numExperts: n }))
+      const tableSeed = deriveSeed(seed, li, 0x7ab1e)
+      routing = { kind: 'rre', seed: tableSeed, domains, table: w.addBlob(makeRreTable(tableSeed, domains.map((d) => d.numExperts), p.vocabSize)) }
+    } else {
+      E = p.routing.experts
+      const g = synthMatrix(deriveSeed(seed, li, 0x6a7e), E, p.hidden)
+      // Rows N(0, 1/D) (plus outlier channels): unit-variance inputs give logits of unit-ish spread.
+      routing = { kind: 'gate', topK: p.routing.topK, normalize: p.routing.normalize, weight: w.addBlob(g) }
     }
-    await w.flush()
-    scratch.clear()
-    return {
-      name: `${p.name}${format === 'dense' ? '' : `-${format}`}-${dtype}-s${seed}`,
-      origin: p.name,
-      hiddenSize: p.hidden,
-      ffnSize: p.inner,
-      ffn: p.ffn,
-      dtype,
-      vocabSize: p.vocabSize,
-      layers,
-      provenance: { tool: `hetmoe synth ${version}`, preset: p.name, seed, format, created: new Date().toISOString() },
+    const experts: ExpertRef[] = []
+    for (let e = 0; e < E; e++) {
+      const gate = p.ffn === 'swiglu' ? await writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) : undefined
+      const up = await writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype)
+      const down = await writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype)
+      experts.push({ ...(gate ? { gate } : {}), up, down })
+      options.onProgress?.(++done, total, w.bytesWritten)
+      // Yield so a signal (Ctrl-C) can run its handler and remove the partial model.
+      if (e % 4 === 3) await new Promise((r) => setImmediate(r))
     }
-  })
+    layers.push({ index: li, experts, sharedExperts: [], routing })
+  }
+  await w.flush()
+  return {
+    name: `${p.name}${format === 'dense' ? '' : `-${format}`}-${dtype}-s${seed}`,
+    origin: p.name,
+    hiddenSize: p.hidden,
+    ffnSize: p.inner,
+    ffn: p.ffn,
+    dtype,
+    vocabSize: p.vocabSize,
+    layers,
+    provenance: { tool: `hetmoe synth ${version}`, preset: p.name, seed, format, created: new Date().toISOString() },
+  }
 }
