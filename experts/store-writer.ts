@@ -18,6 +18,9 @@ export interface StoreWriterOptions {
   overwrite?: boolean
 }
 
+/** Largest single read or write: Node refuses lengths of 2 GiB and more in one call. */
+export const IO_CHUNK = 2 ** 30
+
 const tempPrefix = (target: string) => `.${basename(target)}.partial-`
 
 export class StoreWriter {
@@ -69,7 +72,7 @@ export class StoreWriter {
   addBlob(data: ArrayBufferView): BlobRef {
     const { ref, bytes } = this.#reserve(data)
     let done = 0
-    while (done < bytes.length) done += writeSync(this.#fd, bytes, done, bytes.length - done, ref.offset + done)
+    while (done < bytes.length) done += writeSync(this.#fd, bytes, done, Math.min(bytes.length - done, IO_CHUNK), ref.offset + done)
     return ref
   }
 
@@ -83,7 +86,7 @@ export class StoreWriter {
     const written = new Promise<void>((resolve, reject) => {
       const step = (done: number) => {
         if (done >= bytes.length) return resolve()
-        write(this.#fd, bytes, done, bytes.length - done, ref.offset + done, (err, n) => (err ? reject(err) : step(done + n)))
+        write(this.#fd, bytes, done, Math.min(bytes.length - done, IO_CHUNK), ref.offset + done, (err, n) => (err ? reject(err) : step(done + n)))
       }
       step(0)
     })
