@@ -8,7 +8,7 @@ import { HetmoeError } from '../runtime/errors.js'
 import { version } from '../runtime/version.js'
 import { WEIGHTS_FILE, type BlobRef, type ExpertRef, type LayerRef, type MatrixRef, type ModelManifest } from './manifest.js'
 import { readManifest } from './store-reader.js'
-import { writeStore, type StoreWriter } from './store-writer.js'
+import { IO_CHUNK, writeStore, type StoreWriter } from './store-writer.js'
 
 export interface ExtractOptions {
   /** Domain name, or index in the first RRE layer's domain list. */
@@ -48,7 +48,7 @@ export async function extractDomain(modelDir: string, options: ExtractOptions): 
       const view = buf.subarray(0, b.bytes)
       let n = 0
       while (n < b.bytes) {
-        const r = readSync(fd, view, n, b.bytes - n, b.offset + n)
+        const r = readSync(fd, view, n, Math.min(b.bytes - n, IO_CHUNK), b.offset + n)
         if (r === 0) throw new HetmoeError('BAD_MODEL', `${join(root, WEIGHTS_FILE)}: ended while reading [${b.offset}, +${b.bytes})`)
         n += r
       }

@@ -184,12 +184,11 @@ export function compress(w: Float32Array, rows: number, cols: number, format: We
 /** Unpacks to dense fp32: the reference decoder (decodeRow in layout.h), whole matrix at once. */
 export function decompress(m: PackedMatrix): Float32Array {
   const { rows, cols } = m
-  const value = (i: number): number => (m.dtype === 'bf16' ? fromBf16((m.values as Uint16Array)[i]) : (m.values as Float32Array)[i])
+  // Stored values as fp32, decoded once (bf16 → fp32 is exact: the bits shifted up by 16).
+  const vals = m.dtype === 'bf16' ? fromBf16Array(m.values as Uint16Array) : (m.values as Float32Array)
+  const value = (i: number): number => vals[i]
+  if (m.format === 'dense') return m.dtype === 'bf16' ? vals : vals.slice()
   const out = new Float32Array(rows * cols)
-  if (m.format === 'dense') {
-    for (let i = 0; i < out.length; i++) out[i] = value(i)
-    return out
-  }
   const meta = m.meta!
   const nChunks = Math.ceil(cols / CHUNK_75)
   const srows = m.format === '75%' ? rows / 2 : rows

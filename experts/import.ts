@@ -111,7 +111,7 @@ export function readMoeConfig(dir: string): MoeConfig {
     case 'qwen3_moe': {
       experts = int('num_experts')
       inner = int('moe_intermediate_size')
-      normalize = bool('norm_topk_prob', arch === 'qwen3_moe')
+      normalize = bool('norm_topk_prob', false) // the HF config classes default to false
       const step = int('decoder_sparse_step', 1)
       const mlpOnly = c.mlp_only_layers ?? []
       if (!Array.isArray(mlpOnly) || mlpOnly.some((x) => !Number.isSafeInteger(x))) configError(file, 'mlp_only_layers', 'expected a list of layer indices')

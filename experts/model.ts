@@ -14,6 +14,17 @@ export interface LoadModelOptions {
   populate?: boolean
 }
 
+/**
+ * What another thread needs to open the same model without re-reading it: structured-cloneable
+ * (postMessage / workerData). attachModel() maps `weightsPath` again, which in the same process
+ * returns the same mapping (same weightsId, reference counted): no copy of the weights.
+ */
+export interface ModelHandle {
+  dir: string
+  weightsPath: string
+  manifest: ModelManifest
+}
+
 export class Model implements Disposable {
   readonly dir: string
   readonly manifest: ModelManifest
@@ -34,8 +45,15 @@ export class Model implements Disposable {
   /** @internal use loadModel(). */
   static async open(dir: string, options: LoadModelOptions = {}): Promise<Model> {
     const root = resolve(dir)
-    const manifest = readManifest(root)
-    const weightsPath = join(root, WEIGHTS_FILE)
+    return Model.#map(root, readManifest(root), join(root, WEIGHTS_FILE), options)
+  }
+
+  /** @internal use attachModel(). */
+  static async attach(handle: ModelHandle): Promise<Model> {
+    return Model.#map(handle.dir, handle.manifest, handle.weightsPath, {})
+  }
+
+  static #map(root: string, manifest: ModelManifest, weightsPath: string, options: LoadModelOptions): Model {
     let mapped: { id: number; bytes: number }
     try {
       mapped = native().mapWeights(weightsPath, options.populate ?? false)
@@ -48,6 +66,11 @@ export class Model implements Disposable {
       throw new HetmoeError('BAD_MODEL', `${weightsPath}: ${mapped.bytes} bytes, the manifest says ${manifest.weightsBytes} (changed while loading?)`)
     }
     return new Model(root, manifest, weightsPath, mapped.id, mapped.bytes)
+  }
+
+  /** A cloneable description for worker threads (see attachModel). */
+  handle(): ModelHandle {
+    return { dir: this.dir, weightsPath: this.weightsPath, manifest: this.manifest }
   }
 
   /** The id of the process-wide mapping (native kernels take it with offsets). */
@@ -143,4 +166,13 @@ export class Model implements Disposable {
 /** Reads and validates `<dir>/manifest.msgpack` and maps `<dir>/weights.bin` once per process. */
 export function loadModel(dir: string, options?: LoadModelOptions): Promise<Model> {
   return Model.open(dir, options)
+}
+
+/**
+ * Opens a model in another thread from `model.handle()`: the manifest is taken as already validated
+ * and weights.bin is mapped by path, which returns the process's existing mapping (same weightsId).
+ * Close it in that thread when done; the mapping goes when the last handle is closed.
+ */
+export function attachModel(handle: ModelHandle): Promise<Model> {
+  return Model.attach(handle)
 }

@@ -46,10 +46,39 @@ export function denseExpert(model: Model, layer: number, expert: ExpertSelector)
   }
 }
 
-/** y[T × rows] = x[T × cols] · Wᵀ in float64. */
+/**
+ * y[T × rows] = x[T × cols] · Wᵀ in float64. Each output is one sequential sum over c (the textbook
+ * dot product); tokens are taken four at a time only so each weight is loaded once for four sums —
+ * the order of every sum, and so every result bit, is that of the plain triple loop.
+ */
 function matmulT(w: Float32Array | Float64Array, rows: number, cols: number, x: Float64Array, T: number): Float64Array {
   const y = new Float64Array(T * rows)
-  for (let t = 0; t < T; t++) {
+  let t = 0
+  for (; t + 4 <= T; t += 4) {
+    const x0 = t * cols
+    const x1 = x0 + cols
+    const x2 = x1 + cols
+    const x3 = x2 + cols
+    for (let r = 0; r < rows; r++) {
+      const wo = r * cols
+      let s0 = 0
+      let s1 = 0
+      let s2 = 0
+      let s3 = 0
+      for (let c = 0; c < cols; c++) {
+        const wv = w[wo + c]
+        s0 += wv * x[x0 + c]
+        s1 += wv * x[x1 + c]
+        s2 += wv * x[x2 + c]
+        s3 += wv * x[x3 + c]
+      }
+      y[t * rows + r] = s0
+      y[(t + 1) * rows + r] = s1
+      y[(t + 2) * rows + r] = s2
+      y[(t + 3) * rows + r] = s3
+    }
+  }
+  for (; t < T; t++) {
     const xo = t * cols
     for (let r = 0; r < rows; r++) {
       const wo = r * cols

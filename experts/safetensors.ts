@@ -7,6 +7,7 @@
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
 import { HetmoeError } from '../runtime/errors.js'
+import { IO_CHUNK } from './store-writer.js'
 
 /** Bytes per element of every dtype the safetensors format defines. */
 export const DTYPE_BYTES: Record<string, number> = {
@@ -155,7 +156,7 @@ function readFloat32(fd: number, t: TensorInfo): Float32Array {
   const raw = new Uint8Array(t.bytes)
   let done = 0
   while (done < t.bytes) {
-    const n = readSync(fd, raw, done, t.bytes - done, t.offset + done)
+    const n = readSync(fd, raw, done, Math.min(t.bytes - done, IO_CHUNK), t.offset + done)
     if (n === 0) bad(`${t.file}: tensor "${t.name}": file ended while reading`)
     done += n
   }

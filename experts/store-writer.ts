@@ -2,11 +2,12 @@
 // held in memory), each padded to BLOB_ALIGN; the manifest goes last. Everything is written into a
 // temporary directory beside the target and renamed into place by `commit()`, so a failure at any
 // point — a bad tensor, a full disk, Ctrl-C — leaves no partial model under the target's name.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, renameSync, rmSync, write, writeFileSync, writeSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { pack } from 'msgpackr'
 import { HetmoeError } from '../runtime/errors.js'
 import type { PackedMatrix } from './formats.js'
+import { validateManifest } from './store-reader.js'
 import { BLOB_ALIGN, MANIFEST_FILE, MANIFEST_VERSION, WEIGHTS_FILE, type BlobRef, type MatrixRef, type ModelManifest } from './manifest.js'
 
 /** The manifest without what the writer fills in itself. */
@@ -17,7 +18,9 @@ export interface StoreWriterOptions {
   overwrite?: boolean
 }
 
-const zeros = new Uint8Array(BLOB_ALIGN)
+/** Largest single read or write: Node refuses lengths of 2 GiB and more in one call. */
+export const IO_CHUNK = 2 ** 30
+
 const tempPrefix = (target: string) => `.${basename(target)}.partial-`
 
 export class StoreWriter {
@@ -26,6 +29,8 @@ export class StoreWriter {
   #fd: number
   #offset = 0
   #done = false
+  readonly #pending = new Set<Promise<void>>()
+  #writeError: unknown
   readonly #overwrite: boolean
 
   private constructor(target: string, tempDir: string, fd: number, overwrite: boolean) {
@@ -59,22 +64,55 @@ export class StoreWriter {
     return this.#offset
   }
 
-  /** Appends one blob, 4096-aligned; returns where it lives. */
+  /**
+   * Appends one blob, 4096-aligned; returns where it lives. Blobs are written at their own offsets
+   * (pwrite); the padding between them is left as a hole that reads as zeros, and commit() sets the
+   * file's final length.
+   */
   addBlob(data: ArrayBufferView): BlobRef {
+    const { ref, bytes } = this.#reserve(data)
+    let done = 0
+    while (done < bytes.length) done += writeSync(this.#fd, bytes, done, Math.min(bytes.length - done, IO_CHUNK), ref.offset + done)
+    return ref
+  }
+
+  /**
+   * Like addBlob, but the write runs on libuv's thread pool while the caller computes the next blob
+   * (synth overlaps generation with disk writes this way). `data` must not change until `written`
+   * resolves; commit() waits for every pending write and fails if one did.
+   */
+  addBlobAsync(data: ArrayBufferView): { ref: BlobRef; written: Promise<void> } {
+    const { ref, bytes } = this.#reserve(data)
+    const written = new Promise<void>((resolve, reject) => {
+      const step = (done: number) => {
+        if (done >= bytes.length) return resolve()
+        write(this.#fd, bytes, done, Math.min(bytes.length - done, IO_CHUNK), ref.offset + done, (err, n) => (err ? reject(err) : step(done + n)))
+      }
+      step(0)
+    })
+    const tracked = written.then(
+      () => void this.#pending.delete(tracked),
+      (err: unknown) => {
+        this.#pending.delete(tracked)
+        this.#writeError ??= err
+      },
+    )
+    this.#pending.add(tracked)
+    return { ref, written }
+  }
+
+  /** Waits for every addBlobAsync write; rethrows the first failure. */
+  async flush(): Promise<void> {
+    while (this.#pending.size) await Promise.all(this.#pending)
+    if (this.#writeError) throw new HetmoeError('BAD_OPTION', `writing ${this.tempDir}/${WEIGHTS_FILE} failed: ${(this.#writeError as Error).message}`, { cause: this.#writeError })
+  }
+
+  #reserve(data: ArrayBufferView): { ref: BlobRef; bytes: Uint8Array } {
     this.#checkOpen()
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
     const offset = this.#offset
-    let done = 0
-    while (done < bytes.length) done += writeSync(this.#fd, bytes, done, bytes.length - done)
-    let end = offset + bytes.length
-    const pad = (BLOB_ALIGN - (end % BLOB_ALIGN)) % BLOB_ALIGN
-    if (pad) {
-      let p = 0
-      while (p < pad) p += writeSync(this.#fd, zeros, 0, pad - p)
-      end += pad
-    }
-    this.#offset = end
-    return { offset, bytes: bytes.length }
+    this.#offset = offset + Math.ceil(bytes.length / BLOB_ALIGN) * BLOB_ALIGN
+    return { ref: { offset, bytes: bytes.length }, bytes }
   }
 
   /** Appends a packed matrix (values, then meta, then select) and returns its manifest entry. */
@@ -86,11 +124,17 @@ export class StoreWriter {
     return ref
   }
 
-  /** Writes the manifest and renames the directory into place. */
+  /**
+   * Validates the manifest exactly as the reader will (a writer bug must not produce a model that
+   * cannot be loaded), writes it, and renames the directory into place.
+   */
   commit(draft: ManifestDraft): ModelManifest {
     this.#checkOpen()
+    if (this.#pending.size || this.#writeError) throw new Error('StoreWriter.commit: await flush() first (writes are pending or failed)')
     const manifest: ModelManifest = { format: 'hetmoe-model', version: MANIFEST_VERSION, ...draft, weightsBytes: this.#offset }
     try {
+      validateManifest(manifest, this.#offset, join(this.tempDir, MANIFEST_FILE))
+      ftruncateSync(this.#fd, this.#offset)
       fsyncSync(this.#fd)
       closeSync(this.#fd)
       this.#fd = -1
@@ -113,7 +157,7 @@ export class StoreWriter {
     }
   }
 
-  /** Drops everything written (idempotent; a no-op after commit). */
+  /** Drops everything written (idempotent; a no-op after commit). Pending async writes fail harmlessly. */
   abort(): void {
     if (this.#done) return
     this.#done = true
@@ -146,8 +190,11 @@ export async function writeStore(targetDir: string, options: StoreWriterOptions,
   process.once('SIGINT', onSignal)
   try {
     const draft = await build(w)
+    await w.flush()
     return w.commit(draft)
   } catch (err) {
+    // Let in-flight writes settle before the directory goes (they would fail on the closed fd anyway).
+    await Promise.allSettled([w.flush()])
     w.abort()
     throw err
   } finally {

@@ -10,10 +10,10 @@
 // (seed, layer, expert, which), so models are identical across runs and machines.
 import { HetmoeError } from '../runtime/errors.js'
 import { compress, prune, toBf16, toBf16Array } from './formats.js'
-import type { DomainGroup, ExpertRef, FfnKind, LayerRef, ModelManifest, WeightDtype, WeightFormat } from './manifest.js'
+import type { DomainGroup, ExpertRef, FfnKind, LayerRef, MatrixRef, ModelManifest, WeightDtype, WeightFormat } from './manifest.js'
 import { makeRreTable } from './rre-table.js'
 import { deriveSeed, Rng } from './rng.js'
-import { writeStore, type StoreWriter } from './store-writer.js'
+import { writeStore, type ManifestDraft, type StoreWriter } from './store-writer.js'
 import { version } from '../runtime/version.js'
 
 export type PresetName = 'tiny' | 'small' | 'sigma-lite' | 'mixtral' | 'fine'
@@ -98,29 +98,30 @@ export function synthMatrixBf16(seed: number, rows: number, cols: number, out: U
   // The hot loop of a 17 GB synth: the same stream as Rng.u32() (checked by a test against
   // synthMatrix), with its state in locals; outlier channels are patched afterwards.
   const st = rng.state()
-  let a = st[0]
-  let b = st[1]
-  let c = st[2]
-  let d = st[3]
-  if (cols % 2 !== 0) return toBf16Array(synthMatrix(seed, rows, cols))
+  // int32 locals (| 0): uint32 values above 2^31 would be boxed as doubles in the loop.
+  let a = st[0] | 0
+  let b = st[1] | 0
+  let c = st[2] | 0
+  let d = st[3] | 0
+  if (cols % 2 !== 0 || out.byteOffset % 4 !== 0) {
+    out.set(toBf16Array(synthMatrix(seed, rows, cols)))
+    return out
+  }
   const plain = new Uint8Array(cols / 2)
   for (let p = 0; p < cols / 2; p++) plain[p] = scales[2 * p] === 1 && scales[2 * p + 1] === 1 ? 1 : 0
   const half = cols / 2
+  // Two bf16 per uint32 store (little-endian: the first weight in the low half).
+  const out32 = new Uint32Array(out.buffer, out.byteOffset, (rows * cols) / 2)
   let k = 0
   for (let r = 0; r < rows; r++) {
-    for (let p = 0; p < half; p++, k += 2) {
+    for (let p = 0; p < half; p++, k++) {
       const t = a ^ (a << 11)
       a = b
       b = c
       c = d
-      d = (d ^ (d >>> 19) ^ t ^ (t >>> 8)) >>> 0
-      if (plain[p] === 1) {
-        out[k] = poolBf[d >>> 16]
-        out[k + 1] = poolBf[d & 0xffff]
-      } else {
-        out[k] = toBf16(pool[d >>> 16] * scales[2 * p])
-        out[k + 1] = toBf16(pool[d & 0xffff] * scales[2 * p + 1])
-      }
+      d = d ^ (d >>> 19) ^ t ^ (t >>> 8)
+      if (plain[p] === 1) out32[k] = poolBf[d >>> 16] | (poolBf[d & 0xffff] << 16)
+      else out32[k] = toBf16(pool[d >>> 16] * scales[2 * p]) | (toBf16(pool[d & 0xffff] * scales[2 * p + 1]) << 16)
     }
   }
   return out
@@ -137,15 +138,26 @@ function resolvePreset(p: PresetName | SynthPreset): SynthPreset {
   return preset
 }
 
-// One scratch buffer per matrix shape: a fresh 33 MB array per matrix costs more in page faults
-// than generating it.
-const scratch = new Map<number, Uint16Array>()
+// Two scratch buffers per matrix shape, used in turn: one is being written to disk (on libuv's
+// thread pool) while the next matrix is generated into the other. Fresh 33 MB arrays per matrix
+// would cost more in page faults than generating them.
+interface Slot {
+  buf: Uint16Array
+  busy?: Promise<void>
+}
+const scratch = new Map<number, { slots: [Slot, Slot]; next: number }>()
 
-function writeMatrix(w: StoreWriter, seed: number, rows: number, cols: number, format: WeightFormat, dtype: WeightDtype) {
+async function writeMatrix(w: StoreWriter, seed: number, rows: number, cols: number, format: WeightFormat, dtype: WeightDtype): Promise<MatrixRef> {
   if (format === 'dense' && dtype === 'bf16') {
-    let buf = scratch.get(rows * cols)
-    if (!buf) scratch.set(rows * cols, (buf = new Uint16Array(rows * cols)))
-    return w.addMatrix({ rows, cols, format, dtype, values: synthMatrixBf16(seed, rows, cols, buf) })
+    let s = scratch.get(rows * cols)
+    if (!s) scratch.set(rows * cols, (s = { slots: [{ buf: new Uint16Array(rows * cols) }, { buf: new Uint16Array(rows * cols) }], next: 0 }))
+    const slot = s.slots[s.next]
+    s.next ^= 1
+    await slot.busy
+    synthMatrixBf16(seed, rows, cols, slot.buf)
+    const { ref, written } = w.addBlobAsync(slot.buf)
+    slot.busy = written.catch(() => undefined) // failures surface in w.flush()
+    return { rows, cols, format, dtype, values: ref }
   }
   const dense = synthMatrix(seed, rows, cols)
   if (format === 'dense') return w.addMatrix({ rows, cols, format, dtype, values: dense })
@@ -161,50 +173,54 @@ export async function synthModel(options: SynthOptions): Promise<ModelManifest> 
   const dtype = options.dtype ?? 'bf16'
   if (format !== 'dense' && p.hidden % 16 !== 0) throw new HetmoeError('BAD_OPTION', `${format} needs D % 16 == 0`)
   if (format !== 'dense' && p.inner % 16 !== 0) throw new HetmoeError('BAD_OPTION', `${format} needs F % 16 == 0`)
+  try {
+    return await writeStore(options.out, { overwrite: options.overwrite }, (w) => synthLayers(w, p, seed, format, dtype, options))
+  } finally {
+    scratch.clear()
+  }
+}
+
+async function synthLayers(w: StoreWriter, p: SynthPreset, seed: number, format: WeightFormat, dtype: WeightDtype, options: SynthOptions): Promise<ManifestDraft> {
   const total = p.layers * (p.routing.kind === 'rre' ? p.routing.domains * p.routing.expertsPerDomain : p.routing.experts)
   let done = 0
-  return writeStore(options.out, { overwrite: options.overwrite }, async (w) => {
-    const layers: LayerRef[] = []
-    for (let li = 0; li < p.layers; li++) {
-      let routing: LayerRef['routing']
-      let E: number
-      if (p.routing.kind === 'rre') {
-        const { domains: nd, expertsPerDomain: n } = p.routing
-        E = nd * n
-        const domains: DomainGroup[] = Array.from({ length: nd }, (_, d) => ({ name: DOMAIN_NAMES[d] ?? `domain${d}`, firstExpert: d * n, numExperts: n }))
-        const tableSeed = deriveSeed(seed, li, 0x7ab1e)
-        routing = { kind: 'rre', seed: tableSeed, domains, table: w.addBlob(makeRreTable(tableSeed, domains.map((d) => d.numExperts), p.vocabSize)) }
-      } else {
-        E = p.routing.experts
-        const g = synthMatrix(deriveSeed(seed, li, 0x6a7e), E, p.hidden)
-        // The gate's rows score whole tokens: scale so logits have unit-ish spread for unit-ish inputs.
-        routing = { kind: 'gate', topK: p.routing.topK, normalize: p.routing.normalize, weight: w.addBlob(g) }
-      }
-      const experts: ExpertRef[] = []
-      for (let e = 0; e < E; e++) {
-        const ex: ExpertRef = {
-          ...(p.ffn === 'swiglu' ? { gate: writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) } : {}),
-          up: writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype),
-          down: writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype),
-        }
-        experts.push(ex)
-        options.onProgress?.(++done, total, w.bytesWritten)
-        // Yield so a signal (Ctrl-C) can run its handler and remove the partial model.
-        if (e % 4 === 3) await new Promise((r) => setImmediate(r))
-      }
-      layers.push({ index: li, experts, sharedExperts: [], routing })
+  const layers: LayerRef[] = []
+  for (let li = 0; li < p.layers; li++) {
+    let routing: LayerRef['routing']
+    let E: number
+    if (p.routing.kind === 'rre') {
+      const { domains: nd, expertsPerDomain: n } = p.routing
+      E = nd * n
+      const domains: DomainGroup[] = Array.from({ length: nd }, (_, d) => ({ name: DOMAIN_NAMES[d] ?? `domain${d}`, firstExpert: d * n, numExperts: n }))
+      const tableSeed = deriveSeed(seed, li, 0x7ab1e)
+      routing = { kind: 'rre', seed: tableSeed, domains, table: w.addBlob(makeRreTable(tableSeed, domains.map((d) => d.numExperts), p.vocabSize)) }
+    } else {
+      E = p.routing.experts
+      const g = synthMatrix(deriveSeed(seed, li, 0x6a7e), E, p.hidden)
+      // Rows N(0, 1/D) (plus outlier channels): unit-variance inputs give logits of unit-ish spread.
+      routing = { kind: 'gate', topK: p.routing.topK, normalize: p.routing.normalize, weight: w.addBlob(g) }
     }
-    scratch.clear()
-    return {
-      name: `${p.name}${format === 'dense' ? '' : `-${format}`}-${dtype}-s${seed}`,
-      origin: p.name,
-      hiddenSize: p.hidden,
-      ffnSize: p.inner,
-      ffn: p.ffn,
-      dtype,
-      vocabSize: p.vocabSize,
-      layers,
-      provenance: { tool: `hetmoe synth ${version}`, preset: p.name, seed, format, created: new Date().toISOString() },
+    const experts: ExpertRef[] = []
+    for (let e = 0; e < E; e++) {
+      const gate = p.ffn === 'swiglu' ? await writeMatrix(w, matrixSeed(seed, li, e, 'gate'), p.inner, p.hidden, format, dtype) : undefined
+      const up = await writeMatrix(w, matrixSeed(seed, li, e, 'up'), p.inner, p.hidden, format, dtype)
+      const down = await writeMatrix(w, matrixSeed(seed, li, e, 'down'), p.hidden, p.inner, format, dtype)
+      experts.push({ ...(gate ? { gate } : {}), up, down })
+      options.onProgress?.(++done, total, w.bytesWritten)
+      // Yield so a signal (Ctrl-C) can run its handler and remove the partial model.
+      if (e % 4 === 3) await new Promise((r) => setImmediate(r))
     }
-  })
+    layers.push({ index: li, experts, sharedExperts: [], routing })
+  }
+  await w.flush()
+  return {
+    name: `${p.name}${format === 'dense' ? '' : `-${format}`}-${dtype}-s${seed}`,
+    origin: p.name,
+    hiddenSize: p.hidden,
+    ffnSize: p.inner,
+    ffn: p.ffn,
+    dtype,
+    vocabSize: p.vocabSize,
+    layers,
+    provenance: { tool: `hetmoe synth ${version}`, preset: p.name, seed, format, created: new Date().toISOString() },
+  }
 }

@@ -26,6 +26,36 @@ t.test('the writer aligns every blob and commits atomically', async (t) => {
   t.notOk(existsSync(out))
 })
 
+t.test('async and sync blobs land at their offsets; padding reads as zeros', async (t) => {
+  const dir = tempDir(t)
+  const out = join(dir, 'm')
+  const a = new Uint8Array(5000).fill(1)
+  const b = new Uint8Array(100).fill(2)
+  const c = new Uint8Array(4096).fill(3)
+  const refs: { offset: number; bytes: number }[] = []
+  let bin = Buffer.alloc(0)
+  const written = writeStore(out, {}, async (w) => {
+    const ra = w.addBlobAsync(a)
+    refs.push(ra.ref, w.addBlob(b), w.addBlobAsync(c).ref)
+    await ra.written
+    t.throws(() => w.commit({} as never), /await flush\(\) first/)
+    await w.flush()
+    bin = readFileSync(join(w.tempDir, WEIGHTS_FILE))
+    // No layers: the writer validates before committing, so this model is never created.
+    return { name: 'n', origin: 'o', hiddenSize: 1, ffnSize: 1, ffn: 'swiglu', dtype: 'fp32', vocabSize: 0, layers: [], provenance: {} }
+  })
+  await t.rejects(written, { code: 'BAD_MODEL', message: /manifest\.msgpack: layers: expected at least 1 entries/ })
+  t.notOk(existsSync(out), 'an invalid manifest is never committed')
+  t.same(partials(dir), [])
+  t.same(refs, [{ offset: 0, bytes: 5000 }, { offset: 8192, bytes: 100 }, { offset: 12288, bytes: 4096 }])
+  t.equal(bin.length, 16384)
+  const expect = new Uint8Array(16384)
+  expect.set(a, 0)
+  expect.set(b, 8192)
+  expect.set(c, 12288)
+  t.ok(Buffer.from(expect).equals(bin), 'contents, zero padding included')
+})
+
 t.test('a failure while writing leaves no partial model; an existing target is refused', async (t) => {
   const dir = tempDir(t)
   const out = join(dir, 'm')
@@ -161,4 +191,31 @@ t.test('readManifest: missing files, garbage, truncation and bad RRE table value
   await t.rejects(loadModel(path), { code: 'BAD_MODEL', message: /weightsBytes/ })
   writeFileSync(manifestPath, pack({ ...m, version: 99 }))
   await t.rejects(loadModel(path), { code: 'BAD_MODEL', message: /version/ })
+})
+
+t.test('worker threads attach to the same mapping (same id, no copy)', async (t) => {
+  const { Worker } = await import('node:worker_threads')
+  const { attachModel } = await import('../experts/model.js')
+  const dir = tempDir(t)
+  const m = await loadModel(await makeModel(dir, MICRO))
+  const up = new Uint16Array(m.view(m.matrix(1, 2, 'up').values))
+  let sum = 0
+  for (const v of up) sum = (sum + v) >>> 0
+  const workerFile = new URL('./fixtures/model-worker.js', import.meta.url)
+  const results = await Promise.all(
+    [0, 1].map(
+      () =>
+        new Promise<{ weightsId: number; sum: number; aligned: boolean }>((resolve, reject) => {
+          const w = new Worker(workerFile, { workerData: { handle: m.handle(), layer: 1, expert: 2 } })
+          w.once('message', resolve)
+          w.once('error', reject)
+        }),
+    ),
+  )
+  for (const r of results) t.same(r, { weightsId: m.weightsId, sum, aligned: true })
+  const same = await attachModel(m.handle())
+  t.equal(same.weightsId, m.weightsId)
+  same.close()
+  t.ok(m.view(m.matrix(0, 0, 'gate').values), 'workers closing their handles leaves ours mapped')
+  m.close()
 })

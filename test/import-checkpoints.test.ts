@@ -157,6 +157,11 @@ t.test('Qwen2-MoE (shared expert + its sigmoid gate), OLMoE, DeepSeek-MoE (dense
     const manifest = await importCheckpoint(src, { out: join(dir, 'olmoe-m'), format: '2:4' })
     t.match(manifest.layers[0], { routing: { topK: 2, normalize: true }, sharedExperts: [] })
     t.equal(manifest.origin, 'olmoe')
+    // Qwen3-MoE names its tensors as OLMoE does; its config calls F moe_intermediate_size.
+    const c = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8'))
+    writeFileSync(join(src, 'config.json'), JSON.stringify({ ...c, model_type: 'qwen3_moe', moe_intermediate_size: 16, intermediate_size: 64 }))
+    const q3 = await importCheckpoint(src, { out: join(dir, 'qwen3-m') })
+    t.match(q3, { origin: 'qwen3_moe', ffnSize: 16, layers: [{ routing: { topK: 2, normalize: true } }] })
   }
   {
     const src = join(dir, 'ds')

@@ -1,13 +1,13 @@
 // Test helper: small synthetic models in temporary directories.
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { WeightDtype, WeightFormat } from '../../experts/manifest.js'
 import { synthModel, type SynthPreset } from '../../experts/synth.js'
 
-/** A temp directory removed at teardown. */
-export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'hetmoe-test-'): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix))
+/** A temp directory removed at teardown (in `base`, defaults to fastTmp()). */
+export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'hetmoe-test-', base = fastTmp()): string {
+  const dir = mkdtempSync(join(base, prefix))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
 }
@@ -35,4 +35,9 @@ export async function makeModel(dir: string, preset: SynthPreset | 'tiny', opts:
 /** Names in `dir` left over by an interrupted writer. */
 export function partials(dir: string): string[] {
   return readdirSync(dir).filter((f) => f.includes('.partial-'))
+}
+
+/** HETMOE_TEST_TMP, else memory-backed /dev/shm where there is one (the tests write thousands of small files and fsync them), else the OS temp directory. */
+export function fastTmp(): string {
+  return process.env.HETMOE_TEST_TMP ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir())
 }
