@@ -29,7 +29,7 @@
 
 namespace hetmoe {
 namespace cpu {
-// Thread-local scratch, grown on demand, never shrunk (kernels.cc). `slot` < 8.
+// Thread-local scratch, grown on demand, never shrunk (kernels.cc). `slot` < 10 (slot map there).
 void* threadScratch(int slot, size_t bytes);
 
 namespace {
