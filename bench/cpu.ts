@@ -18,6 +18,7 @@ import { Progress } from '../runtime/cli/progress.js'
 import { encodeCpuLayerJob, type CpuLayerJob } from '../runtime/cpu-layer-job.js'
 import { native, packageRoot, type CpuIsa } from '../runtime/native.js'
 import { oneDnnAvailable, runOneDnn } from './cpu/onednn.js'
+import { verifyKernels, type VerifyCase } from './cpu/verify.js'
 import { writeBenchWeights } from './cpu/weights.js'
 
 const PRESETS: Record<string, { D: number; F: number; ffn: FfnKind }> = {
@@ -79,6 +80,8 @@ the same run) and oneDNN's bf16 linear (python3 + torch, where importable).
   --weights-mib N  dense weight bytes per job at few tokens (rotated experts). Defaults to 768.
   --min-time S     seconds of timed runs per case (at least 3 runs). Defaults to 0.3.
   --no-onednn      skip the oneDNN baseline.
+  --no-verify      skip the correctness pass (every level, format, dtype and FFN against a float64
+                   reference on small random experts) that runs before the timings.
   --json FILE      also write the results as JSON.`,
   async run(argv) {
     const { values } = parseFlags(argv, {
@@ -91,6 +94,7 @@ the same run) and oneDNN's bf16 linear (python3 + torch, where importable).
       'weights-mib': { type: 'string' },
       'min-time': { type: 'string' },
       'no-onednn': { type: 'boolean' },
+      'no-verify': { type: 'boolean' },
       json: { type: 'string' },
     })
     const presetName = values.preset ?? 'small'
@@ -130,6 +134,20 @@ the same run) and oneDNN's bf16 linear (python3 + torch, where importable).
       date: new Date().toISOString(),
     }
     process.stderr.write(`bench cpu: ${machine.cpu}, ${threads} threads, levels ${isas.join(', ')}, preset ${presetName} (D=${D}, F=${F}, ${ffn})\n`)
+
+    // 0. Correctness first: a fast kernel that computes the wrong thing is not a result.
+    let verification: VerifyCase[] = []
+    if (!values['no-verify']) {
+      verification = verifyKernels(isas, Date.now() % 1e9)
+      const bad = verification.filter((v) => !v.ok)
+      const worst = (isa: CpuIsa) => Math.max(...verification.filter((v) => v.isa === isa).map((v) => v.worstRelativeError))
+      process.stderr.write(
+        `verify: ${verification.length - bad.length}/${verification.length} cases within tolerance; worst relative error per level: ` +
+          isas.map((i) => `${i} ${worst(i).toExponential(1)}`).join(', ') +
+          '\n',
+      )
+      for (const b of bad) process.stderr.write(`verify FAILED: ${JSON.stringify(b)}\n`)
+    }
 
     // 1. Read bandwidth, all threads.
     const bwRuns = addon.cpuReadBandwidth(Math.max(weightsBytes, 2 ** 30), threads, 7)
@@ -253,10 +271,10 @@ the same run) and oneDNN's bf16 linear (python3 + torch, where importable).
       }
     }
 
-    const report = { bench: 'cpu', preset: presetName, shape: { D, F, ffn, dtype, expertsAtFewTokens: E }, machine, readBandwidthGBps, onednn, results }
+    const report = { bench: 'cpu', preset: presetName, shape: { D, F, ffn, dtype, expertsAtFewTokens: E }, machine, readBandwidthGBps, onednn, verification, results }
     if (values.json) writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
     console.log(formatTable(report.machine.cpu, readBandwidthGBps, results))
-    return 0
+    return verification.every((v) => v.ok) ? 0 : 1
   },
 }
 
