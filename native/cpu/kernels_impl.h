@@ -314,7 +314,13 @@ void matmulSparse24(const MatArgs& a, const float* const* xr) {
     constexpr int RB = decltype(rbTag)::value;
     int32_t t = 0;
     for (; t + V::NTMAX24 <= a.n; t += V::NTMAX24) sparse24Rows<V, T, RB, V::NTMAX24>(a, r, xr, t, res);
-    for (; t < a.n; ++t) sparse24Rows<V, T, RB, 1>(a, r, xr, t, res);
+    // The remaining tokens in one tile, so the index expansion is shared by all of them.
+    switch (a.n - t) {
+      case 1: sparse24Rows<V, T, RB, 1>(a, r, xr, t, res); break;
+      case 2: if constexpr (2 < V::NTMAX24) sparse24Rows<V, T, RB, 2>(a, r, xr, t, res); break;
+      case 3: if constexpr (3 < V::NTMAX24) sparse24Rows<V, T, RB, 3>(a, r, xr, t, res); break;
+      default: break;
+    }
   };
   for (; r + 4 <= a.r1; r += 4) rowsAllTokens(std::integral_constant<int, 4>{});
   for (; r < a.r1; ++r) rowsAllTokens(std::integral_constant<int, 1>{});
