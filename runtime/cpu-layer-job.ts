@@ -149,8 +149,6 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     put64(22, blockTable)
     w[24] = job.out.rows ?? job.hidden.rows
     let scratchAt = blockTable + blockBytes
-    let b1 = 0
-    let b2 = ne * blocks1
     const putMatrix = (i: number, m: MatrixRef) => {
       w[i] = FORMAT[m.format]
       w[i + 1] = DTYPE[m.dtype]
@@ -169,9 +167,9 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     job.experts.forEach((e, ei) => {
       const r = (expertTable - base) / 4 + ei * EXPERT_WORDS
       w[r] = e.tokens.count
-      w[r + 1] = b1
+      w[r + 1] = ei
       w[r + 2] = blocks1
-      w[r + 3] = b2
+      w[r + 3] = ne * blocks1 + ei
       w[r + 4] = blocks2
       w[r + 8] = (e.scales ? 1 : 0) | (e.matrices.gate ? 2 : 0)
       put64(r + 10, e.tokens.offset)
@@ -185,8 +183,11 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
       if (e.matrices.gate) putMatrix(r + 24, e.matrices.gate)
       putMatrix(r + 24 + MATRIX_WORDS, e.matrices.up)
       putMatrix(r + 24 + 2 * MATRIX_WORDS, e.matrices.down)
-      for (let k = 0; k < blocks1; k++) blk(b1++, ei, k * ROWS_PER_BLOCK, 1)
-      for (let k = 0; k < blocks2; k++) blk(b2++, ei, k * ROWS_PER_BLOCK, 2)
+      // Blocks are numbered round-robin over the experts (block k of expert e at k * ne + e), so the
+      // first claims spread over all experts: their per-expert set-up (AMX packing) runs in parallel
+      // and each expert's phase 1 finishes at about the same time.
+      for (let k = 0; k < blocks1; k++) blk(k * ne + ei, ei, k * ROWS_PER_BLOCK, 1)
+      for (let k = 0; k < blocks2; k++) blk(ne * blocks1 + k * ne + ei, ei, k * ROWS_PER_BLOCK, 2)
     })
     return { descOffset: base, numBlocks, isa, release: () => lease.release() }
   } catch (err) {

@@ -15,8 +15,9 @@ const levels = native().cpuIsa().levels.filter((l) => l.available).map((l) => l.
 const seed = Number(process.env.HETMOE_TEST_SEED ?? Date.now() % 1e9)
 t.comment(`levels: ${levels.join(', ')}; seed ${seed} (HETMOE_TEST_SEED to repeat)`)
 
-// Tokens per expert: none, one, a few (direct kernels), more than the direct/AMX crossover.
-const COUNTS = [0, 1, 3, 13]
+// Tokens per expert: none, one, a few (direct kernels), past the direct/panel and dense AMX
+// crossovers (8), past the sparse AMX crossover (16) and more than one 32-token tile pair.
+const COUNTS = [0, 1, 3, 13, 37]
 
 function shapes(format: WeightFormat, isa: CpuIsa): { D: number; F: number } {
   // Dense accepts any size; sparse needs multiples of 16 (and even rows for 75%). The AMX tiles need

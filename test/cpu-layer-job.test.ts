@@ -87,11 +87,13 @@ t.test('abort: workers stop claiming, the job rejects with ABORTED', async (t) =
     await pool.close()
     model.close()
   })
-  const p = prepareJob(arena, model, { D: 512, F: 1024, ffn: 'gelu', counts: [256, 256], T: 64, seed: seed + 7, isa: 'scalar' })
+  // Many small blocks (a few ms each on scalar), so a worker notices the flag soon even on a loaded machine.
+  const p = prepareJob(arena, model, { D: 512, F: 1024, ffn: 'gelu', counts: [96, 96], T: 64, seed: seed + 7, isa: 'scalar' })
   const ac = new AbortController()
   const t0 = performance.now()
   setTimeout(() => ac.abort(), 30)
   await t.rejects(runCpuLayer(pool, arena, p.job, { signal: ac.signal }), { code: 'ABORTED' })
-  t.ok(performance.now() - t0 < 1000, 'returned soon after the abort')
+  const ms = performance.now() - t0
+  t.ok(ms < 1500, `returned soon after the abort (${ms.toFixed(0)} ms)`)
   await t.rejects(runCpuLayer(pool, arena, p.job, { signal: ac.signal }), { code: 'ABORTED' }, 'an aborted signal refuses at once')
 })

@@ -12,10 +12,13 @@ namespace cpu {
 
 namespace {
 const char* const kNames[kIsaCount] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
+// Slots: 0-3 matmul (token pointers, panel, bf16 activations), 4-6 AMX packing and decoded panels,
+// 7 the layer job's up-projection tile, 8 AMX C tiles between K chunks.
+constexpr int kScratchSlots = 10;
 
 struct ScratchSlots {
-  void* p[8] = {};
-  size_t bytes[8] = {};
+  void* p[kScratchSlots] = {};
+  size_t bytes[kScratchSlots] = {};
   ~ScratchSlots() {
     for (void* q : p) std::free(q);
   }
@@ -123,7 +126,8 @@ const KernelTable& kernels(Isa isa) {
 }
 
 bool useAmx(Isa isa, int32_t n, const MatrixView& up, const MatrixView& down) {
-  return isa == Isa::Amx && n >= kAmxMinTokens && up.dtype == WeightDtype::BF16 && down.dtype == WeightDtype::BF16 &&
+  const bool sparse = up.format != WeightFormat::Dense || down.format != WeightFormat::Dense;
+  return isa == Isa::Amx && n >= (sparse ? kAmxMinTokensSparse : kAmxMinTokens) && up.dtype == WeightDtype::BF16 && down.dtype == WeightDtype::BF16 &&
          up.cols % 32 == 0 && up.rows % 32 == 0 && down.rows % 32 == 0;
 }
 

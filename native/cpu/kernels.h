@@ -86,8 +86,10 @@ struct KernelTable {
 const KernelTable& kernels(Isa isa);
 
 // Tokens per expert from which the amx level runs an expert through tiles rather than through the
-// avx512bf16 kernels (measured: bench cpu; below it tile setup and packing cost more than they save).
+// avx512bf16 kernels (measured with bench cpu on the 16-core Xeon: dense is faster on tiles from 8
+// tokens; sparse weights, which the tile path decodes to a dense panel first, from 16).
 constexpr int32_t kAmxMinTokens = 8;
+constexpr int32_t kAmxMinTokensSparse = 16;
 // Whether an expert of n tokens with these matrices goes through AMX tiles at level `isa`.
 bool useAmx(Isa isa, int32_t n, const MatrixView& up, const MatrixView& down);
 

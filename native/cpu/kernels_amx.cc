@@ -6,7 +6,8 @@
 //                   bf16) or from a 16-row panel decoded to dense bf16 (2:4, 75%), row stride K*2;
 //   B (tmm6, tmm7): 32 k x 16 tokens of activations in VNNI pairs (kernels.h: amx packed layout),
 //                   packed once per expert and read by every row block;
-//   C (tmm0..3):    16 rows x 16 tokens fp32, i.e. the output transposed; 2 A x 2 B per k step.
+//   C (tmm0..3):    16 rows x 16 tokens fp32, i.e. the output transposed; 2 A x 2 B per k step,
+//                   K in chunks of kKc so the A chunk stays in L1 (see tilesRowPair).
 // Gate/up writes its activation straight into the packed (B) layout of the down projection's input,
 // so the hidden [n x F] never exists in fp32 on this path. Bounded by tdpbf16ps throughput (16 rows
 // x 16 tokens x 32 k per instruction) and, at few tokens, by reading A.
@@ -83,34 +84,57 @@ inline __m512i pairBf16(__m512 e, __m512 o) {
   return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
 }
 
-// C tiles for one step: c[q] = A(q / 2) x B(q % 2) over all K.
-inline void tiles2x2(const uint16_t* A0, const uint16_t* A1, const uint16_t* B0, const uint16_t* B1, int64_t K,
-                     float (*c)[16][16]) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  const int64_t lda = K * 2;
-  for (int64_t kb = 0; kb < K / 32; ++kb) {
-    _tile_loadd(4, A0 + kb * 32, lda);
-    _tile_loadd(5, A1 + kb * 32, lda);
-    _tile_loadd(6, B0 + kb * 16 * 32, 64);
-    _tile_loadd(7, B1 + kb * 16 * 32, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+// K is walked in chunks of kKc: a chunk of the two A tiles (2 x 16 rows x kKc bf16 = 16 KB) stays in
+// L1 while every token-tile pair uses it, so only B streams from L2 (without chunking both A and B
+// came from L2 at every step: 4 KB per 4 tdpbf16ps, about what L2 delivers, which halved the rate).
+// The C tiles of each token-tile pair are kept in `cbuf` between chunks.
+constexpr int64_t kKc = 256;
+
+// cbuf[P][q] (16 x 16 fp32 each) = A(q / 2) x B(2P + q % 2) over all K, for every token-tile pair P.
+// A0, A1: 16 weight rows each, row stride K. packed: the B operand (kernels.h layout).
+void tilesRowPair(const uint16_t* A0, const uint16_t* A1, const uint16_t* packed, int64_t K, int64_t np, float* cbuf) {
+  const int64_t half = K / 2, pairs = np / 32, lda = K * 2;
+  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+    const int64_t k1 = k0 + kKc < K ? k0 + kKc : K;
+    for (int64_t P = 0; P < pairs; ++P) {
+      float* c = cbuf + P * 1024;
+      if (k0 == 0) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      } else {
+        _tile_loadd(0, c, 64);
+        _tile_loadd(1, c + 256, 64);
+        _tile_loadd(2, c + 512, 64);
+        _tile_loadd(3, c + 768, 64);
+      }
+      const uint16_t* B0 = packed + (2 * P) * half * 32;
+      const uint16_t* B1 = packed + (2 * P + 1) * half * 32;
+      for (int64_t kb = k0 / 32; kb < k1 / 32; ++kb) {
+        _tile_loadd(4, A0 + kb * 32, lda);
+        _tile_loadd(5, A1 + kb * 32, lda);
+        _tile_loadd(6, B0 + kb * 16 * 32, 64);
+        _tile_loadd(7, B1 + kb * 16 * 32, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c, 64);
+      _tile_stored(1, c + 256, 64);
+      _tile_stored(2, c + 512, 64);
+      _tile_stored(3, c + 768, 64);
+    }
   }
-  _tile_stored(0, c[0], 64);
-  _tile_stored(1, c[1], 64);
-  _tile_stored(2, c[2], 64);
-  _tile_stored(3, c[3], 64);
 }
+
+using Tiles = float (*)[16][16];  // 4 C tiles of one token-tile pair
 
 void amxGateUp(const AmxGateUpArgs& a, bool swiglu) {
   configureTiles();
-  const int64_t K = a.up->cols, F = a.up->rows, np = amxPaddedTokens(a.n), half = K / 2;
-  alignas(64) float c[4][16][16];
+  const int64_t K = a.up->cols, F = a.up->rows, np = amxPaddedTokens(a.n);
+  float* cbuf = static_cast<float*>(threadScratch(8, sizeof(float) * 32 * np));
   auto packRows = [&](int64_t T, int32_t row, const float (*h)[16]) {  // 16 rows `row..` of token tile T
     for (int r = 0; r < 16; r += 2)
       _mm512_storeu_si512(a.hPacked + ((T * (F / 2)) + (row + r) / 2) * 32,
@@ -118,26 +142,24 @@ void amxGateUp(const AmxGateUpArgs& a, bool swiglu) {
   };
   if (swiglu) {
     for (int32_t rb = a.r0; rb < a.r1; rb += 16) {
-      const uint16_t* G = rowsBf16(*a.gate, rb, 5);
-      const uint16_t* U = rowsBf16(*a.up, rb, 6);
-      for (int64_t T = 0; T < np / 16; T += 2) {
-        tiles2x2(G, U, a.xPacked + T * half * 32, a.xPacked + (T + 1) * half * 32, K, c);
-        for (int h = 0; h < 2; ++h) {  // c[h]: gate x tile T+h, c[2+h]: up x tile T+h
+      tilesRowPair(rowsBf16(*a.gate, rb, 5), rowsBf16(*a.up, rb, 6), a.xPacked, K, np, cbuf);
+      for (int64_t P = 0; P < np / 32; ++P) {
+        Tiles c = reinterpret_cast<Tiles>(cbuf + P * 1024);
+        for (int h = 0; h < 2; ++h) {  // c[h]: gate x tile 2P+h, c[2+h]: up x tile 2P+h
           for (int r = 0; r < 16; ++r)
             _mm512_store_ps(c[h][r], vswiglu<VAvx512>(_mm512_load_ps(c[h][r]), _mm512_load_ps(c[2 + h][r])));
-          packRows(T + h, rb, c[h]);
+          packRows(2 * P + h, rb, c[h]);
         }
       }
     }
   } else {
     for (int32_t rb = a.r0; rb < a.r1; rb += 32) {
-      const uint16_t* A0 = rowsBf16(*a.up, rb, 5);
-      const uint16_t* A1 = rowsBf16(*a.up, rb + 16, 6);
-      for (int64_t T = 0; T < np / 16; T += 2) {
-        tiles2x2(A0, A1, a.xPacked + T * half * 32, a.xPacked + (T + 1) * half * 32, K, c);
+      tilesRowPair(rowsBf16(*a.up, rb, 5), rowsBf16(*a.up, rb + 16, 6), a.xPacked, K, np, cbuf);
+      for (int64_t P = 0; P < np / 32; ++P) {
+        Tiles c = reinterpret_cast<Tiles>(cbuf + P * 1024);
         for (int q = 0; q < 4; ++q) {
           for (int r = 0; r < 16; ++r) _mm512_store_ps(c[q][r], vgelu<VAvx512>(_mm512_load_ps(c[q][r])));
-          packRows(T + (q & 1), rb + 16 * (q >> 1), c[q]);
+          packRows(2 * P + (q & 1), rb + 16 * (q >> 1), c[q]);
         }
       }
     }
@@ -147,15 +169,14 @@ void amxGateUp(const AmxGateUpArgs& a, bool swiglu) {
 
 void amxDown(const AmxDownArgs& a) {
   configureTiles();
-  const int64_t K = a.down->cols, np = amxPaddedTokens(a.n), half = K / 2;
-  alignas(64) float c[4][16][16];
+  const int64_t K = a.down->cols, np = amxPaddedTokens(a.n);
+  float* cbuf = static_cast<float*>(threadScratch(8, sizeof(float) * 32 * np));
   for (int32_t rb = a.r0; rb < a.r1; rb += 32) {
-    const uint16_t* A0 = rowsBf16(*a.down, rb, 5);
-    const uint16_t* A1 = rowsBf16(*a.down, rb + 16, 6);
-    for (int64_t T = 0; T < np / 16; T += 2) {
-      tiles2x2(A0, A1, a.hPacked + T * half * 32, a.hPacked + (T + 1) * half * 32, K, c);
+    tilesRowPair(rowsBf16(*a.down, rb, 5), rowsBf16(*a.down, rb + 16, 6), a.hPacked, K, np, cbuf);
+    for (int64_t P = 0; P < np / 32; ++P) {
+      Tiles c = reinterpret_cast<Tiles>(cbuf + P * 1024);
       for (int q = 0; q < 4; ++q) {
-        const int64_t t0 = (T + (q & 1)) * 16;
+        const int64_t t0 = (2 * P + (q & 1)) * 16;
         const int32_t row = rb + 16 * (q >> 1);
         for (int tt = 0; tt < 16 && t0 + tt < a.n; ++tt) {
           const int64_t t = t0 + tt;

@@ -22,6 +22,7 @@
 //    24 outRowsTotal: rows of `out` (bounds checks)
 //   expert record e, kExpertWords words at experts + e * 4 * kExpertWords:
 //     0 n tokens    1 first phase-1 block   2 phase-1 blocks   3 first phase-2 block   4 phase-2 blocks
+//       (informational: blocks are numbered round-robin over experts, the block table is what counts)
 //     5 done1: phase-1 blocks finished (atomic; phase 2 of this expert waits for == phase-1 blocks)
 //     6 packState: 0 none, 1 packing, 2 packed (AMX activations, packed once per expert)
 //     7 waiters: threads sleeping on done1/packState (so finishers skip the wake syscall otherwise)

@@ -30,7 +30,7 @@ uint64_t readStreamScalar(const uint8_t* p, size_t bytes) {
 
 void readBandwidth(size_t bytes, int threads, int iters, double* gbps) {
   if (threads < 1) threads = 1;
-  bytes = bytes / (4096 * size_t(threads)) * 4096 * threads;
+  bytes = bytes / (16384 * size_t(threads)) * 16384 * threads;  // slices split evenly into 4 streams
   void* mem = std::aligned_alloc(2 << 20, bytes);
   if (!mem) throw std::runtime_error("read bandwidth: cannot allocate the buffer");
   madvise(mem, bytes, MADV_HUGEPAGE);
@@ -40,8 +40,10 @@ void readBandwidth(size_t bytes, int threads, int iters, double* gbps) {
   auto stream = avx2 ? readStreamAvx2 : readStreamScalar;
   std::atomic<int> go{0}, finished{0};
   std::atomic<uint64_t> sink{0};
+  // Slice 0 is read by the calling thread itself: a caller spinning while `threads` helpers stream
+  // would be one runnable thread too many, and the helper sharing its core would finish late.
   std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
+  for (int t = 1; t < threads; ++t)
     pool.emplace_back([&, t] {
       // Each thread first touches its own slice (first touch places the pages near it).
       std::memset(base + t * slice, t + 1, slice);
@@ -52,12 +54,14 @@ void readBandwidth(size_t bytes, int threads, int iters, double* gbps) {
         finished.fetch_add(1);
       }
     });
-  while (finished.load() < threads) std::this_thread::yield();
+  std::memset(base, 1, slice);
+  while (finished.load() < threads - 1) std::this_thread::yield();
   for (int it = 1; it <= iters; ++it) {
     finished.store(0);
     const auto t0 = std::chrono::steady_clock::now();
     go.store(it, std::memory_order_release);
-    while (finished.load(std::memory_order_acquire) < threads) __builtin_ia32_pause();
+    sink.fetch_xor(stream(base, slice));
+    while (finished.load(std::memory_order_acquire) < threads - 1) __builtin_ia32_pause();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     gbps[it - 1] = bytes / s / 1e9;
   }

@@ -46,7 +46,8 @@ struct VAvx512 {
     const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
     const __m512i w = _mm512_set1_epi32(static_cast<int>(meta[jv >> 4]));
-    return _mm512_add_epi32(_mm512_and_si512(_mm512_srlv_epi32(w, sh), _mm512_set1_epi32(3)), base);
+    // (shifted & 3) | base in one vpternlogd (0xEA = (A & B) | C): base only uses bits 2-4.
+    return _mm512_ternarylogic_epi32(_mm512_srlv_epi32(w, sh), _mm512_set1_epi32(3), base, 0xEA);
   }
   static R perm24(R xlo, R xhi, Idx idx) { return _mm512_permutex2var_ps(xlo, idx, xhi); }
 };

@@ -31,6 +31,7 @@ inline void dpTile(const uint16_t* w, int64_t ldw, int64_t K, const uint16_t* co
   for (int i = 0; i < RB; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t ahead = prefetchRows<RB>(ldw * 2) * ldw;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512i xv[NT];
@@ -39,7 +40,7 @@ inline void dpTile(const uint16_t* w, int64_t ldw, int64_t K, const uint16_t* co
 #pragma GCC unroll 16
     for (int i = 0; i < RB; ++i) {
       const uint16_t* p = w + i * ldw + k;
-      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_T0);
       const __m512i wv = _mm512_loadu_si512(p);
 #pragma GCC unroll 8
       for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv, (__m512bh)xv[j]);
