@@ -89,6 +89,9 @@ t.test('abort: workers stop claiming, the job rejects with ABORTED', async (t) =
   })
   // Many small blocks (a few ms each on scalar), so a worker notices the flag soon even on a loaded machine.
   const p = prepareJob(arena, model, { D: 512, F: 1024, ffn: 'gelu', counts: [96, 96], T: 64, seed: seed + 7, isa: 'scalar' })
+  // Workers boot (thread start, addon load) before they take a task: wait for that, so the time below is
+  // the job's reaction to the abort, not the pool's start-up on a loaded machine.
+  await Promise.all([pool.run({ op: 'ping' }), pool.run({ op: 'ping' })])
   const ac = new AbortController()
   const t0 = performance.now()
   setTimeout(() => ac.abort(), 30)
