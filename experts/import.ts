@@ -190,15 +190,29 @@ export async function importCheckpoint(dir: string, options: ImportOptions): Pro
     let done = 0
     let pruned = 0
     let lossless = 0
-    const tensor = (name: string, shape: number[]): Float32Array => {
+    function tensor(name: string, shape: number[]): Float32Array
+    function tensor(name: string, shape: number[], read: false): undefined
+    function tensor(name: string, shape: number[], read = true): Float32Array | undefined {
       const t = ck.tensor(name)
       if (!t) throw new HetmoeError('BAD_MODEL', `${ck.dir}: tensor "${name}" is missing (config.json says ${cfg.experts} experts in layers ${cfg.moeLayers.join(', ')})`)
       if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
         throw new HetmoeError('BAD_MODEL', `${t.file}: tensor "${name}" has shape [${t.shape}], config.json implies [${shape}]`)
       }
-      return ck.readFloat32(name)
+      return read ? ck.readFloat32(name) : undefined
     }
     const matrix = (w: StoreWriter, name: string, rows: number, cols: number): MatrixRef => {
+      const info = ck.tensor(name)
+      if (format === 'dense' && info && ((info.dtype === 'BF16' && dtype === 'bf16') || (info.dtype === 'F32' && dtype === 'fp32'))) {
+        // Already in the stored dtype: the bytes go through unchanged (checked for NaN/Inf on the way).
+        tensor(name, [rows, cols], false)
+        const raw = ck.readRaw(name)
+        const values = info.dtype === 'BF16' ? new Uint16Array(raw.buffer) : new Float32Array(raw.buffer)
+        const bad = firstNonFinite(values)
+        if (bad >= 0) throw new HetmoeError('BAD_MODEL', `${info.file}: tensor "${name}" holds a non-finite value at [${Math.floor(bad / cols)}, ${bad % cols}]`)
+        const ref = w.addMatrix({ rows, cols, format, dtype, values })
+        options.onProgress?.(++done, total, name)
+        return ref
+      }
       const data = tensor(name, [rows, cols])
       for (let i = 0; i < data.length; i++) {
         if (!Number.isFinite(data[i])) throw new HetmoeError('BAD_MODEL', `${ck.tensor(name)!.file}: tensor "${name}" holds a non-finite value at [${Math.floor(i / cols)}, ${i % cols}]`)
@@ -272,4 +286,14 @@ function checkNoStrayExperts(ck: Checkpoint, cfg: MoeConfig, names: Names): void
     if (!moe.has(l)) throw new HetmoeError('BAD_MODEL', `${ck.tensor(name)!.file}: tensor "${name}": config.json says layer ${l} has no MoE block`)
     if (e >= cfg.experts) throw new HetmoeError('BAD_MODEL', `${ck.tensor(name)!.file}: tensor "${name}": config.json says ${cfg.experts} experts per layer`)
   }
+}
+
+/** Index of the first NaN or ±Inf (bf16 bit patterns or fp32 values), or -1. */
+function firstNonFinite(values: Uint16Array | Float32Array): number {
+  if (values instanceof Float32Array) {
+    for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i
+  } else {
+    for (let i = 0; i < values.length; i++) if ((values[i] & 0x7f80) === 0x7f80) return i
+  }
+  return -1
 }

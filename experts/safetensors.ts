@@ -124,9 +124,26 @@ export class SafetensorsFile {
 
   /** Reads a float tensor (F32, F16 or BF16) into fp32. */
   readFloat32(name: string): Float32Array {
+    return toFloat32(this.#info(name), this.readRaw(name))
+  }
+
+  /** The tensor's bytes as stored (little-endian, its own dtype). */
+  readRaw(name: string): Uint8Array {
+    const t = this.#info(name)
+    const raw = new Uint8Array(t.bytes)
+    let done = 0
+    while (done < t.bytes) {
+      const n = readSync(this.#fd, raw, done, Math.min(t.bytes - done, IO_CHUNK), t.offset + done)
+      if (n === 0) bad(`${t.file}: tensor "${t.name}": file ended while reading`)
+      done += n
+    }
+    return raw
+  }
+
+  #info(name: string): TensorInfo {
     const t = this.tensors.get(name)
     if (!t) bad(`${this.path}: no tensor "${name}"`)
-    return readFloat32(this.#fd, t)
+    return t
   }
 
   close(): void {
@@ -149,16 +166,9 @@ function halfToFloatTable(): Float32Array {
   return halfTable
 }
 
-function readFloat32(fd: number, t: TensorInfo): Float32Array {
+function toFloat32(t: TensorInfo, raw: Uint8Array): Float32Array {
   if (!(FLOAT_DTYPES as readonly string[]).includes(t.dtype)) {
     bad(`${t.file}: tensor "${t.name}": dtype ${t.dtype} is not a float type hetmoe imports (${FLOAT_DTYPES.join(', ')})`)
-  }
-  const raw = new Uint8Array(t.bytes)
-  let done = 0
-  while (done < t.bytes) {
-    const n = readSync(fd, raw, done, Math.min(t.bytes - done, IO_CHUNK), t.offset + done)
-    if (n === 0) bad(`${t.file}: tensor "${t.name}": file ended while reading`)
-    done += n
   }
   if (t.dtype === 'F32') return new Float32Array(raw.buffer)
   const src = new Uint16Array(raw.buffer)
@@ -246,9 +256,17 @@ export class Checkpoint {
   }
 
   readFloat32(name: string): Float32Array {
+    return this.#file(name).readFloat32(name)
+  }
+
+  readRaw(name: string): Uint8Array {
+    return this.#file(name).readRaw(name)
+  }
+
+  #file(name: string): SafetensorsFile {
     const f = this.#byName.get(name)
     if (!f) bad(`${this.dir}: no tensor "${name}" in the checkpoint`)
-    return f.readFloat32(name)
+    return f
   }
 
   close(): void {

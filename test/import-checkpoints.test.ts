@@ -103,6 +103,30 @@ t.test('F16 and F32 sources, single file', async (t) => {
   }
 })
 
+t.test('BF16 → dense bf16 and F32 → dense fp32 pass the bytes through; NaN is still caught', async (t) => {
+  const dir = tempDir(t)
+  for (const [src, dst] of [['BF16', 'bf16'], ['F32', 'fp32']] as const) {
+    const ck = join(dir, `ck-${src}`)
+    const { weights, names } = writeCheckpoint(ck, { ...MIXTRAL, layers: 1, shards: 1, dtype: src, seed: 3 })
+    await importCheckpoint(ck, { out: join(dir, `m-${src}`), dtype: dst })
+    const m = await loadModel(join(dir, `m-${src}`))
+    for (let e = 0; e < 4; e++) t.same(Array.from(m.denseMatrix(m.matrix(0, e, 'gate'))), Array.from(weights.get(names.expert(0, e, 'gate'))!.data), `${src} E${e}`)
+    m.close()
+    const file = join(ck, 'model.safetensors')
+    const buf = readFileSync(file)
+    const n = Number(buf.readBigUInt64LE(0))
+    const h = JSON.parse(buf.subarray(8, 8 + n).toString())
+    const name = names.expert(0, 1, 'down')
+    const el = src === 'BF16' ? 2 : 4
+    const at = 8 + n + h[name].data_offsets[0] + el * (2 * 96 + 5)
+    if (src === 'BF16') buf.writeUInt16LE(0xff80, at) // -Inf
+    else buf.writeUInt32LE(0x7fc00000, at) // NaN
+    writeFileSync(file, buf)
+    await t.rejects(importCheckpoint(ck, { out: join(dir, `m2-${src}`), dtype: dst }), { code: 'BAD_MODEL', message: /experts\.1\.w2\.weight" holds a non-finite value at \[2, 5\]/ })
+    t.notOk(existsSync(join(dir, `m2-${src}`)))
+  }
+})
+
 t.test('checkpoints already in the pattern are compressed without loss', async (t) => {
   const dir = tempDir(t)
   for (const format of ['2:4', '75%'] as const) {
