@@ -53,3 +53,14 @@ t.test('bad thread counts name the option', async (t) => {
   const arena = new Arena({ bytes: 1 << 16 })
   t.throws(() => new CpuPool({ arena, threads: 0 }), /options\.cpuThreads must be a positive integer/)
 })
+
+t.test('pools closed while their workers are still loading the addon do not bring the process down', async (t) => {
+  // Seen on a 16-core machine: a worker terminated during the addon's Init made Node-API unable to
+  // throw, and the C++ exception aborted the process.
+  for (let i = 0; i < 8; i++) {
+    const arena = new Arena({ bytes: 1 << 16 })
+    const pool = new CpuPool({ arena, threads: 4 })
+    await (i % 2 ? pool.close() : pool.destroy())
+  }
+  t.pass('still alive')
+})
