@@ -3,10 +3,11 @@
 // the sum runs here in a fixed slot order, so results never depend on which backend finished first.
 
 /**
- * out[t] = Σ_{k<K} rows[t·K + k]  (+ Σ_s shared[s·T + t]), in that order, fp32.
- * `rows` holds T·K rows of D floats; `shared` holds S blocks of T rows (S may be 0).
+ * out[t] = Σ_{k<K} rows[t·K + k]  (+ g[t] · Σ_s shared[s·T + t]), in that order, fp32.
+ * `rows` holds T·K rows of D floats; `shared` holds S blocks of T rows (S may be 0); `sharedScale`
+ * (Qwen2-MoE's sigmoid gate per token) scales the shared experts' sum, 1 when absent.
  */
-export function combineTopK(rows: Float32Array, shared: Float32Array | undefined, sharedCount: number, out: Float32Array, T: number, K: number, D: number): void {
+export function combineTopK(rows: Float32Array, shared: Float32Array | undefined, sharedCount: number, out: Float32Array, T: number, K: number, D: number, sharedScale?: Float32Array): void {
   for (let t = 0; t < T; t++) {
     const o = t * D
     const r0 = t * K * D
@@ -15,9 +16,23 @@ export function combineTopK(rows: Float32Array, shared: Float32Array | undefined
       const rk = r0 + k * D
       for (let d = 0; d < D; d++) out[o + d] += rows[rk + d]
     }
-    for (let s = 0; s < sharedCount; s++) {
-      const rs = (s * T + t) * D
-      for (let d = 0; d < D; d++) out[o + d] += shared![rs + d]
+    if (sharedCount === 0) continue
+    const g = sharedScale ? sharedScale[t] : 1
+    for (let d = 0; d < D; d++) {
+      let sum = 0
+      for (let s = 0; s < sharedCount; s++) sum += shared![(s * T + t) * D + d]
+      out[o + d] += g * sum
     }
   }
+}
+
+/** Qwen2-MoE's shared-expert gate: sigmoid(g · x_t) per token, computed in float64. */
+export function sharedGate(g: Float32Array, hidden: Float32Array, T: number, D: number): Float32Array {
+  const out = new Float32Array(T)
+  for (let t = 0; t < T; t++) {
+    let z = 0
+    for (let d = 0; d < D; d++) z += g[d] * hidden[t * D + d]
+    out[t] = 1 / (1 + Math.exp(-z))
+  }
+  return out
 }

@@ -21,15 +21,19 @@ export class CpuBackend implements ExpertBackend {
     if (work.experts.length === 0) return
     const m = this.#model.manifest
     const layer = m.layers[work.layer]
+    const experts = work.experts.map((w) => (w.shared ? layer.sharedExperts[w.expert] : layer.experts[w.expert]))
+    // One job has one inner size; shared experts may have their own (Qwen2-MoE), and run as jobs of their own.
+    const ffnSize = experts[0].up.rows
+    if (experts.some((e) => e.up.rows !== ffnSize)) throw new Error(`CpuBackend: experts of one layer job must share their inner size`)
     const job: CpuLayerJob = {
       weightsId: this.#model.weightsId,
       ffn: m.ffn,
       hiddenSize: m.hiddenSize,
-      ffnSize: m.ffnSize,
+      ffnSize,
       hidden: work.hidden,
       out: { offset: work.out.offset, rows: work.out.rows },
-      experts: work.experts.map((w) => ({
-        matrices: w.shared ? layer.sharedExperts[w.expert] : layer.experts[w.expert],
+      experts: work.experts.map((w, i) => ({
+        matrices: experts[i],
         tokens: { offset: w.tokens, count: w.count },
         outRows: { offset: w.outRows },
         ...(w.scales !== undefined ? { scales: { offset: w.scales } } : {}),

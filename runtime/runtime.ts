@@ -6,7 +6,7 @@ import { Arena, type Lease } from './arena.js'
 import { CpuPool } from './pool.js'
 import { HetmoeError, badOption } from './errors.js'
 import { envConfig } from './config.js'
-import { combineTopK } from './combine.js'
+import { combineTopK, sharedGate } from './combine.js'
 import type { ExpertBackend, ExpertWork, LayerWork } from './layer-work.js'
 import type { ModelManifest } from '../experts/manifest.js'
 import { routeLayer, type Selection } from './route-layer.js'
@@ -236,7 +236,11 @@ export class Runtime extends EventEmitter {
 
       const out = options.out ?? new Float32Array(T * D)
       if (direct) out.set(rowsLease.f32(T * D))
-      else combineTopK(rowsLease.f32(T * K * D), sharedLease?.f32(shared * T * D), shared, out, T, K, D)
+      else {
+        const gate = m.layers[layer].sharedExpertGate
+        const scale = gate ? sharedGate(new Float32Array(this.model.view(gate)), h, T, D) : undefined
+        combineTopK(rowsLease.f32(T * K * D), sharedLease?.f32(shared * T * D), shared, out, T, K, D, scale)
+      }
       const tEnd = performance.now()
 
       const st = this.#stats[layer]

@@ -165,3 +165,25 @@ t.test('GPU strategies: LRU within the budget, Fiddler threshold, stream-at-32 d
   await t.rejects(createRuntime({ model: m, strategy: 'random' as never }), /options\.strategy must be 'hetmoe', 'on-demand-lru'/)
   m.close()
 })
+
+t.test('imported checkpoints run through the runtime: Mixtral-style (top-2, renormalised) and Qwen2-MoE (gated shared expert of its own size)', async (t) => {
+  const { writeCheckpoint } = await import('./helpers/safetensors-writer.js')
+  const { importCheckpoint } = await import('../experts/import.js')
+  for (const spec of [
+    { arch: 'mixtral' as const, hidden: 64, inner: 96, experts: 4, topK: 2, layers: 2, dtype: 'BF16' as const, seed: 9 },
+    { arch: 'qwen2_moe' as const, hidden: 64, inner: 32, experts: 6, topK: 3, layers: 1, dtype: 'F32' as const, shared: 96, seed: 10 },
+  ]) {
+    const src = join(root, `ckpt-${spec.arch}`)
+    writeCheckpoint(src, spec)
+    for (const format of ['dense', '2:4'] as const) {
+      const out = join(root, `imported-${spec.arch}-${format === 'dense' ? 'd' : 's'}`)
+      await importCheckpoint(src, { out, format, dtype: 'bf16', overwrite: true })
+      const m = await loadModel(out)
+      if (spec.arch === 'qwen2_moe') t.ok(m.manifest.layers[0].sharedExperts.length > 0 && m.manifest.layers[0].sharedExpertGate, 'the shared expert and its gate came through')
+      const rt = await createRuntime({ model: m, gpu: 'off', cpuThreads: 2, arenaBytes: 8 << 20 })
+      for (let l = 0; l < m.manifest.layers.length; l++) await checkLayer(t, rt, m, l, 9, 70 + l)
+      await rt.close()
+      m.close()
+    }
+  }
+})
