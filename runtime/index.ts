@@ -6,6 +6,6 @@ export { machineInfo, formatMachineInfo, bestIsa, type MachineInfo, type CpuIsaL
 export { envConfig, type EnvConfig } from './config.js'
 export { version } from './version.js'
 export { createRuntime, Runtime, type RuntimeOptions, type ForwardOptions, type RuntimeStats, type LayerStats, type PlacementPlan } from './runtime.js'
-export { loadModel, Model, type LoadModelOptions } from '../experts/model.js'
 export { planForModel, readPlanFile } from './placement.js'
 export { zipfTokens, uniformTokens } from './token-stream.js'
+export * from '../experts/index.js'

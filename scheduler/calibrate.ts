@@ -91,12 +91,15 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     let flopRate = 0
     for (const tokens of plan.tokens) {
       const t = await best(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
-      flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / Math.max(t - intercept, 1e-12))
+      // The fixed cost stays in: subtracting a fitted intercept from a time close to it divides by
+      // noise (rates of 10^20 were seen), and a rate that is a lower bound only makes plans cautious.
+      flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / t)
     }
     rates.flopsPerS[format] = flopRate
   }
-  rates.expertOverheadS = median(fixed)
   rates.layerOverheadS = dev.layerOverhead ? await best(repeats, dev.layerOverhead) : 0
+  // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
+  rates.expertOverheadS = Math.max(0, median(fixed) - rates.layerOverheadS)
   return rates
 }
 

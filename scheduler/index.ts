@@ -2,7 +2,6 @@
 // placement, per-batch streaming, lookahead, load profiles and re-placement.
 export { allocSelection, selectionBytes, selectionViews, type Selection } from './selection.js'
 export { RreRouter } from './route-rre.js'
-export { makeRreTable, Xoshiro128 } from './rre-table.js'
 export { GateRouter, type GateRouterOptions } from './route-gate.js'
 export {
   CostModel, expectedRooflineTime, expertShape, matrixBytes,

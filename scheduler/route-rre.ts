@@ -6,8 +6,6 @@ import type { DomainGroup, RreRouting } from '../experts/manifest.js'
 import { HetmoeError } from '../runtime/errors.js'
 import { checkSelection, countsToOffsets, type Selection } from './selection.js'
 
-export { makeRreTable } from './rre-table.js'
-
 export class RreRouter {
   readonly numExperts: number
   readonly vocabSize: number

@@ -58,14 +58,15 @@ t.test('expected time under Binomial(batch, p) matches brute-force summation', a
 })
 
 t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
-  // A device with known truth: 3 µs fixed, 80 GB/s, 2 TFLOP/s dense; 2:4 reads 70 GB/s, 3 TFLOP/s.
+  // A device with known truth: 3 µs fixed per expert on top of 12 µs per layer call (a probe runs a
+  // whole layer call, so its fixed time holds both), 80 GB/s, 2 TFLOP/s dense; 2:4 reads 70 GB/s, 3 TFLOP/s.
   const truth: Record<string, { bw: number; flops: number }> = { 'dense/bf16': { bw: 80e9, flops: 2e12 }, '2:4/bf16': { bw: 70e9, flops: 3e12 } }
   let calls = 0
   const probe: Probe = ({ format, bytes, flopsPerToken, tokens }) => {
     calls++
     const { bw, flops } = truth[format]
     const noise = 1 + 0.002 * ((calls * 7) % 5) // repeat-to-repeat jitter; the fit takes the best of repeats
-    return (3e-6 + Math.max(bytes / bw, (tokens * flopsPerToken) / flops)) * noise
+    return (15e-6 + Math.max(bytes / bw, (tokens * flopsPerToken) / flops)) * noise
   }
   const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / 1.5e12, (tokens * flopsPerToken) / 500e12)
   const c = await calibrate({
@@ -78,12 +79,14 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
   near(c.cpu.readBytesPerS['dense/bf16']!, 80e9, 0.01, 'CPU dense GB/s')
   near(c.cpu.readBytesPerS['2:4/bf16']!, 70e9, 0.01, 'CPU 2:4 GB/s')
-  near(c.cpu.flopsPerS['dense/bf16']!, 2e12, 0.01, 'CPU dense FLOP/s')
-  near(c.cpu.flopsPerS['2:4/bf16']!, 3e12, 0.01, 'CPU 2:4 FLOP/s')
+  // FLOP rates keep the fixed cost in (a lower bound, never a division by noise): within a few %.
+  near(c.cpu.flopsPerS['dense/bf16']!, 2e12, 0.05, 'CPU dense FLOP/s')
+  near(c.cpu.flopsPerS['2:4/bf16']!, 3e12, 0.05, 'CPU 2:4 FLOP/s')
+  t.ok(c.cpu.flopsPerS['dense/bf16']! <= 2e12 * 1.01, 'and never above the truth')
   near(c.cpu.expertOverheadS, 3e-6, 0.5, 'CPU fixed cost')
   t.equal(c.cpu.layerOverheadS, 12e-6)
   near(c.gpu!.readBytesPerS['dense/bf16']!, 1.5e12, 0.01, 'GPU GB/s')
-  near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.01, 'GPU FLOP/s')
+  near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.05, 'GPU FLOP/s')
   near(c.pcie!.bytesPerS, 24e9, 0.01, 'PCIe GB/s')
   near(c.pcie!.latencyS, 9e-6, 0.01, 'PCIe latency')
   t.match(describeCalibration(c), /CPU .*\n.*dense\/bf16 +weights (79\.\d|80\.\d) GB\/s, compute 2\.0 TFLOP\/s/)

@@ -10,7 +10,7 @@ import {
   type BlobRef, type ExpertRef, type FfnKind, type LayerRef, type MatrixRef, type ModelManifest, type WeightDtype, type WeightFormat,
 } from '../../experts/manifest.js'
 import { matrixBytes } from '../../scheduler/cost-model.js'
-import { makeRreTable } from '../../scheduler/rre-table.js'
+import { makeRreTable } from '../../experts/rre-table.js'
 
 export interface TestModelSpec {
   name?: string
@@ -64,7 +64,7 @@ export function writeTestModel(dir: string, spec: TestModelSpec): ModelManifest 
       layers.push({ index: l, sharedExperts: [], routing: { kind: 'gate', topK: spec.topK ?? 2, normalize: true, weight: addBlob(new Uint8Array(w.buffer)) } })
     } else {
       const domains = Array.from({ length: spec.domains ?? 2 }, (_, d) => ({ name: `d${d}`, firstExpert: d * (spec.expertsPerDomain ?? 4), numExperts: spec.expertsPerDomain ?? 4 }))
-      const table = makeRreTable(seed, domains, spec.vocabSize)
+      const table = makeRreTable(seed, domains.map((d) => d.numExperts), spec.vocabSize)
       tables.push({ seed, table })
       layers.push({ index: l, sharedExperts: [], routing: { kind: 'rre', seed, domains, table: addBlob(new Uint8Array(table.buffer)) } })
     }
