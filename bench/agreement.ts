@@ -16,7 +16,7 @@ import { GpuBackend } from '../runtime/gpu-backend.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { parseFlags } from '../runtime/cli/args.js'
 import type { Command } from '../runtime/cli/command.js'
-import { benchMachine } from './machine.js'
+import { benchMachine } from './support/machine.js'
 import { writeCheckpoint } from '../test/helpers/safetensors-writer.js'
 
 type Mode = 'cpu-only' | 'gpu-only' | 'hybrid'

@@ -14,8 +14,8 @@ import { expertShape } from '../scheduler/cost-model.js'
 import { profileFromTokens } from '../scheduler/profile.js'
 import { parseFlags } from '../runtime/cli/args.js'
 import { UsageError, type Command } from '../runtime/cli/command.js'
-import { benchMachine } from './machine.js'
-import { lineChartSvg } from './chart.js'
+import { benchMachine } from './support/machine.js'
+import { lineChartSvg } from './support/chart.js'
 
 const STRATEGIES = ['hetmoe', 'cpu-only', 'all-gpu', 'on-demand-lru', 'fiddler-rule', 'stream-at-32'] as const
 type Strategy = (typeof STRATEGIES)[number]

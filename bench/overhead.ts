@@ -11,7 +11,7 @@ import { loadModel } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { parseFlags, parseIntFlag } from '../runtime/cli/args.js'
-import { benchMachine } from './machine.js'
+import { benchMachine } from './support/machine.js'
 import type { Command } from '../runtime/cli/command.js'
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]

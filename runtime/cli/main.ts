@@ -42,7 +42,8 @@ async function main(argv: string[]): Promise<number> {
     console.error(`hetmoe: unknown command "${name}"\n\n${await help()}`)
     return 2
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  // Only right after the command: `hetmoe bench cpu --help` is the bench's own help.
+  if (rest[0] === '--help' || rest[0] === '-h') {
     console.log(command.usage)
     return 0
   }

@@ -1,7 +1,7 @@
 // The `machine` block every bench result carries: what ran it, and at which commit.
 import { execFileSync } from 'node:child_process'
-import { native, packageRoot } from '../runtime/native.js'
-import { bestIsa } from '../runtime/info.js'
+import { native, packageRoot } from '../../runtime/native.js'
+import { bestIsa } from '../../runtime/info.js'
 
 export function benchMachine(): { cpu: string; isa: string; cores: number; gpu: string | null; commit: string; node: string } {
   const info = native().info()
