@@ -1,6 +1,6 @@
 // `hetmoe bench hybrid`: whole MoE layers under limited GPU memory, hetmoe's placement against the
 // strategies operators use today, all on the same tokens in one process. See the usage text.
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createRuntime, type PlacementPlan } from '../runtime/runtime.js'
 import { loadModel, type Model } from '../experts/model.js'
 import type { PresetName } from '../experts/synth.js'
@@ -71,13 +71,19 @@ budget (a fraction of all experts' bytes), for each strategy, on the same tokens
 The rule-based strategies start from the most popular experts resident within the budget.
 Without a usable GPU, only cpu-only runs; the others are reported as skipped, with the reason.
 
-  --seconds S   time per case after one warm-up batch (default 1.5; at least 2 batches)`,
+  --seconds S   time per case after one warm-up batch (default 1.5; at least 2 batches)
+  --from FILE   print the table and draw the chart from a saved --json instead of measuring`,
   async run(argv) {
     const { values } = parseFlags(argv, {
       preset: { type: 'string' }, model: { type: 'string' }, batches: { type: 'string' }, streams: { type: 'string' },
       budgets: { type: 'string' }, strategies: { type: 'string' }, seconds: { type: 'string' },
-      json: { type: 'string' }, md: { type: 'string' }, chart: { type: 'string' },
+      json: { type: 'string' }, md: { type: 'string' }, chart: { type: 'string' }, from: { type: 'string' },
     })
+    if (values.from) {
+      const saved = JSON.parse(readFileSync(values.from, 'utf8')) as { machine: ReturnType<typeof benchMachine>; preset: string; results: HybridResult[] }
+      report(saved.preset, saved.machine, saved.results, values)
+      return 0
+    }
     const batches = list(values.batches, [1, 16, 256, 4096], (s) => { const n = Number(s); if (!Number.isInteger(n) || n < 1) throw new UsageError(`--batches: "${s}" is not a positive integer`); return n }, '--batches')
     const streams = list(values.streams, ['zipf', 'uniform'] as ('zipf' | 'uniform')[], (s) => { if (s !== 'zipf' && s !== 'uniform') throw new UsageError(`--streams: "${s}" is not zipf or uniform`); return s }, '--streams')
     const budgets = list(values.budgets, [0, 0.1, 0.25, 0.5, 1], (s) => { const f = Number(s); if (!(f >= 0 && f <= 1)) throw new UsageError(`--budgets: "${s}" is not a fraction in [0, 1]`); return f }, '--budgets')
@@ -144,20 +150,28 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
       model.close()
     }
     const machine = benchMachine()
-    const md = markdown(name, machine, results)
-    console.log(md)
     if (values.json) writeFileSync(values.json, JSON.stringify({ machine, preset: name, totalExpertBytes: totalBytes, results }, null, 2) + '\n')
-    if (values.md) writeFileSync(values.md, md + '\n')
-    if (values.chart) {
-      const stream = streams.includes('zipf') ? 'zipf' : streams[0]
-      const panels = batches.map((b) => ({
-        title: `batch ${b}`,
-        series: strategies.map((s) => ({ name: s, points: results.filter((r) => r.batch === b && r.stream === stream && r.strategy === s && r.tokensPerS).map((r) => ({ x: r.gpuBudgetFraction, y: r.tokensPerS! })) })),
-      }))
-      writeFileSync(values.chart, lineChartSvg(`${name}: tokens/s through all MoE layers vs GPU budget (${stream} tokens) — ${machine.cpu}${machine.gpu ? ` + ${machine.gpu}` : ''}`, 'GPU budget (share of expert bytes)', 'tokens/s', panels, (x) => `${Math.round(100 * x)}%`))
-    }
+    report(name, machine, results, values)
     return 0
   },
+}
+
+/** The markdown table on stdout (and --md), and the --chart SVG: tokens/s against the GPU budget per strategy. */
+function report(name: string, machine: ReturnType<typeof benchMachine>, results: HybridResult[], out: { md?: string; chart?: string }): void {
+  const md = markdown(name, machine, results)
+  console.log(md)
+  if (out.md) writeFileSync(out.md, md + '\n')
+  if (!out.chart) return
+  const streams = [...new Set(results.map((r) => r.stream))]
+  const stream = streams.includes('zipf') ? 'zipf' : streams[0]
+  const batches = [...new Set(results.map((r) => r.batch))]
+  const strategies = [...new Set(results.map((r) => r.strategy))]
+  const panels = batches.map((b) => ({
+    title: `batch ${b}`,
+    series: strategies.map((s) => ({ name: s, points: results.filter((r) => r.batch === b && r.stream === stream && r.strategy === s && r.tokensPerS).map((r) => ({ x: r.gpuBudgetFraction, y: r.tokensPerS! })) })),
+  }))
+  const where = `${machine.cpu}${machine.gpu ? ` + ${machine.gpu}` : ', no GPU'}; commit ${machine.commit}`
+  writeFileSync(out.chart, lineChartSvg(`${name}: tokens/s through all MoE layers vs GPU budget (${stream} tokens)`, where, 'GPU budget (share of expert bytes)', 'tokens/s', panels, (x) => `${Math.round(100 * x)}%`))
 }
 
 function markdown(name: string, machine: ReturnType<typeof benchMachine>, results: HybridResult[]): string {

@@ -14,19 +14,20 @@ const COLORS = ['#1b9e77', '#d95f02', '#7570b3', '#e7298a', '#66a61e', '#e6ab02'
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
 
 /** Panels side by side; x is linear (e.g. a budget fraction), y logarithmic (throughput spans decades). */
-export function lineChartSvg(title: string, xLabel: string, yLabel: string, panels: ChartPanel[], xFormat: (x: number) => string): string {
+export function lineChartSvg(title: string, subtitle: string, xLabel: string, yLabel: string, panels: ChartPanel[], xFormat: (x: number) => string): string {
   const W = 300
   const H = 230
   const padL = 58
   const padB = 42
-  const padT = 28
+  const padT = 44
   const width = panels.length * W + 20
   const names = [...new Set(panels.flatMap((p) => p.series.map((s) => s.name)))]
-  const height = H + 60 + 18 * Math.ceil(names.length / 3)
+  const height = H + 76 + 18 * Math.ceil(names.length / 3)
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
     `<rect width="100%" height="100%" fill="white"/>`,
     `<text x="${width / 2}" y="16" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`,
+    `<text x="${width / 2}" y="32" text-anchor="middle" font-size="11" fill="#555">${esc(subtitle)}</text>`,
   ]
   panels.forEach((p, i) => {
     const x0 = i * W + padL
@@ -62,7 +63,7 @@ export function lineChartSvg(title: string, xLabel: string, yLabel: string, pane
   })
   names.forEach((n, i) => {
     const x = 20 + (i % 3) * 200
-    const y = H + 40 + 18 * Math.floor(i / 3)
+    const y = H + 56 + 18 * Math.floor(i / 3)
     out.push(`<rect x="${x}" y="${y - 9}" width="14" height="10" fill="${COLORS[i % COLORS.length]}"/><text x="${x + 20}" y="${y}">${esc(n)}</text>`)
   })
   out.push('</svg>')
