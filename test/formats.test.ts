@@ -1,15 +1,11 @@
 import t from 'tap'
+import { seededRandom } from '../runtime/token-stream.js'
 import { compress, decompress, followsPattern, prune, packedBytes, toBf16, fromBf16, roundToBf16, relativeError } from '../experts/formats.js'
 
-function rand(seed: number) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let z = s
-    z = Math.imul(z ^ (z >>> 15), z | 1)
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61)
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296 - 0.5
-  }
+/** Uniform in [-0.5, 0.5), seeded. */
+function rand(seed: number): () => number {
+  const u = seededRandom(seed)
+  return () => u() - 0.5
 }
 
 const shapes: [number, number][] = [[2, 16], [6, 48], [8, 128], [10, 272], [32, 64]]

@@ -9,16 +9,8 @@ import { BLOB_ALIGN } from '../../experts/manifest.js'
 import { compress, decompress, prune } from '../../experts/formats.js'
 import { native } from '../../runtime/native.js'
 
-export function rng(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { seededRandom as rng } from '../../runtime/token-stream.js'
+export { rng }
 
 export function gauss(r: () => number): number {
   return Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r())
