@@ -8,6 +8,8 @@ export interface StreamReport {
   tokens: number
   batches: number
   batchSize: number
+  /** Untimed batches run first (first-touch page faults, GPU and worker warm-up). */
+  warmupBatches: number
   layers: number
   seconds: number
   /** Tokens through all MoE layers per second. */
@@ -25,6 +27,8 @@ export interface StreamOptions {
   onBatch?: (done: number, total: number) => void
   /** Called with layer 0's input and output of the first batch (for spot checks). */
   onFirst?: (hidden: Float32Array, out: Float32Array, tokenIds: Int32Array) => void
+  /** Run the first batch this many times, untimed, before timing the stream. Defaults to 0. */
+  warmup?: number
 }
 
 export async function runTokenStream(rt: Runtime, options: StreamOptions): Promise<StreamReport> {
@@ -32,18 +36,23 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
   const D = m.hiddenSize
   const { tokens, batch } = options
   const batches = Math.ceil(tokens.length / batch)
-  const before = rt.stats()
-  const t0 = performance.now()
-  for (let b = 0; b < batches; b++) {
+  const runBatch = async (b: number, first: boolean) => {
     const ids = tokens.subarray(b * batch, Math.min(tokens.length, (b + 1) * batch))
     const T = ids.length
     const h = randomHidden(T, D, 1000 + b)
     const out = new Float32Array(T * D)
     for (let l = 0; l < m.layers.length; l++) {
       await rt.forward(l, h, { tokenIds: ids, domain: options.domain, signal: options.signal, out })
-      if (b === 0 && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
+      if (first && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
       for (let i = 0; i < h.length; i++) h[i] += out[i]
     }
+  }
+  const warmup = options.warmup ?? 0
+  for (let w = 0; w < warmup; w++) await runBatch(0, false)
+  const before = rt.stats()
+  const t0 = performance.now()
+  for (let b = 0; b < batches; b++) {
+    await runBatch(b, b === 0)
     options.onBatch?.(b + 1, batches)
   }
   const seconds = (performance.now() - t0) / 1000
@@ -70,6 +79,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
     tokens: tokens.length,
     batches,
     batchSize: batch,
+    warmupBatches: warmup,
     layers: m.layers.length,
     seconds,
     tokensPerS: tokens.length / seconds,
@@ -80,7 +90,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
 
 export function formatStreamReport(r: StreamReport): string {
   const lines = [
-    `${r.tokens} tokens in ${r.batches} batches of ${r.batchSize}, ${r.layers} MoE layers: ${r.seconds.toFixed(2)} s, ${r.tokensPerS.toFixed(1)} tokens/s`,
+    `${r.tokens} tokens in ${r.batches} batches of ${r.batchSize}, ${r.layers} MoE layers: ${r.seconds.toFixed(2)} s, ${r.tokensPerS.toFixed(1)} tokens/s${r.warmupBatches ? ` (after ${r.warmupBatches} untimed warm-up batch${r.warmupBatches > 1 ? 'es' : ''})` : ''}`,
     `GPU share of expert rows: ${(100 * r.gpuTokenShare).toFixed(1)}%`,
     'layer  ms/batch  route  compute  combine  GPU share',
     ...r.perLayer.map(

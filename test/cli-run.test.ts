@@ -27,7 +27,7 @@ t.test('hetmoe run over a synthetic Zipf stream and over a token file, as JSON',
   const tokens = join(dir, 'tokens.txt')
   writeFileSync(tokens, '1 2 3\n31999 17 5\n')
   const text = await hetmoe('run', '--model', model, '--tokens', tokens, '--domain', '1', '--gpu', 'off')
-  t.match(text.stdout, /6 tokens in 1 batches of 16, 2 MoE layers/)
+  t.match(text.stdout, /6 tokens in 1 batches of 16, 2 MoE layers: .* tokens\/s \(after 1 untimed warm-up batch\)/)
   t.match(text.stdout, /layer +ms\/batch/)
 })
 

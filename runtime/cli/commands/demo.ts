@@ -40,6 +40,7 @@ checks layer 0 of the first batch against the float64 reference, and prints a su
       tokens,
       batch,
       domain: 0,
+      warmup: 1,
       onBatch: () => bar.tick(),
       onFirst: (h, out, ids) => {
         const ref = layerForwardRef(model, 0, { x: h, tokenIds: ids, domain: 0 }).out

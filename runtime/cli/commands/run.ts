@@ -25,7 +25,9 @@ device and a per-layer time breakdown.
   --domain D       RRE domain name or index (default 0)
   --gpu MODE       auto (default), off, or a device index
   --gpu-mem SIZE   GPU memory for experts, e.g. 20GiB (default: 80% of free)
-  --json           print the report as JSON`,
+  --json           print the report as JSON
+
+tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, worker start).`,
   async run(argv) {
     const { values } = parseFlags(argv, {
       model: { type: 'string' },
@@ -57,7 +59,7 @@ device and a per-layer time breakdown.
       const onSigint = () => ac.abort(new Error('interrupted'))
       process.once('SIGINT', onSigint)
       try {
-        const report = await runTokenStream(rt, { tokens, batch, domain, signal: ac.signal, onBatch: () => bar.tick() })
+        const report = await runTokenStream(rt, { tokens, batch, domain, signal: ac.signal, warmup: 1, onBatch: () => bar.tick() })
         bar.done()
         const stats = rt.stats()
         if (values.json) console.log(JSON.stringify({ model: model.dir, gpu: stats.gpu, cpuThreads: stats.cpuThreads, report }, null, 2))
