@@ -35,7 +35,11 @@ export interface PlanForModel {
  * quick JavaScript estimate of the CPU; GPU and PCIe rates from the H100 reference where none was measured.
  */
 export async function machineCalibration(): Promise<Calibration> {
-  const c = cachedCalibration() ?? (await loadCalibration(defaultProbes(thisMachine())))
+  return withReferenceGpu(cachedCalibration() ?? (await loadCalibration(defaultProbes(thisMachine()))))
+}
+
+/** A calibration without a measured GPU gets the H100 reference rates for it, and says so in its source. */
+export function withReferenceGpu(c: Calibration): Calibration {
   if (c.gpu) return c
   return { ...c, ...referenceH100(), source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
 }

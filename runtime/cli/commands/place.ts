@@ -3,9 +3,9 @@ import { parseBytes, parseFlags, parseIntFlag } from '../args.js'
 import { UsageError, type Command } from '../command.js'
 import { forFlag, modelFromFlag, profileFromFlags } from '../../../scheduler/cli-support.js'
 import { CostModel, type Calibration } from '../../../scheduler/cost-model.js'
-import { describeCalibration, referenceH100 } from '../../../scheduler/calibrate.js'
+import { describeCalibration } from '../../../scheduler/calibrate.js'
 import { cachedCalibration, measureCalibration } from '../../calibration.js'
-import { machineCalibration } from '../../placement.js'
+import { machineCalibration, withReferenceGpu } from '../../placement.js'
 import { writeDocument, readDocument } from '../../../scheduler/document.js'
 import { makePlan, type PlanDocument } from '../../../scheduler/plan-report.js'
 import { HetmoeError } from '../../errors.js'
@@ -62,8 +62,7 @@ async function calibrationFor(file: string | undefined, refresh: boolean): Promi
       if (d?.format !== 'hetmoe-calibration') throw new HetmoeError('BAD_INPUT', `${file} is not a hetmoe calibration`)
       return d
     })
-    if (c.gpu) return c
-    return { ...c, ...referenceH100(), source: `${c.source}; GPU and PCIe: H100 reference figures from DESIGN.md (no GPU measured)` }
+    return withReferenceGpu(c)
   }
   if (refresh) await measureCalibration({ log: (l) => process.stderr.write(l + '\n') })
   else if (!cachedCalibration()) process.stderr.write('hetmoe place: no runtime calibration cached for this machine; using a quick JavaScript estimate of the CPU (run `hetmoe calibrate` for measured rates)\n')
