@@ -113,7 +113,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
   const models: Model[] = []
   let gpu: GpuBackend | undefined
   try {
-    const cpuRigs = new Map<FormatKey, ProbeRig>()
+    let denseBytes = 0 // one dense probe expert: the probe sizes are multiples of it
     const gpuProbes: Partial<Record<FormatKey, Probe>> = {}
     const cpuProbes: Partial<Record<FormatKey, Probe>> = {}
     let pcie: CalibrationProbes['pcie']
@@ -145,7 +145,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       models.push(m)
       const key = `${f}/bf16` as FormatKey
       const r = rig(m, arena)
-      cpuRigs.set(key, r)
+      if (f === 'dense') denseBytes = r.expertBytes
       cpuProbes[key] = cpuProbe(new CpuBackend(pool, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
@@ -179,13 +179,12 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         }
       }
     }
-    const dense = cpuRigs.get('dense/bf16')!.expertBytes
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${pool.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead }, pcie } : {}),
-      plan: { bytes: [dense, 2 * dense, 4 * dense], tokens: [1, 16, 64, 256], repeats: 2 },
+      plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes], tokens: [1, 16, 64, 256], repeats: 2 },
     }
     log(`calibration: measuring (${probes.source})`)
     return await loadCalibration(probes, { refresh: true })
