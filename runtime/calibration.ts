@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Arena } from './arena.js'
-import { CpuPool } from './pool.js'
+import { CpuCrew } from './cpu-crew.js'
 import { CpuBackend } from './cpu-backend.js'
 import { GpuBackend } from './gpu-backend.js'
 import { GpuExperts } from './gpu-open.js'
@@ -109,7 +109,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
   const log = options.log ?? (() => {})
   const gpuOk = options.gpu !== false && GpuBackend.available().available
   const arena = new Arena({ bytes: 320 << 20 })
-  const pool = new CpuPool({ arena, threads: options.threads ?? envConfig().cpuThreads })
+  const crew = new CpuCrew({ arena, threads: options.threads ?? envConfig().cpuThreads })
   const models: Model[] = []
   let gpu: GpuBackend | undefined
   try {
@@ -124,7 +124,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const tiny = await loadModel(tinyDir)
     models.push(tiny)
     const tinyRig = rig(tiny, arena)
-    const cpuOverhead = layerOverheadProbe(() => new CpuBackend(pool, arena, tiny).run(tinyRig.work(1, 1)))
+    const cpuOverhead = layerOverheadProbe(() => new CpuBackend(crew, arena, tiny).run(tinyRig.work(1, 1)))
     let gpuOverhead: (() => Promise<number>) | undefined
     if (gpu) {
       const g = new GpuExperts(gpu, tiny, arena)
@@ -146,7 +146,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       const key = `${f}/bf16` as FormatKey
       const r = rig(m, arena)
       if (f === 'dense') denseBytes = r.expertBytes
-      cpuProbes[key] = cpuProbe(new CpuBackend(pool, arena, m), r)
+      cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
         gpuProbes[key] = async ({ bytes, tokens }) => {
@@ -181,7 +181,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     }
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
-      source: `runtime probes (CPU layer job on ${pool.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
+      source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes], tokens: [1, 16, 64, 256], repeats: 2 },
@@ -190,7 +190,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     return await loadCalibration(probes, { refresh: true })
   } finally {
     gpu?.close()
-    await pool.close()
+    await crew.close()
     for (const m of models) m.close()
     arena.close()
   }

@@ -1,18 +1,18 @@
-// The CPU side of LayerWork: one native layer job per call, joined by every pool worker.
+// The CPU side of LayerWork: one native layer job per call, run by the crew's workers.
 import type { Arena } from './arena.js'
-import type { CpuPool } from './pool.js'
+import type { CpuCrew } from './cpu-crew.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { runCpuLayer, type CpuLayerJob } from './cpu-layer-job.js'
 import type { Model } from '../experts/model.js'
 
 export class CpuBackend implements ExpertBackend {
   readonly kind = 'cpu' as const
-  readonly #pool: CpuPool
+  readonly #crew: CpuCrew
   readonly #arena: Arena
   readonly #model: Model
 
-  constructor(pool: CpuPool, arena: Arena, model: Model) {
-    this.#pool = pool
+  constructor(crew: CpuCrew, arena: Arena, model: Model) {
+    this.#crew = crew
     this.#arena = arena
     this.#model = model
   }
@@ -39,6 +39,6 @@ export class CpuBackend implements ExpertBackend {
         ...(w.scales !== undefined ? { scales: { offset: w.scales } } : {}),
       })),
     }
-    await runCpuLayer(this.#pool, this.#arena, job, { signal })
+    await runCpuLayer(this.#crew, this.#arena, job, { signal })
   }
 }

@@ -1,7 +1,8 @@
 // One MoE layer's CPU experts as one native job that every CPU worker joins. The job descriptor is
 // written into the arena here and read by native/cpu/layer_job.cc; its word layout is documented in
-// native/cpu/layer_job.h (the two must change together). A worker task carries only the
-// descriptor's offset; blocks of (expert x 128 output rows) are claimed from an atomic counter in it.
+// native/cpu/layer_job.h (the two must change together). The crew (runtime/cpu-crew.ts) is handed
+// only the descriptor's offset; blocks of (expert x 128 output rows) are claimed from an atomic
+// counter in it.
 //
 // Output: out[outRows[i]] = scales[i] * FFN_e(hidden[tokenRows[i]]), fp32, overwritten (rows not
 // selected are not touched).
@@ -9,8 +10,7 @@ import type { ExpertRef, FfnKind, MatrixRef } from '../experts/manifest.js'
 import type { Arena } from './arena.js'
 import { HetmoeError } from './errors.js'
 import { native, type CpuIsa } from './native.js'
-import type { CpuPool } from './pool.js'
-import type { WorkerResult } from './worker-protocol.js'
+import type { CpuCrew } from './cpu-crew.js'
 
 /** Output rows per block (both phases); a multiple of 32 (AMX tiles work on 32-row steps). */
 export const ROWS_PER_BLOCK = 128
@@ -21,8 +21,6 @@ const EXPERT_WORDS = 64
 const BLOCK_WORDS = 4
 const MATRIX_WORDS = 10
 const ALIGN = 64
-// Header word indices (layer_job.h).
-const H = { abort: 1, next: 2, done: 3, die: 12 } as const
 
 export interface CpuLayerExpert {
   /** gate/up [F × D], down [D × F], byte ranges into the weights file (experts/manifest.ts). */
@@ -54,8 +52,8 @@ export interface CpuLayerJob {
 export interface CpuLayerStats {
   isa: CpuIsa
   blocks: number
-  /** Worker tasks that ran at least one block (piscina may start fewer than were asked). */
-  workersJoined: number
+  /** The calling (main) thread ran blocks too (small jobs). */
+  joined: boolean
   /** The job was run again after a worker died. */
   retried: boolean
   ms: number
@@ -64,8 +62,8 @@ export interface CpuLayerStats {
 export interface RunCpuLayerOptions {
   /** Aborts the job: workers stop claiming blocks and the promise rejects with ABORTED. */
   signal?: AbortSignal
-  /** Worker tasks to start. Defaults to the pool's threads (never more than the job's blocks). */
-  workers?: number
+  /** Whether the calling thread runs blocks too; defaults to small jobs only (runtime/cpu-crew.ts). */
+  join?: boolean
   /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
   testDieCount?: number
 }
@@ -75,6 +73,8 @@ export interface EncodedCpuLayerJob {
   descOffset: number
   numBlocks: number
   isa: CpuIsa
+  /** Bytes of weights the job reads. */
+  weightBytes: number
   release(): void
 }
 
@@ -189,7 +189,9 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
       for (let k = 0; k < blocks1; k++) blk(k * ne + ei, ei, k * ROWS_PER_BLOCK, 1)
       for (let k = 0; k < blocks2; k++) blk(ne * blocks1 + k * ne + ei, ei, k * ROWS_PER_BLOCK, 2)
     })
-    return { descOffset: base, numBlocks, isa, release: () => lease.release() }
+    const matrixBytes = (m: MatrixRef | undefined) => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
+    const weightBytes = job.experts.reduce((s, e) => s + matrixBytes(e.matrices.gate) + matrixBytes(e.matrices.up) + matrixBytes(e.matrices.down), 0)
+    return { descOffset: base, numBlocks, isa, weightBytes, release: () => lease.release() }
   } catch (err) {
     lease.release()
     throw err
@@ -208,58 +210,19 @@ export function runCpuLayerSync(arena: Arena, job: CpuLayerJob): { isa: CpuIsa; 
 }
 
 /**
- * Runs one layer's CPU experts on the pool: every worker joins the job; a worker that dies mid-job
- * makes the others stop (abort flag), the blocks it held are put back and the job runs once more on
- * fresh workers; a second death is WORKER_DIED.
+ * Runs one layer's CPU experts on the crew: its workers (and, for a small job, the calling thread)
+ * claim blocks until none is left. A worker that dies mid-job makes the others stop (abort flag),
+ * the blocks it held are put back and the job runs once more; a second death is WORKER_DIED.
  */
-export async function runCpuLayer(
-  pool: CpuPool,
-  arena: Arena,
-  job: CpuLayerJob,
-  options: RunCpuLayerOptions = {},
-): Promise<CpuLayerStats> {
+export async function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
   const t0 = performance.now()
   if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
   const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount })
-  const header = new Int32Array(arena.buffer, enc.descOffset, HEADER_WORDS)
-  const stop = () => Atomics.store(header, H.abort, 1)
-  options.signal?.addEventListener('abort', stop)
   try {
-    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, workersJoined: 0, retried: false, ms: performance.now() - t0 }
-    const workers = Math.max(1, Math.min(options.workers ?? pool.threads, enc.numBlocks))
-    for (let attempt = 0; ; attempt++) {
-      // Any failure stops the others at once: they may be waiting for a block the failed worker held.
-      const tasks = Array.from({ length: workers }, () =>
-        pool.run<WorkerResult>({ op: 'cpu-layer', offset: enc.descOffset }).catch((err: unknown) => {
-          stop()
-          throw err
-        }),
-      )
-      const settled = await Promise.allSettled(tasks)
-      if (options.signal?.aborted)
-        throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: options.signal.reason })
-      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-      if (!failed) {
-        const done = Atomics.load(header, H.done)
-        if (done !== enc.numBlocks)
-          throw new HetmoeError('WORKER_DIED', `the CPU layer job ended with ${done} of ${enc.numBlocks} blocks done`)
-        const joined = settled.filter((s) => s.status === 'fulfilled' && s.value.op === 'cpu-layer' && s.value.blocks > 0).length
-        return { isa: enc.isa, blocks: enc.numBlocks, workersJoined: joined, retried: attempt > 0, ms: performance.now() - t0 }
-      }
-      const reason = failed.reason as { code?: string; message?: string }
-      if (reason?.code !== 'WORKER_DIED') throw failed.reason
-      if (attempt > 0)
-        throw new HetmoeError(
-          'WORKER_DIED',
-          `a CPU worker died again while re-running the layer job (${reason.message}); giving up. ` +
-            'Check memory limits and the addon build (HETMOE_ISA=avx2 or scalar rules out a kernel level).',
-          { cause: failed.reason },
-        )
-      // Every task has returned: no thread runs the job, so claimed-but-not-done blocks are orphans.
-      native().cpuLayerReset(new Uint8Array(arena.buffer), enc.descOffset, false)
-    }
+    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, retried: false, ms: performance.now() - t0 }
+    const r = await crew.run(enc, { signal: options.signal, ...(options.join !== undefined ? { join: options.join } : {}) })
+    return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, retried: r.retried, ms: performance.now() - t0 }
   } finally {
-    options.signal?.removeEventListener('abort', stop)
     enc.release()
   }
 }

@@ -9,6 +9,7 @@ export type HetmoeErrorCode =
   | 'BAD_INPUT'
   | 'BAD_MODEL'
   | 'WORKER_DIED'
+  | 'CPU_JOB_FAILED'
   | 'POOL_CLOSED'
   | 'GPU_ERROR'
   | 'GPU_OOM'

@@ -80,6 +80,20 @@ export interface NativeCpuApi {
   cpuLayerRun(arena: Uint8Array, descOffset: number, testHooks?: boolean): { status: 'done' | 'aborted' | 'die'; blocks: number }
   /** Claimed-but-not-done blocks back to free, claim counter and abort flag cleared; `full` resets done blocks too. */
   cpuLayerReset(arena: Uint8Array, descOffset: number, full?: boolean): void
+  /** Waits on this thread, spinning at most `micros`, for every block done ('done'), an abort ('aborted'), else 'pending'. */
+  cpuLayerWaitSpin(arena: Uint8Array, descOffset: number, micros: number): 'done' | 'aborted' | 'pending'
+  /** Waits on a libuv pool thread (the event loop goes on) for every block done or an abort. */
+  cpuLayerWait(arena: Uint8Array, descOffset: number): Promise<'done' | 'aborted'>
+  /** The crew's board (native/cpu/crew.h): format it for `slots` workers at a 64-byte aligned offset. */
+  crewInit(arena: Uint8Array, board: number, slots: number): void
+  /** Worker side: serve posted jobs as worker `slot` until crewQuit ('quit'), a test-hook death ('die') or `idleMicros` without a job ('idle'). Blocks. */
+  crewServe(arena: Uint8Array, board: number, slot: number, idleMicros: number, testHooks?: boolean): 'quit' | 'die' | 'idle'
+  /** Validates the job descriptor (throws naming what is wrong) and opens it to the crew; one job at a time. */
+  crewPost(arena: Uint8Array, board: number, descOffset: number): void
+  /** Closes the posted job; true once no worker is inside it (spins at most `micros`; call again while false). */
+  crewRetire(arena: Uint8Array, board: number, micros: number): boolean
+  /** Asks every serving worker to return. */
+  crewQuit(arena: Uint8Array, board: number): void
   /** Runs the job `iters` times on `threads` native threads (full reset before each); seconds per run. */
   cpuBenchLayer(arena: Uint8Array, descOffset: number, threads: number, iters: number): Float64Array
   /** Streaming read of `bytes` with `threads` threads, `iters` passes; GB/s per pass. */
@@ -179,7 +193,21 @@ export interface NativeGpuApi {
   }): string
 }
 
-export interface NativeAddon extends NativeInfoApi, NativeWeightsApi, NativeCpuApi, NativeGpuApi {}
+/** The per-layer arithmetic around the experts (native/cpu/router_math.h). */
+export interface NativeRouterApi {
+  /**
+   * Gate logits in float64, the same bits as scheduler/route-gate.ts computes them (on every ISA):
+   * logits[t·E + e] = W[e] · x[t]. Returns the index of the first non-finite hidden value (then nothing
+   * is computed), else -1.
+   */
+  gateLogits(hidden: Float32Array, weight: Float32Array, T: number, D: number, E: number, logits: Float64Array): number
+  /** Index of the first NaN or ±Inf among x[0..n), else -1. */
+  firstNonFinite(x: Float32Array, n: number): number
+  /** out[t] = Σ_k rows[t·K + k] (+ g[t] · Σ_s shared[s·T + t]), fp32, in that fixed order. */
+  combineRows(rows: Float32Array, shared: Float32Array | null, S: number, out: Float32Array, T: number, K: number, D: number, g?: Float32Array | null): void
+}
+
+export interface NativeAddon extends NativeInfoApi, NativeWeightsApi, NativeCpuApi, NativeGpuApi, NativeRouterApi {}
 
 const here = dirname(fileURLToPath(import.meta.url))
 /** The package root: this file runs from dist/runtime/. */

@@ -3,7 +3,7 @@
 // both at once → combine, with every activation in the shared arena.
 import { EventEmitter } from 'node:events'
 import { Arena, type Lease } from './arena.js'
-import { CpuPool } from './pool.js'
+import { CpuCrew } from './cpu-crew.js'
 import { HetmoeError, badOption } from './errors.js'
 import { envConfig } from './config.js'
 import { combineTopK, sharedGate } from './combine.js'
@@ -87,7 +87,7 @@ export class Runtime extends EventEmitter {
   readonly model: Model
   readonly #manifest: ModelManifest
   readonly #arena: Arena
-  readonly #pool: CpuPool
+  readonly #crew: CpuCrew
   readonly #cpu: CpuBackend
   readonly #gpu: GpuExpertBackend | undefined
   readonly #cache: GpuExpertCache | undefined
@@ -96,13 +96,13 @@ export class Runtime extends EventEmitter {
   #gpuHealthy = true
   #closed = false
 
-  private constructor(model: Model, arena: Arena, pool: CpuPool, gpu: GpuExpertBackend | undefined, cache: GpuExpertCache | undefined) {
+  private constructor(model: Model, arena: Arena, crew: CpuCrew, gpu: GpuExpertBackend | undefined, cache: GpuExpertCache | undefined) {
     super()
     this.model = model
     this.#manifest = model.manifest
     this.#arena = arena
-    this.#pool = pool
-    this.#cpu = new CpuBackend(pool, arena, model)
+    this.#crew = crew
+    this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
     this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, ms: { route: 0, compute: 0, combine: 0, total: 0 } }))
@@ -123,7 +123,7 @@ export class Runtime extends EventEmitter {
     if (options.plan) validatePlan(options.plan, model.manifest)
 
     const arena = new Arena({ bytes: arenaBytes })
-    const pool = new CpuPool({ arena, threads })
+    const crew = new CpuCrew({ arena, threads })
     const warnings: string[] = []
     const strategy = options.strategy ?? 'hetmoe'
     if (!GPU_STRATEGIES.includes(strategy)) throw badOption('strategy', GPU_STRATEGIES.map((s) => `'${s}'`).join(', '), strategy)
@@ -134,11 +134,11 @@ export class Runtime extends EventEmitter {
       if (gpu) cache = new GpuExpertCache(gpu, model, strategy, strategy === 'hetmoe' && !options._gpuBackend ? new CostModel(await machineCalibration()) : undefined)
     } catch (err) {
       await gpu?.close()
-      await pool.destroy()
+      await crew.destroy()
       arena.close()
       throw err
     }
-    const rt = new Runtime(model, arena, pool, gpu, cache)
+    const rt = new Runtime(model, arena, crew, gpu, cache)
     // Emitted after construction so that listeners attached right after createRuntime() see them.
     if (warnings.length) setImmediate(() => warnings.forEach((w) => rt.emit('warning', w)))
     return rt
@@ -222,12 +222,14 @@ export class Runtime extends EventEmitter {
       const jobs: Promise<void>[] = []
       const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
       const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
+      // The GPU's share first: it is queued synchronously, before a small CPU job occupies this
+      // thread (the main thread joins small CPU jobs).
+      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal))
       if (cpuWork.length) jobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
         jobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
       }
-      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal))
       const settled = await Promise.allSettled(jobs)
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
       if (failed) throw failed.reason
@@ -298,7 +300,7 @@ export class Runtime extends EventEmitter {
         uploads: this.#cache?.uploads ?? 0,
         evictions: this.#cache?.evictions ?? 0,
       },
-      cpuThreads: this.#pool.threads,
+      cpuThreads: this.#crew.threads,
       arena: { bytes: this.#arena.byteLength, leasedBytes: this.#arena.leasedBytes },
     }
   }
@@ -307,7 +309,7 @@ export class Runtime extends EventEmitter {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    await this.#pool.close()
+    await this.#crew.close()
     await this.#gpu?.close()
     this.#arena.close()
   }

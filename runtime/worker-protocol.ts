@@ -4,10 +4,10 @@
 export type WorkerTask =
   | { op: 'ping' }
   | { op: 'fill'; offset: number; count: number; value: number }
-  /** Join the CPU layer job whose descriptor is at `offset` in the arena (runtime/cpu-layer-job.ts). */
-  | { op: 'cpu-layer'; offset: number }
+  /** Serve the crew's board at `board` as worker `slot` until the crew quits or `idleMs` pass without a job (runtime/cpu-crew.ts). */
+  | { op: 'serve'; board: number; slot: number; idleMs: number }
 
 export type WorkerResult =
   | { op: 'ping'; threadId: number; arenaBytes: number; cpuModel: string }
   | { op: 'fill'; threadId: number }
-  | { op: 'cpu-layer'; threadId: number; status: 'done' | 'aborted'; blocks: number }
+  | { op: 'serve'; threadId: number; status: 'quit' | 'idle' }

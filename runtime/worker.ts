@@ -20,11 +20,13 @@ export default function run(task: WorkerTask): WorkerResult {
       new Float32Array(arena, task.offset, task.count).fill(task.value)
       return { op: 'fill', threadId }
     }
-    case 'cpu-layer': {
-      const r = addon.cpuLayerRun(arenaU8, task.offset, testHooks)
-      // Test hook: die as a crashed thread would, holding a claimed block (HETMOE_TEST_HOOKS=1 only).
-      if (r.status === 'die') process.exit(70)
-      return { op: 'cpu-layer', threadId, status: r.status, blocks: r.blocks }
+    case 'serve': {
+      // Stays in native code, running posted layer jobs, until the crew quits or jobs stop coming.
+      // Test hook: 'die' means die as a crashed thread would, holding a claimed block
+      // (HETMOE_TEST_HOOKS=1 only).
+      const status = addon.crewServe(arenaU8, task.board, task.slot, task.idleMs * 1000, testHooks)
+      if (status === 'die') process.exit(70)
+      return { op: 'serve', threadId, status }
     }
     default: {
       const op: never = task

@@ -1,8 +1,9 @@
-// The layer job through the real worker pool: several experts, fewer workers than blocks, a worker
-// that dies mid-job (recovered once, then a clear WORKER_DIED), and abort.
+// The layer job through the crew (real worker threads serving a board): several experts, the main
+// thread joining or not, one worker alone, jobs queued concurrently, a worker that dies mid-job
+// (recovered once, then a clear WORKER_DIED), and abort.
 import t from 'tap'
 import { Arena } from '../runtime/arena.js'
-import { CpuPool } from '../runtime/pool.js'
+import { CpuCrew } from '../runtime/cpu-crew.js'
 import { runCpuLayer } from '../runtime/cpu-layer-job.js'
 import { native } from '../runtime/native.js'
 import { buildModel, prepareJob } from './fixtures/cpu-model.js'
@@ -16,64 +17,80 @@ const D = 256
 const F = 352
 const COUNTS = [5, 0, 1, 9, 2]
 
-t.test('several experts on the pool, every output row checked', async (t) => {
+t.test('several experts on the crew, every output row checked, with and without the main thread', async (t) => {
   const model = buildModel({ D, F, ffn: 'swiglu', format: '2:4', dtype: 'bf16', count: COUNTS.length, seed })
   const arena = new Arena({ bytes: 16 << 20 })
-  const pool = new CpuPool({ arena, threads: 2 })
+  const crew = new CpuCrew({ arena, threads: 2 })
   t.teardown(async () => {
-    await pool.close()
+    await crew.close()
     model.close()
   })
   const p = prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 23, seed: seed + 1, isa })
-  const stats = await runCpuLayer(pool, arena, p.job)
+  const stats = await runCpuLayer(crew, arena, p.job)
   t.equal(stats.blocks, COUNTS.length * (Math.ceil(F / 128) + Math.ceil(D / 128)))
   t.equal(stats.retried, false)
+  t.equal(stats.joined, true, 'a small job is joined by the main thread')
   const v = p.verify(1e-4)
   t.same(v.failures, [])
   t.ok(v.untouched, 'unselected rows untouched')
-  // Overwrite semantics: running again gives the same outputs, not twice them.
+  // Overwrite semantics: running again gives the same outputs, not twice them; workers alone this time.
   const first = p.out.slice()
-  await runCpuLayer(pool, arena, p.job)
+  const alone = await runCpuLayer(crew, arena, p.job, { join: false })
+  t.equal(alone.joined, false)
   t.ok(p.out.every((x, i) => Object.is(x, first[i]) || x === first[i]), 'a second run overwrites with the same values')
+})
+
+t.test('jobs started at once run one after another, each correct', async (t) => {
+  const model = buildModel({ D, F, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: COUNTS.length, seed: seed + 8 })
+  const arena = new Arena({ bytes: 32 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const jobs = [0, 1, 2, 3].map((i) => prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 11 + i, seed: seed + 9 + i, isa }))
+  for (const p of jobs) p.out.fill(NaN)
+  await Promise.all(jobs.map((p, i) => runCpuLayer(crew, arena, p.job, { join: i % 2 === 0 })))
+  for (const p of jobs) t.same(p.verify(1e-4).failures, [])
 })
 
 t.test('one worker alone finishes a job of many blocks (no fixed-participant barrier)', async (t) => {
   const model = buildModel({ D, F, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: COUNTS.length, seed: seed + 2 })
   const arena = new Arena({ bytes: 16 << 20 })
-  const pool = new CpuPool({ arena, threads: 2 })
+  const crew = new CpuCrew({ arena, threads: 1 })
   t.teardown(async () => {
-    await pool.close()
+    await crew.close()
     model.close()
   })
   const p = prepareJob(arena, model, { D, F, ffn: 'gelu', counts: COUNTS, T: 17, seed: seed + 3, isa })
-  const stats = await runCpuLayer(pool, arena, p.job, { workers: 1 })
-  t.equal(stats.workersJoined, 1)
+  const stats = await runCpuLayer(crew, arena, p.job, { join: false })
+  t.equal(stats.joined, false)
   t.same(p.verify(1e-4).failures, [])
 })
 
 t.test('a worker that dies mid-job: the job is rerun once on fresh workers; twice is WORKER_DIED', async (t) => {
   const model = buildModel({ D, F, ffn: 'swiglu', format: '75%', dtype: 'fp32', count: COUNTS.length, seed: seed + 4 })
   const arena = new Arena({ bytes: 16 << 20 })
-  const pool = new CpuPool({ arena, threads: 2 })
+  const crew = new CpuCrew({ arena, threads: 2 })
   t.teardown(async () => {
-    await pool.close()
+    await crew.close()
     model.close()
   })
   const p = prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 19, seed: seed + 5, isa })
-  const stats = await runCpuLayer(pool, arena, p.job, { testDieCount: 1 })
+  // Workers only: a main thread that joins could finish every block before a worker claims one.
+  const stats = await runCpuLayer(crew, arena, p.job, { testDieCount: 1, join: false })
   t.equal(stats.retried, true, 'the job was run again')
   const v = p.verify(1e-4)
   t.same(v.failures, [])
   t.ok(v.untouched)
   const free = arena.freeBytes
-  await t.rejects(runCpuLayer(pool, arena, p.job, { testDieCount: 1000 }), {
+  await t.rejects(runCpuLayer(crew, arena, p.job, { testDieCount: 1000, join: false }), {
     code: 'WORKER_DIED',
     message: /died again while re-running the layer job/,
   })
   t.equal(arena.freeBytes, free, 'the descriptor lease was released')
-  // The pool recovers and the next job runs normally.
-  await new Promise((r) => setTimeout(r, 50))
-  const again = await runCpuLayer(pool, arena, p.job)
+  // The crew recovers (dead workers replaced) and the next job runs normally.
+  const again = await runCpuLayer(crew, arena, p.job, { join: false })
   t.equal(again.retried, false)
   t.same(p.verify(1e-4).failures, [])
 })
@@ -82,26 +99,51 @@ t.test('abort: workers stop claiming, the job rejects with ABORTED', async (t) =
   // Big enough on the scalar kernels to still be running when the signal fires.
   const model = buildModel({ D: 512, F: 1024, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: 2, seed: seed + 6 })
   const arena = new Arena({ bytes: 64 << 20 })
-  const pool = new CpuPool({ arena, threads: 2 })
+  const crew = new CpuCrew({ arena, threads: 2 })
   t.teardown(async () => {
-    await pool.close()
+    await crew.close()
     model.close()
   })
   // Many small blocks (a few ms each on scalar), so a worker notices the flag soon even on a loaded machine.
   // 2 × 1024 routed rows on scalar kernels: hundreds of ms even on an idle machine, so the abort at
   // 30 ms always lands mid-job (with 2 × 96 rows an idle machine finished in 43 ms, before the abort).
   const p = prepareJob(arena, model, { D: 512, F: 1024, ffn: 'gelu', counts: [1024, 1024], T: 64, seed: seed + 7, isa: 'scalar' })
-  // Workers boot (thread start, addon load) before they take a task: wait for that, so the time below is
-  // the job's reaction to the abort, not the pool's start-up on a loaded machine.
-  await Promise.all([pool.run({ op: 'ping' }), pool.run({ op: 'ping' })])
+  // Workers boot (thread start, addon load) before they serve: one run first, so the time below is the
+  // job's reaction to the abort, not the crew's start-up on a loaded machine. Workers only (join:
+  // false): a main thread running blocks could not see the timer fire.
+  await runCpuLayer(crew, arena, p.job, { join: false })
   const tf = performance.now()
-  await runCpuLayer(pool, arena, p.job)
+  await runCpuLayer(crew, arena, p.job, { join: false })
   const fullMs = performance.now() - tf
   const ac = new AbortController()
   const t0 = performance.now()
   setTimeout(() => ac.abort(), 30)
-  await t.rejects(runCpuLayer(pool, arena, p.job, { signal: ac.signal }), { code: 'ABORTED' })
+  await t.rejects(runCpuLayer(crew, arena, p.job, { signal: ac.signal, join: false }), { code: 'ABORTED' })
   const ms = performance.now() - t0
   t.ok(ms < fullMs / 2, `returned soon after the abort (${ms.toFixed(0)} ms; the whole job takes ${fullMs.toFixed(0)} ms)`)
-  await t.rejects(runCpuLayer(pool, arena, p.job, { signal: ac.signal }), { code: 'ABORTED' }, 'an aborted signal refuses at once')
+  await t.rejects(runCpuLayer(crew, arena, p.job, { signal: ac.signal }), { code: 'ABORTED' }, 'an aborted signal refuses at once')
+})
+
+t.test('a crew that is never closed does not keep the process alive once its workers idle', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  const here = new URL('.', import.meta.url).pathname
+  // The child serves one job and leaves without close(): its workers return to their event loops
+  // after the crew's idle time, and an idle piscina worker does not hold the process.
+  const script = `
+    const { Arena } = await import(${JSON.stringify(here + '../runtime/arena.js')})
+    const { CpuCrew } = await import(${JSON.stringify(here + '../runtime/cpu-crew.js')})
+    const { runCpuLayer } = await import(${JSON.stringify(here + '../runtime/cpu-layer-job.js')})
+    const { buildModel, prepareJob } = await import(${JSON.stringify(here + 'fixtures/cpu-model.js')})
+    const model = buildModel({ D: 64, F: 128, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: 2, seed: 1 })
+    const arena = new Arena({ bytes: 8 << 20 })
+    const crew = new CpuCrew({ arena, threads: 2 })
+    const p = prepareJob(arena, model, { D: 64, F: 128, ffn: 'gelu', counts: [3, 2], T: 5, seed: 2, isa: 'scalar' })
+    await runCpuLayer(crew, arena, p.job, { join: false })
+    console.log('served')`
+  const t0 = performance.now()
+  // A plain node: the runner's coverage hook, which it adds to every child's NODE_OPTIONS, keeps a
+  // child alive on its own; `env -u` drops it after the runner's spawn wrapper has added it.
+  const r = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 })
+  t.equal(r.stdout.trim(), 'served', r.stderr)
+  t.equal(r.status, 0, `exited by itself after ${((performance.now() - t0) / 1000).toFixed(1)} s`)
 })

@@ -6,6 +6,7 @@
 
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
+#include "cpu/crew.h"
 #include "cpu/kernels.h"
 #include "cpu/layer_job.h"
 
@@ -78,6 +79,106 @@ Napi::Value CpuLayerReset(const Napi::CallbackInfo& cb) {
     throw Napi::Error::New(cb.Env(), e.what());
   }
   return cb.Env().Undefined();
+}
+
+// --- the crew (cpu/crew.h) ---------------------------------------------------------------------
+
+template <class F>
+auto nativeErrors(Napi::Env env, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+const char* waitName(cpu::JobWait w) { return w == cpu::JobWait::Done ? "done" : w == cpu::JobWait::Aborted ? "aborted" : "pending"; }
+
+// crewInit(arena, board, slots)
+Napi::Value CrewInit(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset");
+  const int slots = static_cast<int>(intArg(cb[2], "slots"));
+  nativeErrors(cb.Env(), [&] { cpu::crewInit(a.data, a.length, board, slots); });
+  return cb.Env().Undefined();
+}
+
+// crewServe(arena, board, slot, idleMicros, testHooks): blocks this (worker) thread until quit, a
+// test-hook death or idleMicros without a job → 'quit' | 'die' | 'idle'.
+Napi::Value CrewServe(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset");
+  const int slot = static_cast<int>(intArg(cb[2], "slot"));
+  const int64_t idle = intArg(cb[3], "idle microseconds");
+  const bool hooks = cb.Length() > 4 && cb[4].ToBoolean();
+  const cpu::ServeStatus s = nativeErrors(cb.Env(), [&] { return cpu::crewServe(a.data, a.length, board, slot, hooks, idle); });
+  return Napi::String::New(cb.Env(), s == cpu::ServeStatus::Quit ? "quit" : s == cpu::ServeStatus::Die ? "die" : "idle");
+}
+
+// crewPost(arena, board, desc): validates the descriptor, then opens it to the crew.
+Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
+  nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc); });
+  return cb.Env().Undefined();
+}
+
+// crewRetire(arena, board, spinMicros) → true when no worker is inside the job.
+Napi::Value CrewRetire(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset");
+  const int64_t spin = intArg(cb[2], "spin microseconds");
+  return Napi::Boolean::New(cb.Env(), nativeErrors(cb.Env(), [&] { return cpu::crewRetire(a.data, a.length, board, spin); }));
+}
+
+Napi::Value CrewQuit(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  nativeErrors(cb.Env(), [&] { cpu::crewQuit(a.data, a.length, offsetArg(cb[1], "board offset")); });
+  return cb.Env().Undefined();
+}
+
+// cpuLayerWaitSpin(arena, desc, micros) → 'done' | 'aborted' | 'pending' (spins on this thread).
+Napi::Value CpuLayerWaitSpin(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t desc = offsetArg(cb[1], "descriptor offset");
+  const int64_t micros = intArg(cb[2], "spin microseconds");
+  if (micros < 0) throw Napi::RangeError::New(cb.Env(), "spin microseconds must be >= 0");
+  return Napi::String::New(cb.Env(), waitName(nativeErrors(cb.Env(), [&] { return cpu::waitLayerJob(a.data, a.length, desc, micros); })));
+}
+
+// cpuLayerWait(arena, desc) → Promise<'done' | 'aborted'>: sleeps on a libuv pool thread, so the
+// event loop goes on (worker deaths are learned there) while a long job runs.
+class LayerWaitWorker : public Napi::AsyncWorker {
+ public:
+  LayerWaitWorker(Napi::Env env, Napi::Object arenaView, Span<uint8_t> a, size_t desc)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), arena_(a), desc_(desc) {
+    view_ = Napi::Persistent(arenaView);  // keeps the arena's memory alive while the wait runs
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      result_ = cpu::waitLayerJob(arena_.data, arena_.length, desc_, -1);
+    } catch (const std::runtime_error& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Napi::String::New(Env(), waitName(result_))); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference view_;
+  Span<uint8_t> arena_;
+  size_t desc_;
+  cpu::JobWait result_ = cpu::JobWait::Pending;
+};
+
+Napi::Value CpuLayerWait(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  auto* w = new LayerWaitWorker(cb.Env(), cb[0].As<Napi::Object>(), a, offsetArg(cb[1], "descriptor offset"));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value CpuBenchLayer(const Napi::CallbackInfo& cb) {
@@ -175,6 +276,13 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuResolveIsa", Napi::Function::New(env, CpuResolveIsa, "cpuResolveIsa"));
   exports.Set("cpuLayerRun", Napi::Function::New(env, CpuLayerRun, "cpuLayerRun"));
   exports.Set("cpuLayerReset", Napi::Function::New(env, CpuLayerReset, "cpuLayerReset"));
+  exports.Set("cpuLayerWaitSpin", Napi::Function::New(env, CpuLayerWaitSpin, "cpuLayerWaitSpin"));
+  exports.Set("cpuLayerWait", Napi::Function::New(env, CpuLayerWait, "cpuLayerWait"));
+  exports.Set("crewInit", Napi::Function::New(env, CrewInit, "crewInit"));
+  exports.Set("crewServe", Napi::Function::New(env, CrewServe, "crewServe"));
+  exports.Set("crewPost", Napi::Function::New(env, CrewPost, "crewPost"));
+  exports.Set("crewRetire", Napi::Function::New(env, CrewRetire, "crewRetire"));
+  exports.Set("crewQuit", Napi::Function::New(env, CrewQuit, "crewQuit"));
   exports.Set("cpuBenchLayer", Napi::Function::New(env, CpuBenchLayer, "cpuBenchLayer"));
   exports.Set("cpuReadBandwidth", Napi::Function::New(env, CpuReadBandwidth, "cpuReadBandwidth"));
   exports.Set("cpuFillRandom", Napi::Function::New(env, CpuFillRandom, "cpuFillRandom"));

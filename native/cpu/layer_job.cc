@@ -2,19 +2,16 @@
 // through the table of the level chosen at run time.
 #include "cpu/layer_job.h"
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
-#include <climits>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
 #include "addon/weights_map.h"
+#include "cpu/crew.h"
+#include "cpu/futex.h"
 #include "cpu/kernels.h"
 
 namespace hetmoe {
@@ -27,19 +24,15 @@ namespace {
 constexpr int kWaitMicros = 2000;  // a sleeping waiter re-checks abort this often
 
 enum Hdr { hMagic = 0, hAbort, hNext, hDone, hExperts, hBlocks, hBlocks1, hWeights, hFfn, hD, hF, hIsa, hDie, hT,
-           hRowsPerBlock, hGeneration, hHidden = 16, hOut = 18, hExpertTable = 20, hBlockTable = 22, hOutRows = 24 };
+           hRowsPerBlock, hGeneration, hHidden = 16, hOut = 18, hExpertTable = 20, hBlockTable = 22, hOutRows = 24,
+           hDoneWaiters = 25 };
 enum Exp { eN = 0, eB1, eNb1, eB2, eNb2, eDone1, ePack, eWaiters, eFlags, eTokens = 10, eOutRows = 12, eScales = 14,
            eH = 16, eXPacked = 18, eHPacked = 20, eMatrices = 24 };
 
-std::atomic<int32_t>& at(int32_t* w) { return *reinterpret_cast<std::atomic<int32_t>*>(w); }
+std::atomic<int32_t>& at(int32_t* w) { return atomicAt(w); }
 
 uint64_t u64(const int32_t* w) { return static_cast<uint64_t>(static_cast<uint32_t>(w[0])) | (static_cast<uint64_t>(static_cast<uint32_t>(w[1])) << 32); }
 
-void futexWait(int32_t* addr, int32_t expected) {
-  timespec ts{0, kWaitMicros * 1000L};
-  syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, &ts, nullptr, 0);
-}
-void futexWakeAll(int32_t* addr) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
 
 struct Expert {
   int32_t* rec = nullptr;
@@ -167,7 +160,7 @@ bool waitFor(Job& j, Expert& x, int32_t* word, int32_t want) {
     if (v == want) return true;
     if (at(j.hdr + hAbort).load(std::memory_order_acquire)) return false;
     at(x.rec + eWaiters).fetch_add(1, std::memory_order_acq_rel);
-    futexWait(word, v);
+    futexWait(word, v, kWaitMicros);
     at(x.rec + eWaiters).fetch_sub(1, std::memory_order_acq_rel);
   }
 }
@@ -304,6 +297,7 @@ JobRunResult runParsed(Job& j, bool testHooks) {
       wake(x, x.rec + eDone1);
     }
     at(h + hDone).fetch_add(1, std::memory_order_acq_rel);
+    if (at(h + hDoneWaiters).load(std::memory_order_acquire) > 0) futexWakeAll(h + hDone);
   }
 }
 
@@ -312,6 +306,29 @@ JobRunResult runParsed(Job& j, bool testHooks) {
 JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool testHooks) {
   Job j = parse(arena, arenaBytes, descOffset);
   return runParsed(j, testHooks);
+}
+
+void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset) { parse(arena, arenaBytes, descOffset); }
+
+JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spinMicros) {
+  int32_t* h = arenaPtr<int32_t>(arena, arenaBytes, desc, kHeaderWords * 4, "the descriptor");
+  if (h[hMagic] != kJobMagic) bad("no job descriptor at offset " + std::to_string(desc));
+  const int32_t total = h[hBlocks];
+  const int64_t until = spinMicros >= 0 ? nowMicros() + spinMicros : 0;
+  for (int i = 0;; ++i) {
+    const int32_t done = at(h + hDone).load(std::memory_order_acquire);
+    if (done >= total) return JobWait::Done;
+    if (at(h + hAbort).load(std::memory_order_acquire)) return JobWait::Aborted;
+    if (spinMicros >= 0) {
+      if ((i & 63) == 0 && nowMicros() >= until) return JobWait::Pending;
+      __builtin_ia32_pause();
+      continue;
+    }
+    // The finisher of a block wakes us only when it sees a waiter; the timeout re-checks abort.
+    at(h + hDoneWaiters).fetch_add(1, std::memory_order_seq_cst);
+    futexWait(h + hDone, done, kWaitMicros);
+    at(h + hDoneWaiters).fetch_sub(1, std::memory_order_seq_cst);
+  }
 }
 
 void resetLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool full) {

@@ -20,6 +20,7 @@
 //    16-17 hidden (arena, fp32 [T x D])   18-19 out (arena, fp32 [* x D])
 //    20-21 experts table (arena)           22-23 blocks table (arena)
 //    24 outRowsTotal: rows of `out` (bounds checks)
+//    25 doneWaiters: threads sleeping on doneBlocks (waitLayerJob), so finishers skip the wake otherwise
 //   expert record e, kExpertWords words at experts + e * 4 * kExpertWords:
 //     0 n tokens    1 first phase-1 block   2 phase-1 blocks   3 first phase-2 block   4 phase-2 blocks
 //       (informational: blocks are numbered round-robin over experts, the block table is what counts)
@@ -67,6 +68,8 @@ struct JobRunResult {
 // Runs the job at arena[descOffset] on the calling thread until no block is left (or abort).
 // Throws std::runtime_error for a malformed descriptor (bad offsets, unknown weights id, ...).
 JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool testHooks);
+// Parses the descriptor as runLayerJob would, running nothing (throws what runLayerJob would throw).
+void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset);
 // Puts claimed-but-not-done blocks back to free and clears the claim counter and abort flag
 // (only while no thread runs the job). With `full`, every block, counter and packing state too.
 void resetLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool full);

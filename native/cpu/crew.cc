@@ -1,0 +1,131 @@
+// The CPU crew's board (layout and protocol: crew.h).
+#include "cpu/crew.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/futex.h"
+
+namespace hetmoe {
+namespace cpu {
+namespace {
+
+// After a job a worker spins this long before it sleeps: at decode the next layer's job follows
+// within tens of microseconds, and a spinning worker joins it without a wake-up.
+constexpr int64_t kIdleSpinMicros = 100;
+
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bFailures };
+
+int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
+  if (board > arenaBytes || arenaBytes - board < crewBoardBytes(0) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
+    throw std::runtime_error("cpu crew: the board offset is outside the arena or not 64-byte aligned");
+  int32_t* w = reinterpret_cast<int32_t*>(arena + board);
+  if (w[bMagic] != kCrewMagic && w[bMagic] != 0) throw std::runtime_error("cpu crew: no board at offset " + std::to_string(board));
+  if (arenaBytes - board < crewBoardBytes(w[bSlots])) throw std::runtime_error("cpu crew: the board's slots run past the arena");
+  return w;
+}
+
+std::atomic<int32_t>& at(int32_t* w, int i) { return atomicAt(w + i); }
+int32_t* slotWord(int32_t* w, int s) { return w + kSlotWord + s * kSlotStride; }
+
+// Waits for gen to differ from `seen`; returns the new gen, or `seen` after idleMicros without one.
+int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
+  const int64_t start = nowMicros();
+  for (int i = 0;; ++i) {
+    const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
+    if (g != seen) return g;
+    if ((i & 63) == 0 && nowMicros() - start >= kIdleSpinMicros) break;
+    __builtin_ia32_pause();
+  }
+  for (;;) {
+    const int64_t left = idleMicros - (nowMicros() - start);
+    if (left <= 0) return seen;
+    at(w, bSleepers).fetch_add(1, std::memory_order_seq_cst);
+    futexWait(w + bGen, seen, left);  // returns at once if gen already moved on
+    at(w, bSleepers).fetch_sub(1, std::memory_order_seq_cst);
+    const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
+    if (g != seen) return g;
+  }
+}
+
+void bump(int32_t* w) {
+  at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
+  if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWakeAll(w + bGen);
+}
+
+}  // namespace
+
+void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots) {
+  if (slots < 1 || slots > 64) throw std::runtime_error("cpu crew: 1 to 64 worker slots");
+  if (board > arenaBytes || arenaBytes - board < crewBoardBytes(slots) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
+    throw std::runtime_error("cpu crew: the board does not fit the arena at that offset");
+  int32_t* w = reinterpret_cast<int32_t*>(arena + board);
+  for (size_t i = 0; i < crewBoardBytes(slots) / 4; ++i) w[i] = 0;
+  w[bSlots] = slots;
+  at(w, bMagic).store(kCrewMagic, std::memory_order_seq_cst);
+}
+
+ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  if (slot < 0 || slot >= w[bSlots]) throw std::runtime_error("cpu crew: slot out of range");
+  int32_t* mine = slotWord(w, slot);
+  int32_t seen = 0;  // a job posted before this worker started is joined too
+  for (;;) {
+    const int32_t g = awaitPost(w, seen, idleMicros);
+    if (at(w, bQuit).load(std::memory_order_seq_cst)) return ServeStatus::Quit;
+    if (g == seen) return ServeStatus::Idle;
+    seen = g;
+    atomicAt(mine).store(1, std::memory_order_seq_cst);
+    JobRunResult r;
+    if (at(w, bOpen).load(std::memory_order_seq_cst) && at(w, bGen).load(std::memory_order_seq_cst) == seen) {
+      const size_t desc = size_t(uint32_t(w[bDesc])) | (size_t(uint32_t(w[bDescHi])) << 32);
+      try {
+        r = runLayerJob(arena, arenaBytes, desc, testHooks);
+      } catch (const std::exception&) {
+        // The main thread validated this descriptor before posting it; if a worker still cannot run
+        // it (weights unmapped meanwhile), the job must not wait for blocks nobody will run.
+        at(w, bFailures).fetch_add(1, std::memory_order_seq_cst);
+        atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
+      }
+    }
+    // A dying worker keeps its mark: the main thread clears it when it learns of the death.
+    if (r.status == JobStatus::Die) return ServeStatus::Die;
+    atomicAt(mine).store(0, std::memory_order_seq_cst);
+  }
+}
+
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  checkLayerJob(arena, arenaBytes, desc);
+  if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
+  w[bDesc] = int32_t(uint32_t(desc));
+  w[bDescHi] = int32_t(uint32_t(desc >> 32));
+  at(w, bOpen).store(1, std::memory_order_seq_cst);
+  bump(w);
+}
+
+bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  const int slots = w[bSlots];
+  at(w, bOpen).store(0, std::memory_order_seq_cst);
+  // Workers still inside have run out of blocks (or seen abort) and leave within one block's time;
+  // one that stays may have died unnoticed, so the caller gets control back to learn of deaths (and
+  // clears a dead worker's mark itself: it is the one that learns of the death).
+  const int64_t until = nowMicros() + spinMicros;
+  for (int s = 0; s < slots; ++s)
+    for (int i = 0; atomicAt(slotWord(w, s)).load(std::memory_order_seq_cst) != 0; ++i) {
+      if ((i & 63) == 0 && nowMicros() >= until) return false;
+      __builtin_ia32_pause();
+    }
+  return true;
+}
+
+void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  at(w, bQuit).store(1, std::memory_order_seq_cst);
+  bump(w);
+  futexWakeAll(w + bGen);
+}
+
+}  // namespace cpu
+}  // namespace hetmoe

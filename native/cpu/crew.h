@@ -1,0 +1,55 @@
+// The CPU crew: worker threads that stay inside native code between layer jobs, so that a job
+// reaches them by a store and (at most) a futex wake instead of a message per worker. At decode
+// sizes a layer's kernels take microseconds and a round of piscina messages took 100-300 µs.
+//
+// Board layout (int32 words in the shared arena at the board's offset, 64-byte aligned; written by
+// runtime/cpu-crew.ts through the functions below, read by every serving worker):
+//   0 magic kCrewMagic   1 gen: bumped by every post (and by quit)   2-3 job descriptor offset
+//   4 open: 1 while the posted job may be joined   5 quit   6 sleepers: workers in futex wait
+//   7 slots   8 failures: workers that could not run a job (descriptor rejected)
+//   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job
+//
+// Protocol. A worker waits for gen to change (spins briefly, then sleeps on the gen word), marks its
+// slot, and only then reads `open` and the offset: the main thread retires a job by clearing `open`
+// and then waiting for every live slot to be 0, so (all accesses sequentially consistent) a worker
+// either saw `open == 0` or is counted by the retire; the descriptor's lease is released after the
+// retire, never under a worker. Jobs are posted one at a time.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu/layer_job.h"
+
+namespace hetmoe {
+namespace cpu {
+
+constexpr int32_t kCrewMagic = 0x31434d48;  // "HMC1"
+constexpr int kSlotWord = 16;
+constexpr int kSlotStride = 16;  // a cache line per slot: slots are written by different threads
+constexpr size_t crewBoardBytes(int slots) { return size_t(kSlotWord + slots * kSlotStride) * 4; }
+
+enum class ServeStatus : int32_t { Quit = 0, Die = 1, Idle = 2 };
+
+// Formats a board for `slots` workers.
+void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots);
+// Worker side: serves posted jobs as worker `slot` until quit, a test-hook death, or no job came for
+// `idleMicros` (then Idle: the worker goes back to its event loop, where an idle worker does not keep
+// the process alive; the runtime sends it back in before its next job).
+ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros);
+// Main side: validates the descriptor (throws std::runtime_error naming what is wrong), then opens it
+// to the workers and wakes the sleeping ones.
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+// Main side: closes the posted job and waits (spinning at most `spinMicros`) until no worker is
+// inside it; false if one still is (call again; the lease must not be released before true). The
+// mark of a worker that died inside a job is cleared by whoever learns of the death.
+bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros);
+// Main side: asks every worker to return from crewServe.
+void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board);
+
+enum class JobWait : int32_t { Done = 0, Aborted = 1, Pending = 2 };
+// Waits until every block of the job is done or the job is aborted, spinning at most `spinMicros`
+// (then Pending) or, with spinMicros < 0, sleeping on the done counter without limit.
+JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spinMicros);
+
+}  // namespace cpu
+}  // namespace hetmoe
