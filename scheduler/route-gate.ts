@@ -46,6 +46,11 @@ export class GateRouter {
     this.#cursor = new Int32Array(E)
   }
 
+  /** The gate weight, fp32 [E × D] (for a native GEMM feeding routeLogits). */
+  get weight(): Float32Array {
+    return this.#weight
+  }
+
   /** Throws BAD_INPUT naming the first row holding NaN or ±Infinity. */
   checkHidden(hidden: Float32Array, numTokens: number): void {
     const D = this.hiddenSize
@@ -67,17 +72,23 @@ export class GateRouter {
    */
   route(hidden: Float32Array, numTokens: number, out: Selection): number {
     this.checkHidden(hidden, numTokens)
+    checkSelection(out, this.numExperts, numTokens * this.topK)
+    this.#grow(numTokens)
+    this.logits(hidden, numTokens, this.#logits)
+    return this.#select(this.#logits, numTokens, out)
+  }
+
+  /**
+   * The gate's logits, float64 [T × E] into `out`: four partial sums in a fixed order — faster than
+   * one chain, and still the same bits on every run and machine (the native GEMM sums the same way).
+   */
+  logits(hidden: Float32Array, numTokens: number, out: Float64Array): Float64Array {
     const E = this.numExperts
     const D = this.hiddenSize
-    checkSelection(out, E, numTokens * this.topK)
-    this.#grow(numTokens)
     const w = this.#weight
-    const logits = this.#logits
     for (let t = 0; t < numTokens; t++) {
       const x = t * D
       for (let e = 0; e < E; e++) {
-        // Four float64 partial sums in a fixed order: faster than one chain, and still the same
-        // bits on every run and machine.
         const r = e * D
         let a0 = 0, a1 = 0, a2 = 0, a3 = 0
         let j = 0
@@ -88,10 +99,10 @@ export class GateRouter {
           a3 += w[r + j + 3] * hidden[x + j + 3]
         }
         for (; j < D; j++) a0 += w[r + j] * hidden[x + j]
-        logits[t * E + e] = a0 + a1 + (a2 + a3)
+        out[t * E + e] = a0 + a1 + (a2 + a3)
       }
     }
-    return this.#select(logits, numTokens, out)
+    return out
   }
 
   /**

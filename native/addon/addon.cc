@@ -30,6 +30,7 @@ static Napi::Object InitHetmoe(Napi::Env env, Napi::Object exports) {
   hetmoe::registerWeights(env, exports);
   hetmoe::registerCpu(env, exports);
   hetmoe::registerGpu(env, exports);
+  hetmoe::registerRouter(env, exports);
   return exports;
 }
 

@@ -8,4 +8,5 @@ void registerInfo(Napi::Env env, Napi::Object exports);     // info_bindings.cc
 void registerWeights(Napi::Env env, Napi::Object exports);  // weights_bindings.cc
 void registerCpu(Napi::Env env, Napi::Object exports);      // cpu_bindings.cc
 void registerGpu(Napi::Env env, Napi::Object exports);      // gpu_bindings.cc
+void registerRouter(Napi::Env env, Napi::Object exports);   // router_bindings.cc
 }  // namespace hetmoe

@@ -1,0 +1,82 @@
+// The native router arithmetic (native/cpu/router_math.h) against the JavaScript it replaces: gate
+// selections bit-for-bit equal to GateRouter.route on every ISA the machine runs, the finiteness
+// scan, and the combine against a float64 sum.
+import t from 'tap'
+import { GateRouter } from '../scheduler/route-gate.js'
+import { allocSelection } from '../scheduler/selection.js'
+import { native } from '../runtime/native.js'
+import { combineTopK } from '../runtime/combine.js'
+import { seededRandom } from '../runtime/token-stream.js'
+
+const seed = Number(process.env.HETMOE_TEST_SEED ?? Date.now() % 1e9)
+t.comment(`seed ${seed}`)
+const rand = seededRandom(seed)
+const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rand() - 0.5) * 2 * scale)
+
+t.test('native gate logits route exactly as the JavaScript router (scalar and SIMD)', async (t) => {
+  const isaBefore = process.env.HETMOE_ISA
+  t.teardown(() => {
+    if (isaBefore === undefined) delete process.env.HETMOE_ISA
+    else process.env.HETMOE_ISA = isaBefore
+  })
+  for (const isa of ['scalar', '']) {
+    if (isa) process.env.HETMOE_ISA = isa
+    else delete process.env.HETMOE_ISA
+    for (const [T, D, E, K] of [[1, 64, 8, 2], [3, 67, 8, 2], [5, 130, 64, 6], [17, 4096, 8, 2], [9, 2050, 16, 4]]) {
+      const weight = randn(E * D, 0.05)
+      const hidden = randn(T * D)
+      const router = new GateRouter({ weight, numExperts: E, hiddenSize: D, topK: K, normalize: K === 2 })
+      const js = allocSelection(E, T * K)
+      router.route(hidden, T, js)
+      const logits = new Float64Array(T * E).fill(NaN)
+      t.equal(native().gateLogits(hidden, weight, T, D, E, logits), -1)
+      const jsLogits = router.logits(hidden, T, new Float64Array(T * E))
+      t.ok(logits.every((x, i) => Object.is(x, jsLogits[i])), `T=${T} D=${D} E=${E} ${isa || 'best ISA'}: logits bit for bit`)
+      const nat = allocSelection(E, T * K)
+      router.routeLogits(logits, T, nat)
+      const same = (['counts', 'tokenRows', 'outRows', 'scales'] as const).every((k) => Buffer.from(js[k].buffer, js[k].byteOffset, js[k].byteLength).equals(Buffer.from(nat[k].buffer, nat[k].byteOffset, nat[k].byteLength)))
+      t.ok(same, `T=${T} D=${D} E=${E} K=${K} ${isa || 'best ISA'}: same experts, rows and weights, bit for bit`)
+    }
+  }
+})
+
+t.test('a non-finite hidden value is found and nothing is computed', async (t) => {
+  const D = 96
+  const T = 4
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    const hidden = randn(T * D)
+    const at = Math.floor(rand() * T * D)
+    hidden[at] = bad
+    if (at + 5 < T * D) hidden[at + 5] = NaN
+    t.equal(native().firstNonFinite(hidden, T * D), at, `${bad} at ${at}`)
+    const logits = new Float64Array(T * 2).fill(7)
+    t.equal(native().gateLogits(hidden, randn(2 * D), T, D, 2, logits), at)
+    t.ok(logits.every((x) => x === 7), 'logits untouched')
+  }
+  t.equal(native().firstNonFinite(randn(5000), 5000), -1)
+  t.equal(native().firstNonFinite(Float32Array.from([1, 2, NaN]), 2), -1, 'only the first n values are read')
+  t.throws(() => native().gateLogits(randn(10), randn(10), 1, 10, 2, new Float64Array(2)), /gate weight holds 10 values; 20 needed/)
+})
+
+t.test('combine: top-k rows, shared experts and their gate against a float64 sum', async (t) => {
+  for (const [T, K, D, S] of [[1, 1, 16, 0], [3, 2, 100, 0], [5, 6, 64, 1], [4, 2, 33, 2]]) {
+    const rows = randn(T * K * D)
+    const shared = S ? randn(S * T * D) : undefined
+    const g = S ? Float32Array.from({ length: T }, () => rand()) : undefined
+    const out = new Float32Array(T * D).fill(NaN)
+    combineTopK(rows, shared, S, out, T, K, D, g)
+    let num = 0
+    let den = 0
+    for (let tt = 0; tt < T; tt++)
+      for (let d = 0; d < D; d++) {
+        let ref = 0
+        for (let k = 0; k < K; k++) ref += rows[(tt * K + k) * D + d]
+        let sh = 0
+        for (let s = 0; s < S; s++) sh += shared![(s * T + tt) * D + d]
+        ref += (g ? g[tt] : 1) * sh
+        num += (out[tt * D + d] - ref) ** 2
+        den += ref ** 2
+      }
+    t.ok(Math.sqrt(num / den) < 1e-6, `T=${T} K=${K} D=${D} S=${S}: rel err ${Math.sqrt(num / den).toExponential(2)}`)
+  }
+})
