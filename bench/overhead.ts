@@ -1,14 +1,20 @@
 // `hetmoe bench overhead`: the per-layer cost outside the expert kernels at decode batch sizes —
-// routing, dispatch to the CPU workers, their wake-up and join, combine. Measured on the `tiny`
-// model (D=64, F=128: each expert's kernel is well under a microsecond of arithmetic), so a forward's
-// time is almost all overhead; the native kernel time is not subtracted, which makes these upper bounds.
-import { mkdtempSync, rmSync } from 'node:fs'
+// routing, dispatch to the CPU crew (and its wake-up and join), combine.
+//
+// Two parts, because no single model isolates all three:
+//  - dispatch: forwards of the `tiny` model (D=64, F=128: each expert's kernel is a few µs of
+//    arithmetic at most), so a forward's compute stage is almost all dispatch; the kernels are not
+//    subtracted, which makes these upper bounds;
+//  - routing and combine at real widths (mixtral's gate D=4096 × 8 experts top-2, a fine-grained
+//    gate D=2048 × 64 top-6, sigma-lite's RRE D=2048): those stages scale with D and E, and the
+//    tiny model would hide them. Their experts are shrunk (F=16) since only route/combine are read.
+// Every number is a median over forwards of the stage's own time (the runtime's per-stage clocks).
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { writeFileSync } from 'node:fs'
 import { createRuntime } from '../runtime/runtime.js'
 import { loadModel } from '../experts/model.js'
-import { synthModel } from '../experts/synth.js'
+import { synthModel, type SynthPreset } from '../experts/synth.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { parseFlags, parseIntFlag } from '../runtime/cli/args.js'
 import { benchMachine } from './support/machine.js'
@@ -16,54 +22,79 @@ import type { Command } from '../runtime/cli/command.js'
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]
+const TOKENS = [1, 4, 16]
+const WARMUP = 200
+
+interface Case {
+  part: 'dispatch' | 'width'
+  model: string
+  routing: string
+  hidden: number
+  tokens: number
+  /** Medians over forwards, µs. */
+  forwardUs: number
+  forwardP90Us: number
+  routeUs: number
+  computeUs: number
+  combineUs: number
+  /** route + compute + combine medians: the overhead where compute is dispatch (part 'dispatch'). */
+  overheadUs: number
+}
+
+const PRESETS: { part: Case['part']; preset: SynthPreset; routing: string }[] = [
+  { part: 'dispatch', routing: 'rre top-1', preset: { name: 'tiny-rre', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu', routing: { kind: 'rre', domains: 2, expertsPerDomain: 4 }, vocabSize: 32000 } },
+  { part: 'dispatch', routing: 'gate top-2', preset: { name: 'tiny-gate', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu', routing: { kind: 'gate', experts: 8, topK: 2, normalize: true }, vocabSize: 32000 } },
+  { part: 'width', routing: 'rre top-1', preset: { name: 'sigma-lite-width', layers: 1, hidden: 2048, inner: 16, ffn: 'gelu', routing: { kind: 'rre', domains: 4, expertsPerDomain: 16 }, vocabSize: 32000 } },
+  { part: 'width', routing: 'gate top-2', preset: { name: 'mixtral-width', layers: 1, hidden: 4096, inner: 16, ffn: 'swiglu', routing: { kind: 'gate', experts: 8, topK: 2, normalize: true }, vocabSize: 32000 } },
+  { part: 'width', routing: 'gate top-6', preset: { name: 'fine-width', layers: 1, hidden: 2048, inner: 16, ffn: 'swiglu', routing: { kind: 'gate', experts: 64, topK: 6, normalize: false }, vocabSize: 32000 } },
+]
 
 export const bench: Command = {
   summary: 'per-layer overhead outside the kernels (routing, dispatch, combine) at decode sizes',
   usage: `Usage: hetmoe bench overhead [--iters N] [--threads N] [--json FILE]
 
-Runs forwards of the tiny model (kernels negligible) at 1, 4 and 16 tokens, RRE (top-1) and a
-top-2 gate, and reports the median, p90 and the route / compute+dispatch / combine split per layer.
+Medians per forward of each stage of a layer at 1, 4 and 16 tokens: dispatch on the tiny model
+(kernels of a few µs), routing and combine at real widths (D=2048-4096, 8-64 experts).
 
-  --iters N    forwards per case after warm-up (default 2000)
+  --iters N    forwards per case after ${WARMUP} warm-up forwards (default 2000)
   --threads N  CPU worker threads (default: all cores)
   --json FILE  write the results as JSON`,
   async run(argv) {
     const { values } = parseFlags(argv, { iters: { type: 'string' }, threads: { type: 'string' }, json: { type: 'string' } })
     const iters = parseIntFlag(values.iters, '--iters', 2000, 10)
     const dir = mkdtempSync(join(tmpdir(), 'hetmoe-overhead-'))
-    const results: { routing: string; tokens: number; medianUs: number; p90Us: number; routeUs: number; computeUs: number; combineUs: number }[] = []
+    const results: Case[] = []
     try {
-      const presets = [
-        { name: 'tiny-rre', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu' as const, routing: { kind: 'rre' as const, domains: 2, expertsPerDomain: 4 }, vocabSize: 32000 },
-        { name: 'tiny-gate', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu' as const, routing: { kind: 'gate' as const, experts: 8, topK: 2, normalize: true }, vocabSize: 32000 },
-      ]
-      for (const preset of presets) {
+      for (const { part, preset, routing } of PRESETS) {
         const out = join(dir, preset.name)
         await synthModel({ preset, out })
         const model = await loadModel(out)
         const rt = await createRuntime({ model, gpu: 'off', ...(values.threads ? { cpuThreads: parseIntFlag(values.threads, '--threads', 1, 1) } : {}) })
-        for (const T of [1, 4, 16]) {
-          const x = randomHidden(T, 64, T)
-          const ids = uniformTokens(T, 32000, T)
-          const o = new Float32Array(T * 64)
-          const times: number[] = []
-          const s0 = structuredClone(rt.stats().layers[0])
-          for (let i = 0; i < iters + 200; i++) {
+        const D = preset.hidden
+        for (const T of TOKENS) {
+          const x = randomHidden(T, D, T)
+          const ids = uniformTokens(T, preset.vocabSize, T)
+          const o = new Float32Array(T * D)
+          const total: number[] = []
+          const route: number[] = []
+          const compute: number[] = []
+          const combine: number[] = []
+          let before = rt.stats().layers[0].ms
+          for (let i = 0; i < iters + WARMUP; i++) {
             const t0 = performance.now()
             await rt.forward(0, x, { tokenIds: ids, domain: 0, out: o })
-            if (i >= 200) times.push((performance.now() - t0) * 1000)
+            const t1 = performance.now()
+            const after = rt.stats().layers[0].ms
+            if (i >= WARMUP) {
+              total.push((t1 - t0) * 1000)
+              route.push((after.route - before.route) * 1000)
+              compute.push((after.compute - before.compute) * 1000)
+              combine.push((after.combine - before.combine) * 1000)
+            }
+            before = after
           }
-          const s1 = rt.stats().layers[0]
-          const n = s1.forwards - s0.forwards
-          results.push({
-            routing: preset.routing.kind === 'rre' ? 'rre top-1' : 'gate top-2',
-            tokens: T,
-            medianUs: median(times),
-            p90Us: pct(times, 0.9),
-            routeUs: ((s1.ms.route - s0.ms.route) / n) * 1000,
-            computeUs: ((s1.ms.compute - s0.ms.compute) / n) * 1000,
-            combineUs: ((s1.ms.combine - s0.ms.combine) / n) * 1000,
-          })
+          const c = { routeUs: median(route), computeUs: median(compute), combineUs: median(combine) }
+          results.push({ part, model: preset.name, routing, hidden: D, tokens: T, forwardUs: median(total), forwardP90Us: pct(total, 0.9), ...c, overheadUs: c.routeUs + c.computeUs + c.combineUs })
           process.stderr.write(`overhead: ${preset.name} T=${T} done\n`)
         }
         await rt.close()
@@ -73,10 +104,13 @@ top-2 gate, and reports the median, p90 and the route / compute+dispatch / combi
       rmSync(dir, { recursive: true, force: true })
     }
     const machine = benchMachine()
-    console.log(`per-layer time of a forward on the tiny model (≈ overhead), ${iters} forwards each; mean split route / dispatch+kernels / combine`)
-    console.log('routing     tokens  median µs  p90 µs   route  dispatch+kernel  combine')
+    const f = (x: number, w: number) => x.toFixed(1).padStart(w)
+    console.log(`per-layer stage medians, µs, ${iters} forwards per case (${machine.cpu}, ${machine.cores} cores)`)
+    console.log('part      model              routing     tokens  forward  p90    route  dispatch+kernel  combine')
     for (const r of results)
-      console.log(`${r.routing.padEnd(11)} ${String(r.tokens).padStart(6)} ${r.medianUs.toFixed(1).padStart(10)} ${r.p90Us.toFixed(1).padStart(7)} ${r.routeUs.toFixed(1).padStart(7)} ${r.computeUs.toFixed(1).padStart(16)} ${r.combineUs.toFixed(1).padStart(8)}`)
+      console.log(`${r.part.padEnd(9)} ${r.model.padEnd(18)} ${r.routing.padEnd(11)} ${String(r.tokens).padStart(6)} ${f(r.forwardUs, 8)} ${f(r.forwardP90Us, 6)} ${f(r.routeUs, 7)} ${f(r.computeUs, 16)} ${f(r.combineUs, 8)}`)
+    console.log('dispatch rows: route + dispatch + combine is the whole overhead (kernels of a few µs included);')
+    console.log('width rows: read route and combine (their experts are shrunk; dispatch+kernel there is not overhead).')
     if (values.json) writeFileSync(values.json, JSON.stringify({ machine, iters, results }, null, 2) + '\n')
     return 0
   },
