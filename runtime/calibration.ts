@@ -179,12 +179,16 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         }
       }
     }
+    // The CPU's streaming bandwidth with the crew's threads bounds its read rates (scheduler/calibrate.ts).
+    const streams = Array.from(native().cpuReadBandwidth(512 << 20, crew.threads, 5)).sort((a, b) => a - b)
+    const streamBytesPerS = streams[streams.length >> 1] * 1e9
+    log(`calibration: CPU streaming read ${(streamBytesPerS / 1e9).toFixed(1)} GB/s on ${crew.threads} threads`)
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
-      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead },
+      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, streamBytesPerS },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead }, pcie } : {}),
-      plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes], tokens: [1, 16, 64, 256], repeats: 2 },
+      plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)
     return await loadCalibration(probes, { refresh: true })

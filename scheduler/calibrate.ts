@@ -5,8 +5,13 @@
 // defaultProbes() below is a stand-in that measures this machine with typed-array loops in one JS
 // thread, so it is a lower bound on what native SIMD workers reach.
 //
+// Every sample is the median of `repeats` runs (a minimum over two runs let one lucky cache hit set
+// a rate: two calibrations of the same H100 machine disagreed 6× on the GPU's read rate).
 // Fit, per device and format, against t(n) = fixed + max(bytes/readRate, n·flops/flopRate):
-//   1. one token, several sizes: least squares t = fixed + bytes/readRate (fixed clamped ≥ 0);
+//   1. one token, several sizes: least squares t = fixed + bytes/readRate (fixed clamped ≥ 0). A
+//      device's measured streaming bandwidth, where given, caps readRate (then fixed is refit as the
+//      median of t − bytes/readRate): a fit over a few sizes can slope below what memory can do
+//      (the CPU's came out at 1.8× its streaming bandwidth, its fixed cost inflated to match);
 //   2. the largest size, several token counts: flopRate = max over samples of n·flops / (t − fixed).
 //      While still bandwidth-bound that ratio is a lower bound on the true rate; once compute-bound
 //      it equals it — so the max over samples is the best estimate either way.
@@ -33,6 +38,8 @@ export interface DeviceProbes {
   formats: Partial<Record<FormatKey, Probe>>
   /** Seconds of the fixed per-layer cost (dispatch + barrier, or launch + sync) with no work. */
   layerOverhead?: () => number | Promise<number>
+  /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
+  streamBytesPerS?: number
 }
 
 export interface CalibrationProbes {
@@ -47,7 +54,7 @@ export interface CalibrationProbes {
 }
 
 const MiB = 2 ** 20
-const DEFAULT_PLAN = { bytes: [8 * MiB, 32 * MiB, 128 * MiB], tokens: [1, 16, 64, 256, 512], repeats: 3 }
+const DEFAULT_PLAN = { bytes: [8 * MiB, 32 * MiB, 128 * MiB], tokens: [1, 16, 64, 256, 512], repeats: 5 }
 
 /** Fits a Calibration from the probes' timings. */
 export async function calibrate(probes: CalibrationProbes): Promise<Calibration> {
@@ -56,7 +63,7 @@ export async function calibrate(probes: CalibrationProbes): Promise<Calibration>
   let pcie: Calibration['pcie'] = null
   if (probes.pcie && gpu) {
     const samples: [number, number][] = []
-    for (const b of plan.bytes) samples.push([b, await best(plan.repeats ?? 3, () => probes.pcie!(b))])
+    for (const b of plan.bytes) samples.push([b, await medianOf(plan.repeats ?? 5, () => probes.pcie!(b))])
     const { intercept, slope } = fitLine(samples)
     pcie = { latencyS: intercept, bytesPerS: 1 / slope }
   }
@@ -77,27 +84,32 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   const keys = Object.keys(dev.formats) as FormatKey[]
   if (keys.length === 0) throw new RangeError('calibrate: a device needs at least one format probe')
   const fixed: number[] = []
-  const repeats = plan.repeats ?? 3
+  const repeats = plan.repeats ?? 5
   for (const format of keys) {
     const probe = dev.formats[format]!
     // flopsPerToken of a square-ish dense matrix with these bytes; only the ratio matters to the fit.
     const flopsFor = (bytes: number) => 2 * (bytes / bytesPerParam(format))
     const oneToken: [number, number][] = []
-    for (const bytes of plan.bytes) oneToken.push([bytes, await best(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens: 1 }))])
-    const { intercept, slope } = fitLine(oneToken)
+    for (const bytes of plan.bytes) oneToken.push([bytes, await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens: 1 }))])
+    let { intercept, slope } = fitLine(oneToken)
+    // Sparse formats read fewer bytes per dense-equivalent byte, but never faster than memory streams.
+    if (dev.streamBytesPerS && 1 / slope > dev.streamBytesPerS) {
+      slope = 1 / dev.streamBytesPerS
+      intercept = Math.max(0, median(oneToken.map(([b, t]) => t - b * slope)))
+    }
     rates.readBytesPerS[format] = 1 / slope
     fixed.push(intercept)
     const bytes = plan.bytes[plan.bytes.length - 1]
     let flopRate = 0
     for (const tokens of plan.tokens) {
-      const t = await best(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
+      const t = await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
       // The fixed cost stays in: subtracting a fitted intercept from a time close to it divides by
       // noise (rates of 10^20 were seen), and a rate that is a lower bound only makes plans cautious.
       flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / t)
     }
     rates.flopsPerS[format] = flopRate
   }
-  rates.layerOverheadS = dev.layerOverhead ? await best(repeats, dev.layerOverhead) : 0
+  rates.layerOverheadS = dev.layerOverhead ? await medianOf(repeats, dev.layerOverhead) : 0
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
   rates.expertOverheadS = Math.max(0, median(fixed) - rates.layerOverheadS)
   return rates
@@ -130,10 +142,10 @@ function bytesPerParam(format: FormatKey): number {
   return dtypeBytes
 }
 
-async function best(repeats: number, f: () => number | Promise<number>): Promise<number> {
-  let m = Infinity
-  for (let i = 0; i < repeats; i++) m = Math.min(m, await f())
-  return m
+async function medianOf(repeats: number, f: () => number | Promise<number>): Promise<number> {
+  const xs: number[] = []
+  for (let i = 0; i < repeats; i++) xs.push(await f())
+  return median(xs)
 }
 
 function median(xs: number[]): number {
