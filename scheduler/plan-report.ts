@@ -41,8 +41,9 @@ export interface PlanOptions {
   batchTokens: number
   /** Defaults to 4096. */
   prefillTokens?: number
-  /** GPU bytes reserved for streaming. Defaults to two of the largest experts (double buffering) when
-   *  the budget holds at least eight, else 0. */
+  /** GPU bytes reserved for streaming. By default the planner weighs two choices at `batchTokens`:
+   *  none, or two of the largest experts (double buffering, when the budget holds at least eight),
+   *  and keeps the one predicted faster — at decode, reserving only leaves experts on the CPU. */
   streamBytes?: number
 }
 
@@ -59,17 +60,32 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
   const experts = modelShapes(model)
   const share = profileShares(profile)
   const prefillTokens = options.prefillTokens ?? 4096
-  const streamBytes = cost.hasGpu ? Math.min(options.streamBytes ?? defaultStreamBytes(experts, options.budgetBytes), options.budgetBytes) : 0
-  const problem: PlacementProblem = { experts, share, batchTokens: options.batchTokens, budgetBytes: options.budgetBytes - streamBytes, cost }
-  const placement = planPlacement(problem)
-  const sets = placement.layers.map((l) => l.gpuExperts)
-
-  const prefillS = (resident: number[][]) =>
+  // Seconds of a batch of `tokens` with these residents, streaming cold experts into `streamBytes`.
+  const batchS = (resident: number[][], tokens: number, streamBytes: number) =>
     experts.reduce((s, ex, l) => {
       const on = new Set(resident[l])
-      const counts = Array.from(share[l], (p) => p * prefillTokens)
+      const counts = Array.from(share[l], (p) => p * tokens)
       return s + planStreaming(ex, counts, (e) => on.has(e), cost, streamBytes).layerS
     }, 0)
+  const candidates = !cost.hasGpu ? [0] : options.streamBytes !== undefined ? [Math.min(options.streamBytes, options.budgetBytes)] : [...new Set([0, defaultStreamBytes(experts, options.budgetBytes)])]
+  // The planner's batch time (it models which experts a batch of this size activates) less what
+  // streaming saves at this batch size, estimated on the whole tokens each expert expects
+  // (⌊share × tokens⌋: at decode no expert expects a whole token, and nothing is worth streaming).
+  const streamGainS = (resident: number[][], tokens: number, streamBytes: number) =>
+    experts.reduce((s, ex, l) => {
+      const on = new Set(resident[l])
+      const counts = Array.from(share[l], (p) => Math.floor(p * tokens))
+      const r = planStreaming(ex, counts, (e) => on.has(e), cost, streamBytes)
+      return s + (r.withoutS - r.layerS)
+    }, 0)
+  const choices = candidates.map((streamBytes) => {
+    const problem: PlacementProblem = { experts, share, batchTokens: options.batchTokens, budgetBytes: options.budgetBytes - streamBytes, cost }
+    const placement = planPlacement(problem)
+    const sets = placement.layers.map((l) => l.gpuExperts)
+    return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamGainS(sets, options.batchTokens, streamBytes) }
+  })
+  const { streamBytes, problem, placement, sets, batchS: chosenBatchS } = choices.reduce((a, b) => (b.batchS < a.batchS ? b : a))
+  const prefillS = (resident: number[][]) => batchS(resident, prefillTokens, streamBytes)
   const none = experts.map(() => [] as number[])
   const cpuOnlyDecodeS = predictBatchTime(problem, none)
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
@@ -90,7 +106,7 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     exact: placement.exact,
     layers: layers.map(({ served: _, ...l }) => l),
     predicted: {
-      decodeTokensPerS: options.batchTokens / placement.predictedBatchS,
+      decodeTokensPerS: options.batchTokens / chosenBatchS,
       prefillTokensPerS: prefillTokens / prefillS(sets),
       prefillTokens,
       cpuOnlyDecodeTokensPerS: options.batchTokens / cpuOnlyDecodeS,
