@@ -2,6 +2,7 @@
 # The whole-system run on the GPU machine (H100 + 16-core Xeon), one call of the device tool:
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo, agreement)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
+#   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf) and SKIP_PLACE=1.
 # Each part fits one device call (10 minutes); everything is written under $OUT.
 # It builds nothing (the addon and dist/ are carried from the development machine). Order: cheap and
 # essential first, so a run cut short still returns the foundation and runtime evidence.
@@ -42,6 +43,7 @@ node --input-type=module -e "
 import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
 writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
 
+if [ -z "${SKIP_PLACE:-}" ]; then
 step place vs run, $PRESET, 25% of expert bytes, decode batch 16
 BUDGET=$(node --input-type=module -e "
 import {loadModel} from './dist/experts/model.js'; import {expertShape} from './dist/scheduler/cost-model.js';
@@ -51,8 +53,9 @@ $H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" -
 $H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 | head -20
 $H run --model /tmp/sl --plan "$OUT/plan.json" --tokens /tmp/zipf.txt --domain 0 --batch 16 --gpu-mem "$BUDGET" --json > "$OUT/run.json"
 node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console.log('predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3))"
+fi
 
 step hybrid bench, $PRESET
-$H bench hybrid --model /tmp/sl --batches 1,16,256 --streams zipf --budgets ${BUDGETS:-0,0.25,1} --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
+$H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
 fi
 echo; echo "=== done ($(date +%T))"
