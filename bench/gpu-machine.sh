@@ -2,7 +2,8 @@
 # The whole-system run on the GPU machine (H100 + 16-core Xeon), one call of the device tool:
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo, agreement)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
-#   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf) and SKIP_PLACE=1.
+#   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf), SKIP_PLACE=1
+#   and HYBRID_NAME (the hybrid bench's output files, default hybrid).
 # Each part fits one device call (10 minutes); everything is written under $OUT.
 # It builds nothing (the addon and dist/ are carried from the development machine). Order: cheap and
 # essential first, so a run cut short still returns the foundation and runtime evidence.
@@ -56,6 +57,6 @@ node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console
 fi
 
 step hybrid bench, $PRESET
-$H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} --seconds 1 --json "$OUT/hybrid.json" --md "$OUT/hybrid.md" --chart "$OUT/hybrid.svg"
+$H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} --seconds 1 --json "$OUT/${HYBRID_NAME:-hybrid}.json" --md "$OUT/${HYBRID_NAME:-hybrid}.md" --chart "$OUT/${HYBRID_NAME:-hybrid}.svg"
 fi
 echo; echo "=== done ($(date +%T))"
