@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole-system run on the GPU machine (H100 + 16-core Xeon), one call of the device tool:
-#   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo, agreement)
+#   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
+#   source .gpu/enter.sh && bash bench/gpu-machine.sh 3        (part 3: agreement of CPU, GPU and hybrid with float64)
 #   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf), SKIP_PLACE=1
 #   and HYBRID_NAME (the hybrid bench's output files, default hybrid).
 # Each part fits one device call (10 minutes); everything is written under $OUT.
@@ -29,6 +30,9 @@ $H calibrate --json > "$OUT/calibration.json" && $H info | tail -12 && touch "$H
 step demo
 $H demo --json > "$OUT/demo.json"; tail -c 1500 "$OUT/demo.json"
 
+fi
+
+if [ "$PART" = 3 ]; then
 step agreement
 # Sparse synthesis prunes in JavaScript (~20 MB/s): every format on the small presets, dense on the big ones.
 $H bench agreement --presets tiny,fine --tokens 1,8 --json "$OUT/agreement.json" | tail -3
