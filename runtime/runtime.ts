@@ -60,7 +60,12 @@ export interface LayerStats {
   tokens: number
   gpuRows: number
   cpuRows: number
-  ms: { route: number; compute: number; combine: number; total: number }
+  /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
+   *  to its completion (they overlap; a side's time counts only in forwards where it had work). */
+  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number }
+  /** Forwards in which the CPU side, and the GPU side, had work. */
+  cpuForwards: number
+  gpuForwards: number
 }
 
 export interface RuntimeStats {
@@ -105,7 +110,7 @@ export class Runtime extends EventEmitter {
     this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
-    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, ms: { route: 0, compute: 0, combine: 0, total: 0 } }))
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0 } }))
   }
 
   /** @internal use createRuntime() */
@@ -224,12 +229,16 @@ export class Runtime extends EventEmitter {
       const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
       // The GPU's share first: it is queued synchronously, before a small CPU job occupies this
       // thread (the main thread joins small CPU jobs).
-      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal))
-      if (cpuWork.length) jobs.push(this.#cpu.run(cpuJob, options.signal))
+      let gpuDone = 0
+      let cpuDone = 0
+      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal).then(() => void (gpuDone = performance.now())))
+      const cpuJobs: Promise<void>[] = []
+      if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
-        jobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
+        cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
       }
+      if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
       const settled = await Promise.allSettled(jobs)
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
       if (failed) throw failed.reason
@@ -254,6 +263,8 @@ export class Runtime extends EventEmitter {
       st.ms.compute += tCompute - tRoute
       st.ms.combine += tEnd - tCompute
       st.ms.total += tEnd - t0
+      if (gpuDone) (st.gpuForwards++, (st.ms.gpu += gpuDone - tRoute))
+      if (cpuDone) (st.cpuForwards++, (st.ms.cpu += cpuDone - tRoute))
       return out
     } finally {
       for (const r of releases) r()

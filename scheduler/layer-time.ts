@@ -52,6 +52,19 @@ export class LayerTimeModel {
 
   /** Layer seconds with `onGpu` (a predicate or a set of expert ids) resident. */
   timeOf(onGpu: (e: number) => boolean): number {
+    const s = this.#sums(onGpu)
+    return this.time(s.cs, s.gs, s.cp, s.gp)
+  }
+
+  /** Expected seconds of each side's work per batch (its layer overhead included when it has work). */
+  sides(onGpu: (e: number) => boolean): { cpuS: number; gpuS: number } {
+    const { cs, gs, cp, gp } = this.#sums(onGpu)
+    const B = this.batchTokens
+    const busy = (share: number) => 1 - Math.pow(1 - Math.min(1, share), B)
+    return { cpuS: cs + (cp > 0 ? busy(cp) * this.cpuLayerS : 0), gpuS: gs + (gp > 0 ? busy(gp) * this.gpuLayerS : 0) }
+  }
+
+  #sums(onGpu: (e: number) => boolean): { cs: number; gs: number; cp: number; gp: number } {
     let cs = 0, gs = 0, cp = 0, gp = 0
     for (let e = 0; e < this.numExperts; e++) {
       if (onGpu(e)) {
@@ -62,6 +75,6 @@ export class LayerTimeModel {
         cp += this.share[e]
       }
     }
-    return this.time(cs, gs, cp, gp)
+    return { cs, gs, cp, gp }
   }
 }

@@ -2,7 +2,7 @@
 // what `hetmoe place` prints and writes. Predictions cover the expert (FFN) layers only.
 import type { ModelManifest } from '../experts/manifest.js'
 import { CostModel, expertShape, type ExpertShape } from './cost-model.js'
-import { planPlacement, predictBatchTime, type PlacementProblem } from './planner.js'
+import { layerModels, planPlacement, predictBatchTime, type PlacementProblem } from './planner.js'
 import { profileShares, type LoadProfile } from './profile.js'
 import { planStreaming } from './streaming.js'
 
@@ -21,7 +21,15 @@ export interface PlanDocument {
   batchTokens: number
   /** True when the planner provably found the optimum of its cost model. */
   exact: boolean
-  layers: { layer: number; gpuExperts: number[]; gpuBytes: number; gpuTokenShare: number }[]
+  layers: {
+    layer: number
+    gpuExperts: number[]
+    gpuBytes: number
+    gpuTokenShare: number
+    /** Expected milliseconds per batch of batchTokens: each side's work (its overhead included) and
+     *  the layer (the sides overlap); comparable with `hetmoe run`'s per-layer times. */
+    predictedMs: { cpu: number; gpu: number; layer: number }
+  }[]
   predicted: {
     /** Tokens/s of decode steps carrying `batchTokens` tokens each, expert layers only. */
     decodeTokensPerS: number
@@ -89,10 +97,14 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
   const none = experts.map(() => [] as number[])
   const cpuOnlyDecodeS = predictBatchTime(problem, none)
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
+  const models = layerModels(problem)
   const layers = placement.layers.map((l) => {
     const served = l.gpuExperts.reduce((s, e) => s + share[l.layer][e], 0)
     const all = share[l.layer].reduce((a, b) => a + b, 0)
-    return { layer: l.layer, gpuExperts: l.gpuExperts, gpuBytes: l.gpuBytes, gpuTokenShare: all > 0 ? served / all : 0, served }
+    const on = new Set(l.gpuExperts)
+    const side = models[l.layer].sides((e) => on.has(e))
+    const predictedMs = { cpu: 1e3 * side.cpuS, gpu: 1e3 * side.gpuS, layer: 1e3 * models[l.layer].timeOf((e) => on.has(e)) }
+    return { layer: l.layer, gpuExperts: l.gpuExperts, gpuBytes: l.gpuBytes, gpuTokenShare: all > 0 ? served / all : 0, predictedMs, served }
   })
   return {
     format: 'hetmoe-plan',

@@ -2,6 +2,8 @@
 // through the table of the level chosen at run time.
 #include "cpu/layer_job.h"
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -320,8 +322,9 @@ JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spi
     if (done >= total) return JobWait::Done;
     if (at(h + hAbort).load(std::memory_order_acquire)) return JobWait::Aborted;
     if (spinMicros >= 0) {
-      if ((i & 63) == 0 && nowMicros() >= until) return JobWait::Pending;
-      __builtin_ia32_pause();
+      // Yielding, not pausing: the workers finishing the last blocks may share this core.
+      if ((i & 7) == 0 && nowMicros() >= until) return JobWait::Pending;
+      sched_yield();
       continue;
     }
     // The finisher of a block wakes us only when it sees a waiter; the timeout re-checks abort.
