@@ -67,7 +67,6 @@ struct LayerArgs {
   long long ldo;
   const int* outRows;
   const float* scales;  // nullptr: 1
-  int wgFlags;          // large-batch kernel (moe_wgmma.cuh): bit 0 = metadata of the second k32 half by shuffle
 };
 
 __device__ __forceinline__ void mmaDense(float (&c)[4], const uint4& a, uint32_t b0, uint32_t b1) {

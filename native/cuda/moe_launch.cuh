@@ -70,13 +70,11 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 
 // When the large-batch kernel (moe_wgmma.cuh) runs: on a compute capability 9.0 device (its code is
 // built for sm_90a only), for a format group whose largest expert has at least `minTokens` tokens.
-// HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens; HETMOE_WGSPSEL=1 feeds the second
-// k32 half's sparse metadata by shuffle with selector 0 instead of selector 1.
+// HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
 struct WgOptions {
   bool enabled = false;
   int minTokens = 64;
   int numSMs = 1;
-  int flags = 0;
 };
 inline WgOptions wgOptionsFor(int device) {
   WgOptions o;
@@ -89,7 +87,6 @@ inline WgOptions wgOptionsFor(int device) {
   o.enabled = p.major == 9 && p.minor == 0;
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
-  if (const char* v = std::getenv("HETMOE_WGSPSEL")) o.flags |= std::atoi(v) == 1 ? 1 : 0;
   return o;
 }
 
@@ -293,7 +290,6 @@ class HostLaunchPlan {
       a.tokenRows = tokenRows;
       a.H = H;
       a.ldh = ldh;
-      a.wgFlags = wg_.flags;
       if (g.upItems && g.large) {
         a.B = Bnat;
         const int grid = std::min(g.upItems, wg_.numSMs);
@@ -319,7 +315,6 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      a.wgFlags = wg_.flags;
       if (g.dnItems && g.large) launchWg<kModeDown>(g.fmt, g.nDn, std::min(g.dnItems, wg_.numSMs), a, s);
       else if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
     }

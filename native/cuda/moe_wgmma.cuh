@@ -12,8 +12,7 @@
 // registers in the mma fragment layout the weights are stored in (which is the wgmma register-A
 // layout of one warp's 16 rows), B is read by the tensor cores through a shared-memory descriptor.
 // Sparse metadata: stored lanes 4g+{0,1} hold the first k32 half, 4g+{2,3} the second, so the two
-// wgmma.sp of a k64 step use sparsity selectors 0 and 1 (or, with wgFlags bit 0, selector 0 and the
-// metadata moved over with a shuffle).
+// wgmma.sp of a k64 step use sparsity selectors 0 and 1 (measured correct on the H100).
 // 75%: each stored row p serves output rows 2p (chunks whose select bit is 0) and 2p+1 (bit 1); the
 // kernel keeps one accumulator per output row and masks the A registers per 128-column chunk.
 // Outputs: the gated activation goes to H in natural column order (the large-batch down launch
@@ -23,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/moe_kernels.cuh"
 #include "cuda/wgmma_ops.cuh"
@@ -100,6 +100,15 @@ __device__ __forceinline__ void wgWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(K) : "memory");
 }
 __device__ __forceinline__ void fenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Pins a value in a register at this point of the program: whatever computes it is emitted before,
+// so no instruction defines a wgmma operand between wgmma.fence and the MMAs (ptxas would
+// otherwise inject fences or serialize the MMAs).
+__device__ __forceinline__ void pinReg(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+__device__ __forceinline__ void pinReg(uint64_t& x) { asm volatile("" : "+l"(x)::"memory"); }
+__device__ __forceinline__ void pinReg(int& x) { asm volatile("" : "+r"(x)::"memory"); }
+__device__ __forceinline__ void pinReg(uint4& v) {
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)::"memory");
+}
 template <int ACC>
 __device__ __forceinline__ void fenceAcc(float (&d)[ACC]) {
 #pragma unroll
@@ -129,8 +138,16 @@ template <int FMT, int MODE, int N>
 static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const LayerArgs args) {
 #if HETMOE_WGMMA_ENABLED
   using C = WgCfg<FMT, MODE, N>;
-  constexpr int S = C::STAGES, DIST = S - 2, NMAT = C::NMAT, NACC = C::NACC, ACC = C::ACC, P = C::P;
-  constexpr int BCH = N / 32;  // token rows each thread gathers per step (16-byte chunk tid&7 of each)
+  constexpr int S = C::STAGES, NMAT = C::NMAT, NACC = C::NACC, ACC = C::ACC, P = C::P;
+  // Steps per CTA barrier: two where the ring is deep enough. Loads run DIST steps ahead; a load
+  // group at step s refills the buffers of steps s-1-G .. s-2, whose MMAs are complete by then
+  // (every warpgroup waits for all but its last MMA group before it reaches the barrier).
+  constexpr int G = S >= 6 ? 2 : 1;
+  constexpr int DIST = S - 1 - G;
+  static_assert(DIST >= G, "pipeline too shallow");
+  constexpr int BCH = N / 32;                    // token rows each thread gathers per step (chunk tid&7 of each)
+  constexpr int CH = kWgMTiles * P * 32;         // 16-byte A-value chunks per matrix and step
+  constexpr int ACH = NMAT * CH / kWgThreads;    // of those, per thread
   extern __shared__ unsigned char smemRaw[];
   const uint32_t smemBase = (smemAddr(smemRaw) + 1023u) & ~1023u;
 
@@ -140,17 +157,17 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   const int kSteps = args.kSteps, mTiles = args.mTiles;
   const int myTiles = (args.numItems - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
   const int total = myTiles * kSteps;
-  const bool spselShuffle = (args.wgFlags & 1) != 0;
 
-  // ---- loader cursor: the step it loads next, and the tile that step belongs to ----
+  // ---- loader: per-thread source pointers of the tile being loaded (advanced by k per step) ----
   int lTile = -1, lKs = kSteps - 1;
-  int lMtBase = 0;
-  const uint4* lVals[NMAT];
-  const uint32_t* lMeta[NMAT];
-  const uint32_t* lSel[NMAT];
-  int bRow[BCH];
-  const int bc = tid & 7;             // 16-byte chunk of the 128-byte k64 slice of a token row
-  const int bSw = (bc ^ ((tid >> 3) & 7)) << 4;  // its swizzled place in the row
+  const __nv_bfloat16* bPtr[BCH];
+  const uint4* aPtr[ACH];
+  const uint4* mPtr = nullptr;
+  const uint32_t* sPtr = nullptr;
+  const int bc = tid & 7;                          // 16-byte chunk of the 128-byte k64 slice of a token row
+  const int bSw = (bc ^ ((tid >> 3) & 7)) << 4;    // its swizzled place in the row
+  const int metaQ = tid / (kWgMTiles * 8), metaRem = tid % (kWgMTiles * 8);
+  const int selQ = tid / kWgMTiles, selMi = tid % kWgMTiles;
 
   auto loadNext = [&](int stageBuf) {
     if (++lKs == kSteps) {
@@ -158,54 +175,45 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
       ++lTile;
       const WorkItem it = args.items[blockIdx.x + lTile * gridDim.x];
       const ExpDesc& ex = args.exps[it.e];
-      lMtBase = it.mBlock * kWgMTiles;
-#pragma unroll
-      for (int q = 0; q < NMAT; ++q) lVals[q] = ex.vals[q], lMeta[q] = ex.meta[q], lSel[q] = ex.sel[q];
+      const int mtBase = it.mBlock * kWgMTiles;
 #pragma unroll
       for (int i = 0; i < BCH; ++i) {
         int j = it.nStart + (tid >> 3) + 32 * i;
         if (j >= ex.n) j = ex.n - 1;
-        bRow[i] = args.tokenRows ? args.tokenRows[ex.tokOff + j] : ex.tokOff + j;
+        const long long row = args.tokenRows ? args.tokenRows[ex.tokOff + j] : ex.tokOff + j;
+        bPtr[i] = args.B + row * args.ldb + bc * 8;
+      }
+#pragma unroll
+      for (int i = 0; i < ACH; ++i) {
+        const int q = (i * kWgThreads) / CH;
+        const int rem = tid + i * kWgThreads - q * CH;
+        const int mt = min(mtBase + rem / (P * 32), mTiles - 1);
+        aPtr[i] = ex.vals[q] + (long long)mt * kSteps * P * 32 + rem % (P * 32);
+      }
+      if constexpr (FMT != kFmtDense) {
+        if (tid < NMAT * kWgMTiles * 8) {
+          const int mt = min(mtBase + (metaRem >> 3), mTiles - 1);
+          mPtr = reinterpret_cast<const uint4*>((metaQ == 0 ? ex.meta[0] : ex.meta[NMAT - 1]) + (long long)mt * kSteps * 32) +
+                 (metaRem & 7);
+        }
+      }
+      if constexpr (FMT == kFmt75) {
+        if (tid < NMAT * kWgMTiles) {
+          const int mt = min(mtBase + selMi, mTiles - 1);
+          sPtr = (selQ == 0 ? ex.sel[0] : ex.sel[NMAT - 1]) + (long long)mt * args.chunks;
+        }
       }
     }
     const uint32_t st = smemBase + stageBuf * C::STAGE;
     const int ks = lKs;
-    // B: token rows, gathered
 #pragma unroll
-    for (int i = 0; i < BCH; ++i) {
-      const int r = (tid >> 3) + 32 * i;
-      const __nv_bfloat16* src = args.B + (long long)bRow[i] * args.ldb + ks * 64 + bc * 8;
-      cpAsync16(st + r * 128 + bSw, src);
-    }
-    // A values: per matrix 8 tiles x P x 32 lanes x 16 bytes, contiguous per tile and step
-    constexpr int CH = kWgMTiles * P * 32;  // 16-byte chunks per matrix
+    for (int i = 0; i < BCH; ++i) cpAsync16(st + ((tid >> 3) + 32 * i) * 128 + bSw, bPtr[i] + ks * 64);
 #pragma unroll
-    for (int i = 0; i < NMAT * CH / kWgThreads; ++i) {
-      const int q = (i * kWgThreads) / CH;
-      const int rem = tid + i * kWgThreads - q * CH;
-      const int mi = rem / (P * 32), part = rem % (P * 32);
-      const int mt = min(lMtBase + mi, mTiles - 1);
-      const uint4* src = lVals[q] + ((long long)mt * kSteps + ks) * P * 32 + part;
-      cpAsync16(st + C::OFF_VALS + q * C::VALS_BYTES + rem * 16, src);
-    }
-    if constexpr (FMT != kFmtDense) {
-      if (tid < NMAT * kWgMTiles * 8) {
-        const int q = tid / (kWgMTiles * 8), rem = tid % (kWgMTiles * 8);
-        const int mi = rem >> 3, part = rem & 7;
-        const int mt = min(lMtBase + mi, mTiles - 1);
-        const uint32_t* mp = (NMAT == 1 || q == 0) ? lMeta[0] : lMeta[NMAT - 1];
-        const uint4* src = reinterpret_cast<const uint4*>(mp + ((long long)mt * kSteps + ks) * 32) + part;
-        cpAsync16(st + C::OFF_META + q * C::META_BYTES + rem * 16, src);
-      }
-    }
-    if constexpr (FMT == kFmt75) {
-      if (tid < NMAT * kWgMTiles) {
-        const int q = tid / kWgMTiles, mi = tid % kWgMTiles;
-        const int mt = min(lMtBase + mi, mTiles - 1);
-        const uint32_t* sp = (NMAT == 1 || q == 0) ? lSel[0] : lSel[NMAT - 1];
-        cpAsync4(st + C::OFF_SEL + q * C::SEL_BYTES + mi * 4, sp + (long long)mt * args.chunks + (ks >> 1));
-      }
-    }
+    for (int i = 0; i < ACH; ++i) cpAsync16(st + C::OFF_VALS + (tid + i * kWgThreads) * 16, aPtr[i] + ks * P * 32);
+    if constexpr (FMT != kFmtDense)
+      if (tid < NMAT * kWgMTiles * 8) cpAsync16(st + C::OFF_META + tid * 16, mPtr + ks * 8);
+    if constexpr (FMT == kFmt75)
+      if (tid < NMAT * kWgMTiles) cpAsync4(st + C::OFF_SEL + selQ * C::SEL_BYTES + selMi * 4, sPtr + (ks >> 1));
   };
 
   float acc[NACC][ACC];
@@ -213,7 +221,8 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   for (int k = 0; k < NACC; ++k)
 #pragma unroll
     for (int i = 0; i < ACC; ++i) acc[k][i] = 0.f;
-  // ---- prologue ----
+
+  // ---- prologue: DIST steps in flight ----
 #pragma unroll 1
   for (int s = 0; s < DIST; ++s) {
     if (s < total) loadNext(s);
@@ -222,99 +231,109 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
 
   int cBuf = 0, lBuf = DIST % S, step = 0;
   const int mi = wgi * 4 + wq;  // this warp's m16 tile within the CTA
+
+  // Waits for the next `cnt` steps' data and issues the loads of as many later steps.
+  auto syncAndLoad = [&](int cnt) {
+    cpAsyncWait<DIST - G>();
+    fenceProxyAsync();
+    __syncthreads();
 #pragma unroll 1
-  for (int tile = 0; tile < myTiles; ++tile) {
-#pragma unroll 1
-    for (int ks = 0; ks < kSteps; ++ks, ++step) {
-      cpAsyncWait<DIST - 1>();
-      fenceProxyAsync();
-      __syncthreads();
-      if (step + DIST < total) loadNext(lBuf);
+    for (int i = 0; i < cnt; ++i) {
+      if (step + i + DIST < total) loadNext(lBuf);
       cpAsyncCommit();
       if (++lBuf == S) lBuf = 0;
+    }
+  };
 
-      // ---- MMAs of this k64 step ----
-      const uint32_t st = smemBase + cBuf * C::STAGE;
-      if (++cBuf == S) cBuf = 0;
-      const uint64_t desc = descSw128(st);
-      const int scale0 = ks > 0 ? 1 : 0;
-      uint4 a[NMAT][P];
-      uint32_t m[NMAT];
+  // The wgmma register operands (A values, metadata) of two consecutive steps live in two register
+  // sets: a set is rewritten only after the MMAs that read it have completed (PTX forbids writing
+  // an operand register of a wgmma still in flight).
+  uint4 aR[2][NMAT][FMT == kFmt75 ? 4 : P];
+  uint32_t mR[2][NMAT];
+
+  auto mmaStep = [&](auto parity, int ks) {
+    constexpr int PAR = decltype(parity)::value;
+    const uint32_t st = smemBase + cBuf * C::STAGE;
+    if (++cBuf == S) cBuf = 0;
+    const uint64_t desc = descSw128(st);
+    const int scale0 = ks > 0 ? 1 : 0;
+    auto& a = aR[PAR];
+    auto& m = mR[PAR];
+    (void)m;
 #pragma unroll
-      for (int q = 0; q < NMAT; ++q) {
+    for (int q = 0; q < NMAT; ++q) {
+      if constexpr (FMT == kFmt75) {
+        // Per 128-column chunk each stored row's values belong to its even or its odd output row:
+        // a[q][0..1] feed the even accumulators, a[q][2..3] the odd ones.
+        const uint32_t sw = ldShared1(st + C::OFF_SEL + q * C::SEL_BYTES + mi * 4);
+        const uint32_t oLo = ((sw >> g) & 1u) ? 0xffffffffu : 0u, oHi = ((sw >> (g + 8)) & 1u) ? 0xffffffffu : 0u;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const uint4 v = ldShared4(st + C::OFF_VALS + q * C::VALS_BYTES + mi * P * 512 + j * 512 + lane * 16);
+          a[q][j] = make_uint4(v.x & ~oLo, v.y & ~oHi, v.z & ~oLo, v.w & ~oHi);
+          a[q][2 + j] = make_uint4(v.x & oLo, v.y & oHi, v.z & oLo, v.w & oHi);
+        }
+      } else {
 #pragma unroll
         for (int j = 0; j < P; ++j)
           a[q][j] = ldShared4(st + C::OFF_VALS + q * C::VALS_BYTES + mi * P * 512 + j * 512 + lane * 16);
-        if constexpr (FMT != kFmtDense) m[q] = ldShared1(st + C::OFF_META + q * C::META_BYTES + mi * 128 + lane * 4);
       }
-      if constexpr (FMT == kFmt75) {
-        // Per 128-column chunk, each stored row's values belong to its even or its odd output row.
-        uint4 vE[NMAT][2], vO[NMAT][2];
+      if constexpr (FMT != kFmtDense) m[q] = ldShared1(st + C::OFF_META + q * C::META_BYTES + mi * 128 + lane * 4);
+    }
+    // Operands pinned before the fence: descriptors of the k16 (dense) or k32 (sparse) slices, the
+    // scale flag of the first MMA of a tile, the A values and the metadata.
+    uint64_t dsc[4];
 #pragma unroll
-        for (int q = 0; q < NMAT; ++q) {
-          const uint32_t sw = ldShared1(st + C::OFF_SEL + q * C::SEL_BYTES + mi * 4);
-          const uint32_t oLo = ((sw >> g) & 1u) ? 0xffffffffu : 0u, oHi = ((sw >> (g + 8)) & 1u) ? 0xffffffffu : 0u;
+    for (int j = 0; j < 4; ++j) dsc[j] = desc + (FMT == kFmtDense ? 2 * j : 4 * j);
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const uint4 v = a[q][j];
-            vE[q][j] = make_uint4(v.x & ~oLo, v.y & ~oHi, v.z & ~oLo, v.w & ~oHi);
-            vO[q][j] = make_uint4(v.x & oLo, v.y & oHi, v.z & oLo, v.w & oHi);
-          }
-        }
-        if (!spselShuffle) {
-          wgFence();
+    for (int j = 0; j < 4; ++j) pinReg(dsc[j]);
+    int sc0 = scale0, one = 1;
+    pinReg(sc0);
+    pinReg(one);
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) {
-            wgSp<N, 0>(acc[2 * q], vE[q][0], desc, m[q], scale0);
-            wgSp<N, 0>(acc[2 * q + 1], vO[q][0], desc, m[q], scale0);
-          }
+    for (int q = 0; q < NMAT; ++q) {
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) {
-            wgSp<N, 1>(acc[2 * q], vE[q][1], desc + 4, m[q], 1);
-            wgSp<N, 1>(acc[2 * q + 1], vO[q][1], desc + 4, m[q], 1);
-          }
-        } else {
-          uint32_t m1[NMAT];
+      for (int j = 0; j < (FMT == kFmt75 ? 4 : P); ++j) pinReg(a[q][j]);
+      if constexpr (FMT != kFmtDense) pinReg(m[q]);
+    }
+    if constexpr (FMT == kFmtDense) {
+      wgFence();
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) m1[q] = __shfl_xor_sync(0xffffffffu, m[q], 2);
-          wgFence();
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) {
-            wgSp<N, 0>(acc[2 * q], vE[q][0], desc, m[q], scale0);
-            wgSp<N, 0>(acc[2 * q + 1], vO[q][0], desc, m[q], scale0);
-          }
+        for (int q = 0; q < NMAT; ++q) wgDense<N>(acc[q], a[q][j], dsc[j], j ? one : sc0);
+    } else {
+      constexpr int SETS = FMT == kFmt75 ? 2 : 1;  // accumulator sets per matrix (75%: even, odd)
+      wgFence();
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) {
-            wgSp<N, 0>(acc[2 * q], vE[q][1], desc + 4, m1[q], 1);
-            wgSp<N, 0>(acc[2 * q + 1], vO[q][1], desc + 4, m1[q], 1);
-          }
-        }
-      } else if constexpr (FMT == kFmt24) {
-        if (!spselShuffle) {
-          wgFence();
+      for (int q = 0; q < NMAT; ++q)
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) wgSp<N, 0>(acc[q], a[q][0], desc, m[q], scale0);
+        for (int e = 0; e < SETS; ++e) wgSp<N, 0>(acc[SETS * q + e], a[q][2 * e], dsc[0], m[q], sc0);
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) wgSp<N, 1>(acc[q], a[q][1], desc + 4, m[q], 1);
-        } else {
-          uint32_t m1[NMAT];
+      for (int q = 0; q < NMAT; ++q)
 #pragma unroll
-          for (int q = 0; q < NMAT; ++q) m1[q] = __shfl_xor_sync(0xffffffffu, m[q], 2);
-          wgFence();
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) wgSp<N, 0>(acc[q], a[q][0], desc, m[q], scale0);
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) wgSp<N, 0>(acc[q], a[q][1], desc + 4, m1[q], 1);
-        }
-      } else {
-        wgFence();
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int q = 0; q < NMAT; ++q) wgDense<N>(acc[q], a[q][j], desc + 2 * j, j ? 1 : scale0);
+        for (int e = 0; e < SETS; ++e) wgSp<N, 1>(acc[SETS * q + e], a[q][2 * e + 1], dsc[1], m[q], one);
+    }
+    wgCommit();
+    // Dense: ptxas serializes its four k16 MMAs per step when the next step's A registers are
+    // written with one group still in flight (C7513), so dense waits for its own group; the sparse
+    // formats keep one group in flight.
+    if constexpr (FMT == kFmtDense) wgWait<0>();
+    else wgWait<1>();
+    ++step;
+  };
+
+#pragma unroll 1
+  for (int tile = 0; tile < myTiles; ++tile) {
+#pragma unroll 1
+    for (int ks = 0; ks < kSteps; ks += 2) {
+      const bool two = ks + 1 < kSteps;
+      syncAndLoad(G == 2 && two ? 2 : 1);
+      mmaStep(std::integral_constant<int, 0>{}, ks);
+      if (two) {
+        if constexpr (G == 1) syncAndLoad(1);
+        mmaStep(std::integral_constant<int, 1>{}, ks + 1);
       }
-      wgCommit();
-      wgWait<1>();
     }
 
     // ---- epilogue of the tile ----
