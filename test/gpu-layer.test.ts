@@ -252,8 +252,9 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   const r = rng(99)
   // Token counts: 0, 1, 7, 9, 17, 33, 40, 100 ... (not multiples of 8/16/32); one expert gets 0.
   // The last two sets reach the large-batch kernel (sm_90: format groups whose largest expert has
-  // >= 64 tokens, see moe_launch.cuh), with counts that are not multiples of its 64/128/256-token
-  // tiles, 0- and 1-token experts in a large group, and 63 next to 64 at the switch-over.
+  // >= 32 tokens, see moe_launch.cuh), with counts that are not multiples of its 64/128/256-token
+  // tiles and 0- and 1-token experts in a large group. bench/gpu/device-run.sh also runs this file
+  // with HETMOE_WGMMA_MIN=1 (every group on the large-batch kernel).
   const counts = [
     [0, 3, 9, 17, 1, 33, 40, 7],
     [100, 0, 5, 0, 64, 2, 13, 31],

@@ -232,11 +232,17 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   int cBuf = 0, lBuf = DIST % S, step = 0;
   const int mi = wgi * 4 + wq;  // this warp's m16 tile within the CTA
 
-  // Waits for the next `cnt` steps' data and issues the loads of as many later steps.
-  auto syncAndLoad = [&](int cnt) {
+  // Waits until the data of the next steps has landed and is visible to every thread (and to the
+  // tensor cores' async proxy).
+  auto syncData = [&]() {
     cpAsyncWait<DIST - G>();
     fenceProxyAsync();
     __syncthreads();
+  };
+  // Issues the loads of `cnt` later steps. Called after a step's MMAs are issued (so the tensor
+  // cores start first): the buffers it refills belong to steps <= s-2, whose MMAs every warpgroup
+  // retired before the barrier.
+  auto issueLoads = [&](int cnt) {
 #pragma unroll 1
     for (int i = 0; i < cnt; ++i) {
       if (step + i + DIST < total) loadNext(lBuf);
@@ -251,7 +257,7 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   uint4 aR[2][NMAT][FMT == kFmt75 ? 4 : P];
   uint32_t mR[2][NMAT];
 
-  auto mmaStep = [&](auto parity, int ks) {
+  auto mmaStep = [&](auto parity, int ks, int loads) {
     constexpr int PAR = decltype(parity)::value;
     const uint32_t st = smemBase + cBuf * C::STAGE;
     if (++cBuf == S) cBuf = 0;
@@ -315,6 +321,7 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
         for (int e = 0; e < SETS; ++e) wgSp<N, 1>(acc[SETS * q + e], a[q][2 * e + 1], dsc[1], m[q], one);
     }
     wgCommit();
+    issueLoads(loads);
     // Dense: ptxas serializes its four k16 MMAs per step when the next step's A registers are
     // written with one group still in flight (C7513), so dense waits for its own group; the sparse
     // formats keep one group in flight.
@@ -328,11 +335,11 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
 #pragma unroll 1
     for (int ks = 0; ks < kSteps; ks += 2) {
       const bool two = ks + 1 < kSteps;
-      syncAndLoad(G == 2 && two ? 2 : 1);
-      mmaStep(std::integral_constant<int, 0>{}, ks);
+      syncData();
+      mmaStep(std::integral_constant<int, 0>{}, ks, G == 2 && two ? 2 : 1);
       if (two) {
-        if constexpr (G == 1) syncAndLoad(1);
-        mmaStep(std::integral_constant<int, 1>{}, ks + 1);
+        if constexpr (G == 1) syncData();
+        mmaStep(std::integral_constant<int, 1>{}, ks + 1, G == 2 ? 0 : 1);
       }
     }
 
