@@ -71,7 +71,7 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 // When the large-batch kernel (moe_wgmma.cuh) runs: on a compute capability 9.0 device (its code is
 // built for sm_90a only), for a format group whose largest expert has at least `minTokens` tokens.
 // 32: on the H100 (mixtral shape) it beat the mma kernel at 32 tokens/expert (2:4 0.59 vs 0.62 ms,
-// 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.34 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
+// 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.35 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
 // HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
 struct WgOptions {
   bool enabled = false;

@@ -8,15 +8,19 @@
 //   [B: N token rows x 128 bytes, 128B-swizzled, K-major][A vals per matrix: 8 tiles in fragment
 //    order, as stored][A meta per matrix][75%: select masks per matrix]
 // filled with cp.async (16 B; the token rows are gathered through the selection array on load),
-// STAGES deep, loads running STAGES-2 steps ahead of the MMAs. A is read from shared memory into
-// registers in the mma fragment layout the weights are stored in (which is the wgmma register-A
-// layout of one warp's 16 rows), B is read by the tensor cores through a shared-memory descriptor.
+// STAGES (4-8) deep, loads running 2-5 steps ahead of the MMAs, one CTA barrier per step (per two
+// steps where the ring has >= 6 stages), each step's loads issued right after its MMAs. A is read
+// from shared memory into registers in the mma fragment layout the weights are stored in (which is
+// the wgmma register-A layout of one warp's 16 rows), alternating between two register sets so no
+// operand register of an MMA in flight is rewritten; B is read by the tensor cores through a
+// shared-memory descriptor.
 // Sparse metadata: stored lanes 4g+{0,1} hold the first k32 half, 4g+{2,3} the second, so the two
 // wgmma.sp of a k64 step use sparsity selectors 0 and 1 (measured correct on the H100).
 // 75%: each stored row p serves output rows 2p (chunks whose select bit is 0) and 2p+1 (bit 1); the
 // kernel keeps one accumulator per output row and masks the A registers per 128-column chunk.
 // Outputs: the gated activation goes to H in natural column order (the large-batch down launch
 // reads it so); the down projection is scaled and scattered to its output rows.
+// Measured on the H100 (mixtral shape): bench/results/gpu-h100-2026-11-25.md.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
