@@ -20,6 +20,7 @@ interface Row {
   speedupVsCusparselt: number | null
   checkRelErr?: number
   checkedAgainst?: string
+  path?: string
 }
 
 const presets: Record<string, { E: number; D: number; F: number; topK: number }> = {
@@ -30,7 +31,7 @@ const presets: Record<string, { E: number; D: number; F: number; topK: number }>
 }
 
 export const WHAT_IS_MEASURED = [
-  'hetmoe: two launches per layer (gate+up fused with SwiGLU, then down); hidden rows gathered through the selection array on load, outputs scaled and scattered to their rows on store; weights pre-packed once.',
+  'hetmoe: two launches per layer (gate+up fused with SwiGLU, then down); hidden rows gathered through the selection array on load, outputs scaled and scattered to their rows on store; weights pre-packed once. path: mma = the register-tiled mma.sp kernel (small batches), wgmma = the sm_90a large-batch kernel (cp.async shared-memory pipeline, wgmma.mma_async.sp; used where the largest expert has >= HETMOE_WGMMA_MIN tokens, default 32).',
   'cublas: gather of the routed rows into a compact buffer (1 kernel), per expert one cublasGemmEx for gate|up (bf16 in, fp32 accumulate, bf16 out), SwiGLU (1 kernel), per expert one cublasGemmEx for down (fp32 out), scale+scatter (1 kernel).',
   'cusparselt: gather into per-expert buffers padded to 16 tokens (1 kernel), per expert cusparseLtMatmul gate|up (2:4 weights compressed once, plans made once per size, default algorithm, bf16 out), SwiGLU, cusparseLtMatmul down (bf16 out), scale+transpose+scatter.',
   'All times: median of CUDA-event times per layer call after warm-up; two hidden buffers alternate between calls; weights (>= 1 GB in these presets) do not fit in L2.',
@@ -53,7 +54,7 @@ function fmt(v: number | null | undefined, digits = 2): string {
 export function formatTable(rows: Row[]): string {
   const head = ['kernel', 'format', 'tok/exp', 'ms', 'TFLOP/s', 'weight GB/s', 'vs cuBLAS', 'vs cuSPARSELt', 'check']
   const lines = rows.map((r) => [
-    r.kernel,
+    r.path ? `${r.kernel} (${r.path})` : r.kernel,
     r.format,
     String(r.tokensPerExpert),
     fmt(r.ms, 4),

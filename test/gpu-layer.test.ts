@@ -251,11 +251,21 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
 
   const r = rng(99)
   // Token counts: 0, 1, 7, 9, 17, 33, 40, 100 ... (not multiples of 8/16/32); one expert gets 0.
-  const counts = [[0, 3, 9, 17, 1, 33, 40, 7], [100, 0, 5, 0, 64, 2, 13, 31], [1, 1, 1, 1, 1, 1, 1, 1]]
+  // The last two sets reach the large-batch kernel (sm_90: format groups whose largest expert has
+  // >= 32 tokens, see moe_launch.cuh), with counts that are not multiples of its 64/128/256-token
+  // tiles and 0- and 1-token experts in a large group. bench/gpu/device-run.sh also runs this file
+  // with HETMOE_WGMMA_MIN=1 (every group on the large-batch kernel).
+  const counts = [
+    [0, 3, 9, 17, 1, 33, 40, 7],
+    [100, 0, 5, 0, 64, 2, 13, 31],
+    [1, 1, 1, 1, 1, 1, 1, 1],
+    [300, 1100, 0, 65, 1100, 300, 257, 129],
+    [64, 63, 1100, 1, 300, 0, 77, 1100],
+  ]
   for (let round = 0; round < counts.length * 2; round++) {
     const useArena = round % 2 === 0
     const cnt = counts[Math.floor(round / 2)]
-    const T = 120
+    const T = Math.max(120, Math.max(...cnt))
     const totalSel = cnt.reduce((a, b) => a + b, 0)
     const outRowsN = totalSel + 17 // extra rows that must stay untouched
     const lease = useArena ? arena.lease(4 * D * (T + outRowsN)) : undefined

@@ -69,7 +69,8 @@ struct Backend {
   bool closed = false;
   // scratch
   DevBuf<float> hidF32;
-  DevBuf<__nv_bfloat16> hidBf16, H;
+  DevBuf<__nv_bfloat16> hidBf16, hidBf16Nat, H;
+  WgOptions wg;  // when the large-batch kernel runs (moe_launch.cuh)
   DevBuf<float> out;
   DevBuf<float> outCompact;
   DevBuf<char> args;
@@ -213,6 +214,7 @@ int open(int device, size_t budgetBytes) {
   check(cudaMemGetInfo(&freeB, &totalB), "reading free device memory");
   b->budget = budgetBytes ? budgetBytes : size_t(double(freeB) * 0.8);
   if (const char* v = std::getenv("HETMOE_SPMETA")) b->metaVariant = std::atoi(v) == 1 ? 1 : 0;
+  b->wg = wgOptionsFor(device);
   check(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "creating a CUDA stream");
   for (auto& e : b->ev) check(cudaEventCreate(&e), "creating CUDA events");
   std::lock_guard<std::mutex> l(gMu);
@@ -240,6 +242,7 @@ void close(int h) {
   for (const Registered& r : b->registered) cudaHostUnregister(r.p);
   b->hidF32.release();
   b->hidBf16.release();
+  b->hidBf16Nat.release();
   b->H.release();
   b->out.release();
   b->outCompact.release();
@@ -420,7 +423,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     if (s.le->n > 0) groups[{s.e->format, s.e->ffn, s.e->F}].push_back(&s);
 
   HostLaunchPlan plan;
-  plan.begin(S);
+  plan.begin(S, b.wg);
   for (auto& kv : groups) {
     const int fmt = std::get<0>(kv.first), ffn = std::get<1>(kv.first);
     std::vector<GroupExpert> ge;
@@ -450,6 +453,8 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
   plan.write(hp + idxBytes, dp + idxBytes);
 
   b.hidBf16.ensure(size_t(T) * D, "allocating the device hidden buffer");
+  const bool natural = plan.needsNaturalHidden();
+  if (natural) b.hidBf16Nat.ensure(size_t(T) * D, "allocating the device hidden buffer (natural order)");
   b.H.ensure(size_t(S) * maxF, "allocating the intermediate activations");
   b.out.ensure(size_t(outRowsTotal) * D, "allocating the device output buffer");
 
@@ -470,10 +475,11 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     std::memcpy(b.pinned, hidden, hidBytes);
     check(cudaMemcpyAsync(b.hidF32.p, b.pinned, hidBytes, cudaMemcpyHostToDevice, b.stream), "copying hidden states (staged)");
   }
-  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, D, b.stream);
+  launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, D, b.stream, natural ? b.hidBf16Nat.p : nullptr);
   check(cudaGetLastError(), "launching the hidden-state conversion");
   check(cudaEventRecord(b.ev[1], b.stream), "recording an event");
-  plan.launchAll(b.hidBf16.p, D, dTok, b.H.p, maxF, b.out.p, D, dOutRows, dScale, b.stream);
+  plan.launchAll(b.hidBf16.p, natural ? b.hidBf16Nat.p : nullptr, D, dTok, b.H.p, maxF, b.out.p, D, dOutRows, dScale,
+                 b.stream);
   check(cudaGetLastError(), "launching the expert kernels");
   check(cudaEventRecord(b.ev[2], b.stream), "recording an event");
   if (outReg) {

@@ -447,6 +447,7 @@ std::string runBench(const BenchOptions& o) {
   std::vector<std::string> notes;
   DevAllocs mem;
   const int metaVariant = std::getenv("HETMOE_SPMETA") && std::atoi(std::getenv("HETMOE_SPMETA")) == 1 ? 1 : 0;
+  const WgOptions wgOpts = wgOptionsFor(o.device);
 
   // Dense weights: per expert gate|up [2F][D] (one matrix, so cuBLAS does one GEMM) and down [D][F].
   std::vector<__nv_bfloat16*> wGU(E), wDn(E);
@@ -736,12 +737,13 @@ std::string runBench(const BenchOptions& o) {
     }
 
     auto emit = [&](const std::string& kernel, const std::string& format, double ms, double wbytes, double relErr,
-                    const std::string& vs) {
+                    const std::string& vs, const char* path = nullptr) {
       res << (first ? "" : ",\n") << "{\"kernel\":" << jsonStr(kernel) << ",\"format\":" << jsonStr(format)
           << ",\"tokensPerExpert\":" << n << ",\"ms\":" << num(ms) << ",\"tflops\":" << num(flops / (ms * 1e-3) / 1e12)
           << ",\"weightGBps\":" << num(wbytes / (ms * 1e-3) / 1e9) << ",\"speedupVsCublas\":" << num(cublasMs / ms)
           << ",\"speedupVsCusparselt\":" << num(ltMs / ms);
       if (std::isfinite(relErr)) res << ",\"checkRelErr\":" << num(relErr) << ",\"checkedAgainst\":" << jsonStr(vs);
+      if (path) res << ",\"path\":" << jsonStr(path);
       res << "}";
       first = false;
     };
@@ -758,13 +760,13 @@ std::string runBench(const BenchOptions& o) {
         ge[e].n = n;
       }
       HostLaunchPlan plan;
-      plan.begin(int(S));
+      plan.begin(int(S), wgOpts);
       plan.addGroup(f.fmt, kSwiGLU, ge);
       char* dPlan = dalloc<char>(plan.bytes(), "launch plan");
       std::vector<char> hPlan(plan.bytes());
       plan.write(hPlan.data(), dPlan);
       check(cudaMemcpy(dPlan, hPlan.data(), plan.bytes(), cudaMemcpyHostToDevice), "copying the launch plan");
-      auto run = [&](int rep) { plan.launchAll(hidP[rep & 1], D, dTok, H, F, out, D, dOut, dScl, s); };
+      auto run = [&](int rep) { plan.launchAll(hidP[rep & 1], hid[rep & 1], D, dTok, H, F, out, D, dOut, dScl, s); };
       check(cudaMemsetAsync(out, 0xff, outElems * 4, s), "poisoning outputs");
       run(0);
       check(cudaStreamSynchronize(s), "running the hetmoe kernel (" + f.name + ")");
@@ -782,7 +784,7 @@ std::string runBench(const BenchOptions& o) {
         }
       }
       const double ms = timer.median(run, o.minReps, o.targetSecondsPerPoint);
-      emit("hetmoe", f.name, ms, f.weightBytes, relErr, vs);
+      emit("hetmoe", f.name, ms, f.weightBytes, relErr, vs, plan.pathName());
       cudaFree(dPlan);
     }
     cudaFree(dTok);

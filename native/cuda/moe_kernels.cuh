@@ -399,13 +399,17 @@ static __global__ void repackSelectKernel(const uint8_t* src, int srows, int chu
   }
 }
 
-// fp32 rows -> bf16 rows in the k-permuted layout the kernels read (row length D % 64 == 0).
-static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count, int D) {
+// fp32 rows -> bf16 rows in the k-permuted layout the mma kernels read (row length D % 64 == 0), and
+// optionally also in natural order (what the large-batch wgmma kernel reads).
+static __global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, long long count, int D,
+                                    __nv_bfloat16* dstNatural) {
   for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 2; i < count; i += (long long)gridDim.x * blockDim.x * 2) {
     const float2 v = *reinterpret_cast<const float2*>(src + i);
     const long long row = i / D;
     const int k = int(i - row * D);
-    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = __floats2bfloat162_rn(v.x, v.y);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(v.x, v.y);
+    *reinterpret_cast<__nv_bfloat162*>(dst + row * D + kPermute(k)) = b;
+    if (dstNatural) *reinterpret_cast<__nv_bfloat162*>(dstNatural + i) = b;
   }
 }
 

@@ -4,12 +4,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "cuda/gpu_backend.h"
 #include "cuda/moe_kernels.cuh"
+#include "cuda/moe_wgmma.cuh"
 
 namespace hetmoe {
 namespace gpu {
@@ -59,9 +61,62 @@ inline void repackOnDevice(const DevWeights& w, const void* srcVals, int dtype, 
   check(cudaGetLastError(), "launching the weight repack");
 }
 
-// fp32 [rows][D] -> bf16 k-permuted rows (what the projection kernels read as B).
-inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
-  toBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
+// fp32 [rows][D] -> bf16 k-permuted rows (what the mma kernels read as B), and natural-order rows
+// too where dstNatural is given (what the large-batch wgmma kernel reads).
+inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s,
+                         __nv_bfloat16* dstNatural = nullptr) {
+  toBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D, dstNatural);
+}
+
+// When the large-batch kernel (moe_wgmma.cuh) runs: on a compute capability 9.0 device (its code is
+// built for sm_90a only), for a format group whose largest expert has at least `minTokens` tokens.
+// 32: on the H100 (mixtral shape) it beat the mma kernel at 32 tokens/expert (2:4 0.59 vs 0.62 ms,
+// 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.35 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
+// HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
+struct WgOptions {
+  bool enabled = false;
+  int minTokens = 32;
+  int numSMs = 1;
+};
+inline WgOptions wgOptionsFor(int device) {
+  WgOptions o;
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    cudaGetLastError();
+    return o;
+  }
+  o.numSMs = p.multiProcessorCount;
+  o.enabled = p.major == 9 && p.minor == 0;
+  if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
+  if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
+  return o;
+}
+
+template <int FMT, int MODE, int N>
+inline void launchWgN(int grid, const LayerArgs& a, cudaStream_t s) {
+  using C = WgCfg<FMT, MODE, N>;
+  static bool attrSet = false;  // per device would be stricter; one device per process in practice
+  if (!attrSet) {
+    check(cudaFuncSetAttribute(moeWgmmaKernel<FMT, MODE, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+          "raising the shared-memory limit of the large-batch kernel");
+    attrSet = true;
+  }
+  moeWgmmaKernel<FMT, MODE, N><<<grid, kWgThreads, C::SMEM, s>>>(a);
+}
+template <int FMT, int MODE>
+inline void launchWgFmt(int n, int grid, const LayerArgs& a, cudaStream_t s) {
+  constexpr int cap = 256 / wgAccSets(FMT, MODE);
+  if (n >= 256 && cap >= 256) launchWgN<FMT, MODE, (cap >= 256 ? 256 : 64)>(grid, a, s);
+  else if (n >= 128 && cap >= 128) launchWgN<FMT, MODE, (cap >= 128 ? 128 : 64)>(grid, a, s);
+  else launchWgN<FMT, MODE, 64>(grid, a, s);
+}
+template <int MODE>
+inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s) {
+  switch (fmt) {
+    case kFmtDense: launchWgFmt<kFmtDense, MODE>(n, grid, a, s); break;
+    case kFmt24: launchWgFmt<kFmt24, MODE>(n, grid, a, s); break;
+    default: launchWgFmt<kFmt75, MODE>(n, grid, a, s); break;
+  }
 }
 inline void launchPermuteBf16(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
   permuteBf16Kernel<<<gridFor(count / 2 + 1, 256), 256, 0, s>>>(src, dst, count, D);
@@ -119,11 +174,21 @@ inline int chooseNT(int maxN, int fmt, bool twoMatrices) {
 // launch and one down launch over all its experts.
 class HostLaunchPlan {
  public:
-  void begin(int totalSelections) {
+  void begin(int totalSelections, const WgOptions& wg = WgOptions()) {
     groups_.clear();
     blob_.clear();
     S_ = totalSelections;
+    wg_ = wg;
   }
+
+  // Whether some group runs the large-batch kernel (it reads hidden rows in natural order).
+  bool needsNaturalHidden() const {
+    for (const Group& g : groups_)
+      if (g.large) return true;
+    return false;
+  }
+  // "wgmma" or "mma" for the first group (the bench has one group).
+  const char* pathName() const { return !groups_.empty() && groups_[0].large ? "wgmma" : "mma"; }
 
   void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
     Group g;
@@ -133,6 +198,12 @@ class HostLaunchPlan {
     for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
     g.ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU);
     g.ntDn = chooseNT(maxN, fmt, false);
+    g.large = wg_.enabled && maxN >= wg_.minTokens;
+    const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+    if (g.large) {
+      g.nUp = wgChooseN(fmt, upMode, maxN);
+      g.nDn = wgChooseN(fmt, kModeDown, maxN);
+    }
     const DevWeights& up0 = *ex[0].up;
     const DevWeights& dn0 = *ex[0].down;
     g.upMTiles = up0.mTiles;
@@ -159,7 +230,23 @@ class HostLaunchPlan {
       u.n = d.n = e.n;
       upD.push_back(u);
       dnD.push_back(d);
-      const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+      if (g.large) {
+        // 128-row blocks x N-token tiles, in groups of kGroup row blocks with the row block innermost:
+        // the CTAs that run together cover a few row blocks by many token tiles, so each weight
+        // block and each token tile comes from DRAM about once and is shared through L2.
+        constexpr int kGroup = 8;
+        auto addLarge = [&](std::vector<WorkItem>& v, int mTiles, int nTile) {
+          const int mb = (mTiles + kWgMTiles - 1) / kWgMTiles;
+          for (int m0 = 0; m0 < mb; m0 += kGroup)
+            for (int n0 = 0; n0 < e.n; n0 += nTile)
+              for (int m = m0; m < std::min(mb, m0 + kGroup); ++m) v.push_back({int(i), m, n0, 0});
+        };
+        if (e.n > 0) {
+          addLarge(upI, g.upMTiles, g.nUp);
+          addLarge(dnI, g.dnMTiles, g.nDn);
+        }
+        continue;
+      }
       const int wUp = warpsFor(g.ntUp) * mtFor(g.ntUp, fmt, upMode), wDn = warpsFor(g.ntDn) * mtFor(g.ntDn, fmt, kModeDown);
       const int upMB = (g.upMTiles + wUp - 1) / wUp;
       const int dnMB = (g.dnMTiles + wDn - 1) / wDn;
@@ -186,10 +273,12 @@ class HostLaunchPlan {
     dev_ = d;
   }
 
-  // B: bf16 hidden [*, ldb], k-permuted rows (kPermute); tokenRows: hidden row of each selection; H: [S, ldh] bf16 scratch;
-  // out: fp32 [*, ldo] scattered by outRows, scaled by scales.
-  void launchAll(const __nv_bfloat16* B, long long ldb, const int* tokenRows, __nv_bfloat16* H, long long ldh,
-                 float* out, long long ldo, const int* outRows, const float* scales, cudaStream_t s) const {
+  // B: bf16 hidden [*, ldb], k-permuted rows (kPermute); Bnat: the same rows in natural order (read by
+  // large-batch groups; may be null when needsNaturalHidden() is false); tokenRows: hidden row of each
+  // selection; H: [S, ldh] bf16 scratch; out: fp32 [*, ldo] scattered by outRows, scaled by scales.
+  void launchAll(const __nv_bfloat16* B, const __nv_bfloat16* Bnat, long long ldb, const int* tokenRows,
+                 __nv_bfloat16* H, long long ldh, float* out, long long ldo, const int* outRows, const float* scales,
+                 cudaStream_t s) const {
     for (const Group& g : groups_) {
       LayerArgs a{};
       a.exps = reinterpret_cast<const ExpDesc*>(dev_ + g.offUpD);
@@ -203,7 +292,12 @@ class HostLaunchPlan {
       a.tokenRows = tokenRows;
       a.H = H;
       a.ldh = ldh;
-      if (g.upItems) {
+      if (g.upItems && g.large) {
+        a.B = Bnat;
+        const int grid = std::min(g.upItems, wg_.numSMs);
+        if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, g.nUp, grid, a, s);
+        else launchWg<kModeGeLU>(g.fmt, g.nUp, grid, a, s);
+      } else if (g.upItems) {
         if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.ntUp, g.upItems, a, s);
         else launchProj<kModeGeLU>(g.fmt, g.ntUp, g.upItems, a, s);
       }
@@ -223,13 +317,16 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
+      if (g.dnItems && g.large) launchWg<kModeDown>(g.fmt, g.nDn, std::min(g.dnItems, wg_.numSMs), a, s);
+      else if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
     }
   }
 
  private:
   struct Group {
     int fmt, ffn, ntUp, ntDn, F;
+    bool large = false;  // the large-batch wgmma kernel (H in natural column order)
+    int nUp = 0, nDn = 0;  // its token tiles
     int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
     int upItems, dnItems;
     size_t offUpD, offDnD, offUpI, offDnI;
@@ -244,6 +341,7 @@ class HostLaunchPlan {
   std::vector<char> blob_;
   char* dev_ = nullptr;
   int S_ = 0;
+  WgOptions wg_;
 };
 
 }  // namespace gpu
