@@ -22,6 +22,8 @@ import { calibrationCachePath, loadCalibration, readCalibration, thisMachine, ty
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
+/** Tiny experts per call in the per-expert overhead probe. */
+const TINY_K = 8
 // 16 experts of ~48 MB (dense): a window rotating over 768 MB keeps a 300 MB L3 (and the GPU's L2) from
 // serving the timed weights.
 const EXPERTS = 16
@@ -118,26 +120,35 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const cpuProbes: Partial<Record<FormatKey, Probe>> = {}
     let pcie: CalibrationProbes['pcie']
     if (gpuOk) gpu = GpuBackend.open({ arena, warn: log })
-    const tinyDir = join(cacheDir(), 'calibration-models', 'overhead')
+    // Tiny experts (arithmetic negligible): one per call gives the per-layer cost; TINY_K per call
+    // the cost each further expert adds.
+    const tinyDir = join(cacheDir(), 'calibration-models', 'overhead-v2')
     if (!existsSync(join(tinyDir, MANIFEST_FILE)))
-      await synthModel({ preset: { name: 'calibration-overhead', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu', routing: { kind: 'gate', experts: 1, topK: 1, normalize: false }, vocabSize: 1000 }, out: tinyDir, overwrite: true })
+      await synthModel({ preset: { name: 'calibration-overhead', layers: 1, hidden: 64, inner: 128, ffn: 'swiglu', routing: { kind: 'gate', experts: EXPERTS, topK: 1, normalize: false }, vocabSize: 1000 }, out: tinyDir, overwrite: true })
     const tiny = await loadModel(tinyDir)
     models.push(tiny)
     const tinyRig = rig(tiny, arena)
-    const cpuOverhead = layerOverheadProbe(() => new CpuBackend(crew, arena, tiny).run(tinyRig.work(1, 1)))
+    const tinyCpu = new CpuBackend(crew, arena, tiny)
+    const cpuOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(1, 1)))
+    const cpuManyOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(TINY_K, 1)))
+    const cpuExpertOverhead = async () => ((await cpuManyOverhead()) - (await cpuOverhead())) / (TINY_K - 1)
     let gpuOverhead: (() => Promise<number>) | undefined
+    let gpuExpertOverhead: (() => Promise<number>) | undefined
     if (gpu) {
       const g = new GpuExperts(gpu, tiny, arena)
-      const probe = layerOverheadProbe(() => g.run(tinyRig.work(1, 1)))
+      const one = layerOverheadProbe(() => g.run(tinyRig.work(1, 1)))
+      const many = layerOverheadProbe(() => g.run(tinyRig.work(TINY_K, 1)))
       // Uploaded only while measured: the format probes below use the same (layer 0, expert e) keys.
-      gpuOverhead = async () => {
-        g.upload(0, 0)
+      const resident = async <T>(f: () => Promise<T>): Promise<T> => {
+        for (let e = 0; e < TINY_K; e++) g.upload(0, e)
         try {
-          return await probe()
+          return await f()
         } finally {
-          g.evict(0, 0)
+          for (let e = 0; e < TINY_K; e++) g.evict(0, e)
         }
       }
+      gpuOverhead = () => resident(one)
+      gpuExpertOverhead = () => resident(async () => ((await many()) - (await one())) / (TINY_K - 1))
     }
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
@@ -186,8 +197,8 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
-      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead }, pcie } : {}),
+      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

@@ -38,6 +38,13 @@ export interface DeviceProbes {
   formats: Partial<Record<FormatKey, Probe>>
   /** Seconds of the fixed per-layer cost (dispatch + barrier, or launch + sync) with no work. */
   layerOverhead?: () => number | Promise<number>
+  /** Seconds each further expert adds to a call when its arithmetic is negligible. Without it, the
+   *  fitted intercept less the layer overhead stands in (which mixes in per-call costs). */
+  expertOverhead?: () => number | Promise<number>
+  /** 'smallest': read rates are what one call of the smallest probe size reaches (one expert on a
+   *  device whose threads share it: the runtime's CPU side at decode holds one to three); 'fit'
+   *  (default): the slope over all sizes (a GPU, whose launch covers every expert of a call). */
+  readRateFrom?: 'fit' | 'smallest'
   /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
   streamBytesPerS?: number
 }
@@ -85,6 +92,8 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   if (keys.length === 0) throw new RangeError('calibrate: a device needs at least one format probe')
   const fixed: number[] = []
   const repeats = plan.repeats ?? 5
+  rates.layerOverheadS = dev.layerOverhead ? await medianOf(repeats, dev.layerOverhead) : 0
+  const perExpert = dev.expertOverhead ? Math.max(0, await medianOf(repeats, dev.expertOverhead)) : undefined
   for (const format of keys) {
     const probe = dev.formats[format]!
     // flopsPerToken of a square-ish dense matrix with these bytes; only the ratio matters to the fit.
@@ -92,6 +101,17 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     const oneToken: [number, number][] = []
     for (const bytes of plan.bytes) oneToken.push([bytes, await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens: 1 }))])
     let { intercept, slope } = fitLine(oneToken)
+    if (dev.readRateFrom === 'smallest' && perExpert !== undefined) {
+      // A CPU layer with one expert in it reaches ~60% of the streaming rate (its threads wait for
+      // each other between the expert's two phases): 64 MiB took 0.95 ms on the Xeon, where a fit over
+      // 1-8 experts predicted 0.68. The time left after the fixed costs is what one expert's bytes take.
+      const [b0, t0] = oneToken[0]
+      const left = t0 - rates.layerOverheadS - perExpert
+      if (left > 0.2 * t0) {
+        slope = left / b0
+        intercept = rates.layerOverheadS + perExpert
+      }
+    }
     // Sparse formats read fewer bytes per dense-equivalent byte, but never faster than memory streams.
     if (dev.streamBytesPerS && 1 / slope > dev.streamBytesPerS) {
       slope = 1 / dev.streamBytesPerS
@@ -109,9 +129,8 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     }
     rates.flopsPerS[format] = flopRate
   }
-  rates.layerOverheadS = dev.layerOverhead ? await medianOf(repeats, dev.layerOverhead) : 0
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
-  rates.expertOverheadS = Math.max(0, median(fixed) - rates.layerOverheadS)
+  rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
   return rates
 }
 
