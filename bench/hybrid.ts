@@ -1,7 +1,7 @@
 // `hetmoe bench hybrid`: whole MoE layers under limited GPU memory, hetmoe's placement against the
 // strategies operators use today, all on the same tokens in one process. See the usage text.
 import { readFileSync, writeFileSync } from 'node:fs'
-import { createRuntime, type PlacementPlan } from '../runtime/runtime.js'
+import { arenaBytesFor, createRuntime, type PlacementPlan } from '../runtime/runtime.js'
 import { loadModel, type Model } from '../experts/model.js'
 import type { PresetName } from '../experts/synth.js'
 import { cachedPresetModel } from '../runtime/model-cache.js'
@@ -116,6 +116,7 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
               const cpu = strategy === 'cpu-only'
               const plan = cpu ? undefined : strategy === 'hetmoe' ? (await planForModel(model, { tokens, gpu: 0, batch, gpuMemory: Math.max(1, budgetBytes), domain: 0 })).plan : popularFirst(model, tokens, budgetBytes)
               const rt = await createRuntime({
+                arenaBytes: arenaBytesFor(model, batch),
                 model,
                 gpu: cpu ? 'off' : 0,
                 ...(cpu ? {} : { gpuMemory: Math.max(1, budgetBytes), plan, strategy: (strategy === 'all-gpu' ? 'hetmoe' : strategy) as GpuStrategy }),

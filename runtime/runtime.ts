@@ -330,6 +330,27 @@ export class Runtime extends EventEmitter {
   }
 }
 
+/**
+ * Arena bytes one forward of `batchTokens` tokens needs at most (hidden copy, routing, expert rows,
+ * the CPU job's scratch), with room to spare, and never less than the default: for createRuntime's
+ * `arenaBytes` when batches are large (a 4096-token sigma-lite batch needs ~300 MiB).
+ */
+export function arenaBytesFor(model: Model, batchTokens: number): number {
+  const m = model.manifest
+  const D = m.hiddenSize
+  const rows = m.layers.reduce((mx, l) => Math.max(mx, batchTokens * (l.routing.kind === 'gate' ? l.routing.topK : 1)), 0)
+  const F = Math.max(...m.layers.flatMap((l) => [...l.experts, ...l.sharedExperts].map((e) => e.up.rows)))
+  const E = Math.max(...m.layers.map((l) => l.experts.length + l.sharedExperts.length))
+  const shared = Math.max(...m.layers.map((l) => l.sharedExperts.length))
+  const perForward =
+    4 * batchTokens * D + // hidden, copied in
+    16 * (E + rows) + // the selection
+    4 * (rows + shared * batchTokens) * D + // expert output rows
+    4 * (rows + shared * batchTokens) * F + // CPU job: the intermediate activations
+    2 * (rows + 32 * E) * (D + F) // CPU job: AMX packing
+  return Math.max(envConfig().arenaMiB * 2 ** 20, Math.ceil((1.25 * perForward + (16 << 20)) / 2 ** 20) * 2 ** 20)
+}
+
 export function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   return Runtime._create(options)
 }

@@ -83,13 +83,19 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
     JobRunResult r;
     if (at(w, bOpen).load(std::memory_order_seq_cst) && at(w, bGen).load(std::memory_order_seq_cst) == seen) {
       const size_t desc = size_t(uint32_t(w[bDesc])) | (size_t(uint32_t(w[bDescHi])) << 32);
-      try {
-        r = runLayerJob(arena, arenaBytes, desc, testHooks);
-      } catch (const std::exception&) {
-        // The main thread validated this descriptor before posting it; if a worker still cannot run
-        // it (weights unmapped meanwhile), the job must not wait for blocks nobody will run.
-        at(w, bFailures).fetch_add(1, std::memory_order_seq_cst);
-        atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
+      // Nothing left to claim (the main thread takes small jobs' blocks first): leave at once rather
+      // than parse the descriptor, so the retire does not wait on sixteen latecomers.
+      const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
+      const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
+      if (claimable) {
+        try {
+          r = runLayerJob(arena, arenaBytes, desc, testHooks);
+        } catch (const std::exception&) {
+          // The main thread validated this descriptor before posting it; if a worker still cannot run
+          // it (weights unmapped meanwhile), the job must not wait for blocks nobody will run.
+          at(w, bFailures).fetch_add(1, std::memory_order_seq_cst);
+          atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
+        }
       }
     }
     // A dying worker keeps its mark: the main thread clears it when it learns of the death.

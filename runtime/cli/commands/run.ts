@@ -1,4 +1,4 @@
-import { createRuntime } from '../../runtime.js'
+import { arenaBytesFor, createRuntime } from '../../runtime.js'
 import { runTokenStream, formatStreamReport } from '../../stream-runner.js'
 import { zipfTokens } from '../../token-stream.js'
 import { loadModel } from '../../../experts/model.js'
@@ -52,7 +52,7 @@ tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, wor
         ? readTokenFileFor(values.tokens, model.manifest.vocabSize)
         : zipfTokens(parseIntFlag(values.synthetic, '--synthetic', 0, 1), model.manifest.vocabSize, 1.1, 42)
       const plan = values.plan ? readPlanFile(values.plan, model) : (await planForModel(model, { tokens, gpu, batch, gpuMemory, domain })).plan
-      const rt = await createRuntime({ model, gpu, gpuMemory, plan })
+      const rt = await createRuntime({ model, gpu, gpuMemory, plan, arenaBytes: arenaBytesFor(model, batch) })
       rt.on('warning', (w: string) => console.error(`hetmoe: ${w}`))
       const bar = new Progress('run', Math.ceil(tokens.length / batch), { quiet: values.json })
       const ac = new AbortController()
