@@ -35,7 +35,8 @@ fi
 if [ "$PART" = 3 ]; then
 step agreement
 # Sparse synthesis prunes in JavaScript (~20 MB/s): every format on the small presets, dense on the big ones.
-$H bench agreement --presets tiny,fine --tokens 1,8 --json "$OUT/agreement.json" | tail -3
+# 512 tokens through fine (top-6 of 64 experts: ~48 rows per expert) takes the GPU's wgmma path.
+$H bench agreement --presets tiny,fine --tokens ${AGREEMENT_TOKENS:-1,8,512} --json "$OUT/agreement.json" | tail -3
 $H bench agreement --presets small,mixtral --formats dense --tokens 1,8 --json "$OUT/agreement-big.json" | tail -3
 fi
 
