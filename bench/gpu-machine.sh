@@ -5,7 +5,8 @@
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 3        (part 3: agreement of CPU, GPU and hybrid with float64)
 #   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf), SKIP_PLACE=1
 #   and HYBRID_NAME (the hybrid bench's output files, default hybrid).
-# Each part fits one device call (10 minutes); everything is written under $OUT.
+# Each part fits one device call (10 minutes); everything is written under $OUT. Pass the commit you built
+# (HETMOE_COMMIT=$(git rev-parse --short HEAD) here, written into the command): the device's .git is stale.
 # It builds nothing (the addon and dist/ are carried from the development machine). Order: cheap and
 # essential first, so a run cut short still returns the foundation and runtime evidence.
 set -uo pipefail
