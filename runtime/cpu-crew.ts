@@ -10,8 +10,11 @@ import { native } from './native.js'
 import type { Arena, Lease } from './arena.js'
 import type { WorkerResult } from './worker-protocol.js'
 
-/** Jobs whose weights are at most this many bytes are joined by the main thread (≈ 0.1-1 ms of reading). */
-export const JOIN_MAX_WEIGHT_BYTES = 16 << 20
+/** Jobs whose weights are at most this many bytes are joined by the main thread: ≈ 1 ms of reading on
+ *  the 16-core Xeon, ≈ 5 ms on a 2-core VM. Waiting for a job instead costs a libuv thread's wake-up and
+ *  the main thread's share of the work: on the 2-core VM, small's batch-1 decode (17 MB a layer) ran
+ *  at 227 tokens/s waiting and 363 joining. */
+export const JOIN_MAX_WEIGHT_BYTES = 64 << 20
 /** After its own blocks, the main thread spins this long for the workers' last ones before it sleeps. */
 const JOIN_SPIN_MICROS = 1000
 /** A worker that gets no job for this long goes back to its event loop: an idle worker there does not
