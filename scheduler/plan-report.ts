@@ -68,32 +68,29 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
   const experts = modelShapes(model)
   const share = profileShares(profile)
   const prefillTokens = options.prefillTokens ?? 4096
-  // Seconds of a batch of `tokens` with these residents, streaming cold experts into `streamBytes`.
-  const batchS = (resident: number[][], tokens: number, streamBytes: number) =>
-    experts.reduce((s, ex, l) => {
-      const on = new Set(resident[l])
-      const counts = Array.from(share[l], (p) => p * tokens)
-      return s + planStreaming(ex, counts, (e) => on.has(e), cost, streamBytes).layerS
-    }, 0)
+  // Per layer, planStreaming's plan for a batch (each expert's count from its token share), summed over
+  // layers: the batch seconds with cold experts streamed into `streamBytes`, and what that saves.
+  const streamed = (resident: number[][], count: (share: number) => number, streamBytes: number) =>
+    experts.reduce(
+      (s, ex, l) => {
+        const on = new Set(resident[l])
+        const r = planStreaming(ex, Array.from(share[l], count), (e) => on.has(e), cost, streamBytes)
+        return { layerS: s.layerS + r.layerS, gainS: s.gainS + (r.withoutS - r.layerS) }
+      },
+      { layerS: 0, gainS: 0 },
+    )
   const candidates = !cost.hasGpu ? [0] : options.streamBytes !== undefined ? [Math.min(options.streamBytes, options.budgetBytes)] : [...new Set([0, defaultStreamBytes(experts, options.budgetBytes)])]
   // The planner's batch time (it models which experts a batch of this size activates) less what
   // streaming saves at this batch size, estimated on the whole tokens each expert expects
   // (⌊share × tokens⌋: at decode no expert expects a whole token, and nothing is worth streaming).
-  const streamGainS = (resident: number[][], tokens: number, streamBytes: number) =>
-    experts.reduce((s, ex, l) => {
-      const on = new Set(resident[l])
-      const counts = Array.from(share[l], (p) => Math.floor(p * tokens))
-      const r = planStreaming(ex, counts, (e) => on.has(e), cost, streamBytes)
-      return s + (r.withoutS - r.layerS)
-    }, 0)
   const choices = candidates.map((streamBytes) => {
     const problem: PlacementProblem = { experts, share, batchTokens: options.batchTokens, budgetBytes: options.budgetBytes - streamBytes, cost }
     const placement = planPlacement(problem)
     const sets = placement.layers.map((l) => l.gpuExperts)
-    return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamGainS(sets, options.batchTokens, streamBytes) }
+    return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamed(sets, (p) => Math.floor(p * options.batchTokens), streamBytes).gainS }
   })
   const { streamBytes, problem, placement, sets, batchS: chosenBatchS } = choices.reduce((a, b) => (b.batchS < a.batchS ? b : a))
-  const prefillS = (resident: number[][]) => batchS(resident, prefillTokens, streamBytes)
+  const prefillS = (resident: number[][]) => streamed(resident, (p) => p * prefillTokens, streamBytes).layerS
   const none = experts.map(() => [] as number[])
   const cpuOnlyDecodeS = predictBatchTime(problem, none)
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
