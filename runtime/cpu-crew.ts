@@ -74,11 +74,6 @@ export class CpuCrew {
     this.#serveAll()
   }
 
-  /** Worker threads alive now (a dead one is replaced). */
-  get liveThreads(): number {
-    return this.#pool.liveThreads
-  }
-
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
   async run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
     if (this.#closing) throw new HetmoeError('POOL_CLOSED', 'the CPU worker pool was closed; create a new runtime')

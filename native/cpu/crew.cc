@@ -18,7 +18,7 @@ namespace {
 // routing ran 2.5x slower on the 16-core Xeon while workers spun with pause.
 constexpr int64_t kIdleSpinMicros = 100;
 
-enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bFailures };
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots };
 
 int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
   if (board > arenaBytes || arenaBytes - board < crewBoardBytes(0) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
@@ -93,7 +93,6 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
         } catch (const std::exception&) {
           // The main thread validated this descriptor before posting it; if a worker still cannot run
           // it (weights unmapped meanwhile), the job must not wait for blocks nobody will run.
-          at(w, bFailures).fetch_add(1, std::memory_order_seq_cst);
           atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
         }
       }

@@ -6,7 +6,7 @@
 // runtime/cpu-crew.ts through the functions below, read by every serving worker):
 //   0 magic kCrewMagic   1 gen: bumped by every post (and by quit)   2-3 job descriptor offset
 //   4 open: 1 while the posted job may be joined   5 quit   6 sleepers: workers in futex wait
-//   7 slots   8 failures: workers that could not run a job (descriptor rejected)
+//   7 slots
 //   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job
 //
 // Protocol. A worker waits for gen to change (spins briefly, then sleeps on the gen word), marks its
