@@ -31,6 +31,9 @@ export interface HybridResult {
   /** Why no number: e.g. no GPU, or the experts do not fit. */
   skipped?: string
   batchesTimed?: number
+  /** Where a batch's time went, summed over the layers and averaged over the timed batches (ms):
+   *  forward() stages, each side from dispatch to completion, and the GPU's own event timings. */
+  msPerBatch?: { forward: number; route: number; compute: number; combine: number; cpuSide: number; gpuSide: number; gpuStream: number; gpuKernel: number }
 }
 
 const list = <T>(text: string | undefined, fallback: T[], parse: (s: string) => T, flag: string): T[] => {
@@ -128,6 +131,7 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
                 let at = batch
                 let secs = 0
                 let gpuShareSum = 0
+                const ms = { forward: 0, route: 0, compute: 0, combine: 0, cpuSide: 0, gpuSide: 0, gpuStream: 0, gpuKernel: 0 }
                 while ((secs < seconds || done < 2) && done < 1000) {
                   if (at + batch > tokens.length) at = 0
                   const r = await runTokenStream(rt, { tokens: tokens.subarray(at, at + batch), batch, domain: 0 })
@@ -135,10 +139,21 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
                   secs += r.seconds
                   gpuShareSum += r.gpuTokenShare
                   done++
+                  for (const l of r.perLayer) {
+                    ms.forward += l.msPerBatch
+                    ms.route += l.routeMs
+                    ms.compute += l.computeMs
+                    ms.combine += l.combineMs
+                    ms.cpuSide += l.cpuMs ?? 0
+                    ms.gpuSide += l.gpuMs ?? 0
+                    ms.gpuStream += l.gpuStreamMs ?? 0
+                    ms.gpuKernel += l.gpuKernelMs ?? 0
+                  }
                 }
                 row.tokensPerS = (done * batch) / secs
                 row.gpuTokenShare = gpuShareSum / done
                 row.batchesTimed = done
+                row.msPerBatch = Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, +(v / done).toFixed(4)])) as HybridResult['msPerBatch']
                 if (cpu) cpuOnly = { tokensPerS: row.tokensPerS, gpuTokenShare: 0, batchesTimed: done }
               } finally {
                 await rt.close()

@@ -71,9 +71,50 @@ function rig(model: Model, arena: Arena): ProbeRig {
   }
 }
 
+/** One expert 2048 wide with a 64-row inner layer: its layer calls are all activation copies. */
+async function activationModel(): Promise<Model> {
+  const dir = join(cacheDir(), 'calibration-models', 'activations-v1')
+  if (!existsSync(join(dir, MANIFEST_FILE)))
+    await synthModel({ preset: { name: 'calibration-activations', layers: 1, hidden: 2048, inner: 64, ffn: 'swiglu', routing: { kind: 'gate', experts: 1, topK: 1, normalize: false }, vocabSize: 1000 }, out: dir, overwrite: true })
+  return loadModel(dir)
+}
+
+const ACT_FEW = 512
+const ACT_MANY = 4096
+
+/** Bytes per second a GPU layer call moves activations at: the device's stream time for ACT_MANY vs
+ *  ACT_FEW rows through an expert with next to no arithmetic; each row is 4·D bytes in and 4·D out. */
+function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<number> {
+  const D = m.manifest.hiddenSize
+  let lease: { hidden: number; out: number; rows: number } | undefined
+  return async () => {
+    if (!lease) {
+      const h = arena.lease(ACT_MANY * D * 4)
+      h.f32(ACT_MANY * D).set(randomHidden(ACT_MANY, D, 9))
+      const o = arena.lease(ACT_MANY * D * 4)
+      const r = arena.lease(ACT_MANY * 4)
+      r.i32(ACT_MANY).forEach((_, i, a) => (a[i] = i))
+      lease = { hidden: h.offset, out: o.offset, rows: r.offset }
+    }
+    const l = lease
+    const call = async (n: number) =>
+      (await g.run({ layer: 0, hidden: { offset: l.hidden, rows: n }, out: { offset: l.out, rows: n }, experts: [{ expert: 0, count: n, tokens: l.rows, outRows: l.rows }] })).gpuMs / 1000
+    g.upload(0, 0)
+    try {
+      await call(ACT_MANY) // warm: scratch buffers sized, pages touched
+      const few = await call(ACT_FEW)
+      const many = await call(ACT_MANY)
+      const bytes = (n: number) => 8 * D * n
+      return many > few ? (bytes(ACT_MANY) - bytes(ACT_FEW)) / (many - few) : bytes(ACT_MANY) / many
+    } finally {
+      g.evict(0, 0)
+    }
+  }
+}
+
 /** Median seconds of a layer call whose arithmetic is negligible (one token through a 64 × 128 expert):
  *  the fixed cost of dispatching a layer to a backend and hearing back. */
-function layerOverheadProbe(run: () => Promise<void>): () => Promise<number> {
+function layerOverheadProbe(run: () => Promise<unknown>): () => Promise<number> {
   return async () => {
     const ts: number[] = []
     for (let i = 0; i < OVERHEAD_RUNS + 20; i++) {
@@ -172,9 +213,10 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
             const timed = { ...work, experts: work.experts.slice(k) }
             await g.run(timed)
             await g.run(warm)
-            const t0 = performance.now()
-            await g.run(timed)
-            const s = (performance.now() - t0) / 1000
+            // The kernels alone, by the device's events: the call's fixed cost is the layer overhead
+            // probe's, and its activation copies are the activation probe's (charged per row and per
+            // batch by the cost model, not per FLOP).
+            const s = (await g.run(timed)).kernelMs / 1000
             return ((s * bytes) / (k * r.expertBytes)) * (tokens / n)
           } finally {
             for (let e = 0; e < 2 * k; e++) g.evict(0, e)
@@ -190,6 +232,12 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         }
       }
     }
+    let activation: (() => Promise<number>) | undefined
+    if (gpu) {
+      const m = await activationModel()
+      models.push(m)
+      activation = activationProbe(new GpuExperts(gpu, m, arena), m, arena)
+    }
     // The CPU's streaming bandwidth with the crew's threads bounds its read rates (scheduler/calibrate.ts).
     const streams = Array.from(native().cpuReadBandwidth(512 << 20, crew.threads, 5)).sort((a, b) => a - b)
     const streamBytesPerS = streams[streams.length >> 1] * 1e9
@@ -198,7 +246,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

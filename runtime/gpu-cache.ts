@@ -79,7 +79,7 @@ export class GpuExpertCache {
       }
     }
     if (this.strategy === 'hetmoe' && this.#cost) {
-      const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes())
+      const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
       want.push(...s.stream)
       temporary.push(...s.stream)
     }

@@ -2,7 +2,7 @@
 // warning line for each step down, and the initial upload of the plan's hot experts.
 import type { Arena } from './arena.js'
 import { HetmoeError, badOption } from './errors.js'
-import { GpuBackend } from './gpu-backend.js'
+import { GpuBackend, type GpuLayerTiming } from './gpu-backend.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { planForModel } from './placement.js'
 import type { PlacementPlan } from './runtime.js'
@@ -21,6 +21,8 @@ export interface GpuExpertBackend extends ExpertBackend {
   upload(layer: number, expert: number): number
   evict(layer: number, expert: number): boolean
   close(): Promise<void>
+  /** Runs the layer's resident experts; a real device also reports its stream and kernel times. */
+  run(work: LayerWork, signal?: AbortSignal): Promise<GpuLayerTiming | void>
 }
 
 export interface OpenGpuOptions {
@@ -82,11 +84,11 @@ export class GpuExperts implements GpuExpertBackend {
     return this.#gpu.budgetBytes
   }
 
-  async run(work: LayerWork, signal?: AbortSignal): Promise<void> {
+  async run(work: LayerWork, signal?: AbortSignal): Promise<GpuLayerTiming> {
     if (signal?.aborted) throw new HetmoeError('ABORTED', 'forward aborted')
     const buf = this.#arena.buffer
     const D = this.#model.manifest.hiddenSize
-    await this.#gpu.runLayer({
+    return await this.#gpu.runLayer({
       D,
       hidden: new Float32Array(buf, work.hidden.offset, work.hidden.rows * D),
       out: new Float32Array(buf, work.out.offset, work.out.rows * D),

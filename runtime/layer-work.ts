@@ -30,5 +30,6 @@ export interface LayerWork {
 
 export interface ExpertBackend {
   readonly kind: 'cpu' | 'gpu'
-  run(work: LayerWork, signal?: AbortSignal): Promise<void>
+  /** Resolves when `out` holds the results (with what the backend measured, if anything). */
+  run(work: LayerWork, signal?: AbortSignal): Promise<unknown>
 }

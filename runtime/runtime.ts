@@ -61,11 +61,16 @@ export interface LayerStats {
   gpuRows: number
   cpuRows: number
   /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
-   *  to its completion (they overlap; a side's time counts only in forwards where it had work). */
-  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number }
+   *  to its completion (they overlap; a side's time counts only in forwards where it had work);
+   *  gpuStream / gpuKernel: the device's event timings of its layer calls (copies in, kernels, copies
+   *  out / the expert kernels alone). */
+  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number }
   /** Forwards in which the CPU side, and the GPU side, had work. */
   cpuForwards: number
   gpuForwards: number
+  /** GPU layer calls whose hidden or output rows had to go through a pinned staging buffer
+   *  (not DMA-able in place: unregistered arena, or a misaligned view). */
+  gpuStagedCalls: number
 }
 
 export interface RuntimeStats {
@@ -110,7 +115,7 @@ export class Runtime extends EventEmitter {
     this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
-    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0 } }))
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0 } }))
   }
 
   /** @internal use createRuntime() */
@@ -195,9 +200,16 @@ export class Runtime extends EventEmitter {
       const sel: Selection = routeLayer(this.model, layer, h, T, options, lease)
       const tRoute = performance.now()
 
-      // Expert outputs: top-1 without shared experts writes straight into the output rows.
+      // Expert outputs: top-1 without shared experts writes straight into the output rows, and into
+      // options.out itself when that is an arena view (aligned for DMA, not overlapping the hidden
+      // states: CPU blocks read other tokens' hidden rows while they write theirs).
       const direct = K === 1 && shared === 0
-      const rowsLease = lease(T * K * D * 4)
+      const o = options.out
+      const outInPlace =
+        direct && o !== undefined && o.buffer === this.#arena.buffer && o.byteOffset % 16 === 0 &&
+        (o.byteOffset >= hiddenOffset + T * D * 4 || o.byteOffset + T * D * 4 <= hiddenOffset)
+      const rowsOffset = outInPlace ? o.byteOffset : lease(T * K * D * 4).offset
+      const rowsF32 = () => new Float32Array(this.#arena.buffer, rowsOffset, T * K * D)
       const sharedLease = shared ? lease(shared * T * D * 4) : undefined
       const identity = shared ? lease(T * 4) : undefined
       if (identity) identity.i32(T).forEach((_, i, a) => (a[i] = i))
@@ -223,7 +235,7 @@ export class Runtime extends EventEmitter {
       for (let s = 0; s < shared; s++)
         sharedWorks.push({ expert: s, shared: true, count: T, tokens: identity!.offset, outRows: identity!.offset })
       const hiddenRef = { offset: hiddenOffset, rows: T }
-      const outRef = { offset: rowsLease.offset, rows: T * K }
+      const outRef = { offset: rowsOffset, rows: T * K }
       const jobs: Promise<void>[] = []
       const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
       const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
@@ -246,11 +258,13 @@ export class Runtime extends EventEmitter {
       const tCompute = performance.now()
 
       const out = options.out ?? new Float32Array(T * D)
-      if (direct) out.set(rowsLease.f32(T * D))
+      if (outInPlace) {
+        // written by the experts
+      } else if (direct) out.set(rowsF32())
       else {
         const gate = m.layers[layer].sharedExpertGate
         const scale = gate ? sharedGate(new Float32Array(this.model.view(gate)), h, T, D) : undefined
-        combineTopK(rowsLease.f32(T * K * D), sharedLease?.f32(shared * T * D), shared, out, T, K, D, scale)
+        combineTopK(rowsF32(), sharedLease?.f32(shared * T * D), shared, out, T, K, D, scale)
       }
       const tEnd = performance.now()
 
@@ -275,8 +289,15 @@ export class Runtime extends EventEmitter {
   /** GPU experts of one layer; on a GPU failure the same experts rerun on the CPU (same results). */
   async #runGpu(work: LayerWork, signal?: AbortSignal): Promise<void> {
     try {
-      await this.#gpu!.run(work, signal)
+      const timing = await this.#gpu!.run(work, signal)
       this.#gpuFailures = 0
+      if (timing) {
+        // The device's own event timings: copies + kernels (stream), and the projection kernels alone.
+        const st = this.#stats[work.layer]
+        st.ms.gpuStream += timing.gpuMs
+        st.ms.gpuKernel += timing.kernelMs
+        if (timing.staged) st.gpuStagedCalls++
+      }
     } catch (err) {
       if (err instanceof HetmoeError && err.code === 'ABORTED') throw err
       this.#gpuFailures++
@@ -343,7 +364,8 @@ export function arenaBytesFor(model: Model, batchTokens: number): number {
   const E = Math.max(...m.layers.map((l) => l.experts.length + l.sharedExperts.length))
   const shared = Math.max(...m.layers.map((l) => l.sharedExperts.length))
   const perForward =
-    4 * batchTokens * D + // hidden, copied in
+    4 * batchTokens * D + // hidden, copied in (or the caller's lease of it)
+    4 * batchTokens * D + // the caller's lease for the output
     16 * (E + rows) + // the selection
     4 * (rows + shared * batchTokens) * D + // expert output rows
     4 * (rows + shared * batchTokens) * F + // CPU job: the intermediate activations

@@ -22,8 +22,10 @@ export interface StreamReport {
   /** Share of (token, expert) rows computed on the GPU. */
   gpuTokenShare: number
   /** Per layer, milliseconds per batch; cpuMs / gpuMs: each side from dispatch to completion, averaged
-   *  over the batches where that side had work (absent when it never had). */
-  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuShare: number }[]
+   *  over the batches where that side had work (absent when it never had); gpuStreamMs / gpuKernelMs:
+   *  the device's own timing of those GPU calls (copies + kernels / the expert kernels alone).
+   */
+  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuStreamMs?: number; gpuKernelMs?: number; gpuShare: number }[]
 }
 
 export interface StreamOptions {
@@ -47,17 +49,28 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
   const runBatch = async (b: number, first: boolean): Promise<number> => {
     const ids = tokens.subarray(b * batch, Math.min(tokens.length, (b + 1) * batch))
     const T = ids.length
-    const h = randomHidden(T, D, 1000 + b)
-    const out = new Float32Array(T * D)
-    let ms = 0
-    for (let l = 0; l < m.layers.length; l++) {
-      const t0 = performance.now()
-      await rt.forward(l, h, { tokenIds: ids, domain: options.domain, signal: options.signal, out })
-      ms += performance.now() - t0
-      if (first && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
-      for (let i = 0; i < h.length; i++) h[i] += out[i]
+    // Hidden states and outputs live in the runtime's arena, as an embedding app's should: forward()
+    // then reads and writes them in place (no copy in, no copy out; at 4096 tokens × D=2048 each copy
+    // is a 32 MiB pass over memory per layer).
+    const hLease = rt.arena.lease(T * D * 4)
+    const outLease = rt.arena.lease(T * D * 4)
+    try {
+      const h = hLease.f32(T * D)
+      h.set(randomHidden(T, D, 1000 + b))
+      const out = outLease.f32(T * D)
+      let ms = 0
+      for (let l = 0; l < m.layers.length; l++) {
+        const t0 = performance.now()
+        await rt.forward(l, h, { tokenIds: ids, domain: options.domain, signal: options.signal, out })
+        ms += performance.now() - t0
+        if (first && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
+        for (let i = 0; i < h.length; i++) h[i] += out[i]
+      }
+      return ms
+    } finally {
+      hLease.release()
+      outLease.release()
     }
-    return ms
   }
   const warmup = options.warmup ?? 0
   for (let w = 0; w < warmup; w++) await runBatch(0, false)
@@ -87,7 +100,13 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
       computeMs: (s.ms.compute - p.ms.compute) / n,
       combineMs: (s.ms.combine - p.ms.combine) / n,
       ...(s.cpuForwards > p.cpuForwards ? { cpuMs: (s.ms.cpu - p.ms.cpu) / (s.cpuForwards - p.cpuForwards) } : {}),
-      ...(s.gpuForwards > p.gpuForwards ? { gpuMs: (s.ms.gpu - p.ms.gpu) / (s.gpuForwards - p.gpuForwards) } : {}),
+      ...(s.gpuForwards > p.gpuForwards
+        ? {
+            gpuMs: (s.ms.gpu - p.ms.gpu) / (s.gpuForwards - p.gpuForwards),
+            gpuStreamMs: (s.ms.gpuStream - p.ms.gpuStream) / (s.gpuForwards - p.gpuForwards),
+            gpuKernelMs: (s.ms.gpuKernel - p.ms.gpuKernel) / (s.gpuForwards - p.gpuForwards),
+          }
+        : {}),
       gpuShare: g + c ? g / (g + c) : 0,
     }
   })
@@ -109,10 +128,10 @@ export function formatStreamReport(r: StreamReport): string {
   const lines = [
     `${r.tokens} tokens in ${r.batches} batches of ${r.batchSize}, ${r.layers} MoE layers: ${r.seconds.toFixed(2)} s in forward() (${r.wallSeconds.toFixed(2)} s wall), ${r.tokensPerS.toFixed(1)} tokens/s${r.warmupBatches ? ` (after ${r.warmupBatches} untimed warm-up batch${r.warmupBatches > 1 ? 'es' : ''})` : ''}`,
     `GPU share of expert rows: ${(100 * r.gpuTokenShare).toFixed(1)}%`,
-    'layer  ms/batch  route  compute  combine  (CPU side  GPU side)  GPU share',
+    'layer  ms/batch  route  compute  combine  (CPU side  GPU side: device, kernels)  GPU share',
     ...r.perLayer.map(
       (l) =>
-        `${String(l.layer).padStart(5)}  ${l.msPerBatch.toFixed(3).padStart(8)}  ${l.routeMs.toFixed(3)}  ${l.computeMs.toFixed(3).padStart(7)}  ${l.combineMs.toFixed(3).padStart(7)}  ${(l.cpuMs === undefined ? '—' : l.cpuMs.toFixed(3)).padStart(9)}  ${(l.gpuMs === undefined ? '—' : l.gpuMs.toFixed(3)).padStart(8)}  ${(100 * l.gpuShare).toFixed(1).padStart(8)}%`,
+        `${String(l.layer).padStart(5)}  ${l.msPerBatch.toFixed(3).padStart(8)}  ${l.routeMs.toFixed(3)}  ${l.computeMs.toFixed(3).padStart(7)}  ${l.combineMs.toFixed(3).padStart(7)}  ${(l.cpuMs === undefined ? '—' : l.cpuMs.toFixed(3)).padStart(9)}  ${(l.gpuMs === undefined ? '—' : `${l.gpuMs.toFixed(3)}: ${l.gpuStreamMs!.toFixed(3)}, ${l.gpuKernelMs!.toFixed(3)}`).padStart(23)}  ${(100 * l.gpuShare).toFixed(1).padStart(8)}%`,
     ),
   ]
   return lines.join('\n')

@@ -47,6 +47,8 @@ export interface DeviceProbes {
   readRateFrom?: 'fit' | 'smallest'
   /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
   streamBytesPerS?: number
+  /** GPU: bytes per second of activations a layer call moves (hidden rows in, output rows out). */
+  activation?: () => number | Promise<number>
 }
 
 export interface CalibrationProbes {
@@ -131,6 +133,7 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   }
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
+  if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
   return rates
 }
 
@@ -259,7 +262,10 @@ export function calibrationCachePath(machine: { cpu: string; gpu: string | null 
 export function readCalibration(path: string): Calibration | undefined {
   try {
     const c = JSON.parse(readFileSync(path, 'utf8')) as Calibration
-    return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu ? c : undefined
+    // A GPU calibration from before activation copies were measured (and kernel rates were taken
+    // from wall times) misleads the planner at large batches: measure again.
+    const stale = c.gpu && c.gpu.activationBytesPerS === undefined && c.source.startsWith('runtime probes')
+    return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu && !stale ? c : undefined
   } catch {
     return undefined
   }
@@ -294,7 +300,7 @@ export function describeCalibration(c: Calibration): string {
     if (!d) return [`${name.padEnd(5)} none`]
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
-      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}`,
+      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
     ]
   }

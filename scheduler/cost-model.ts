@@ -1,7 +1,13 @@
 // Predicted time of one expert on one device: a roofline per weight format.
 //
 //   t(n) = 0                                              n = 0
-//   t(n) = expertOverhead + max(bytes / readRate, n · flopsPerToken / flopRate)   n ≥ 1
+//   t(n) = expertOverhead + max(bytes / readRate, n · flopsPerToken / flopRate) + n · rowS   n ≥ 1
+//
+// rowS is the GPU's copy of one output row back to host memory (4·D bytes at its measured activation
+// rate; 0 on the CPU, which writes rows in place); the GPU's per-layer cost adds the copy of the
+// batch's hidden rows in (CostModel.gpuLayerS). At 4096 tokens × D=2048 those copies move 64 MiB a
+// layer and outweigh the kernels several times over, so a model without them overrates the GPU at
+// prefill.
 //
 // Below a few tokens the weights' bytes dominate (decode is bandwidth-bound); above, the FLOPs do.
 // The crossover (≈ readRate·flopsPerToken / (flopRate·bytes) tokens) comes out of the calibration,
@@ -21,6 +27,9 @@ export interface DeviceRates {
   expertOverheadS: number
   /** Fixed seconds per layer when this device has any work (pool dispatch + barrier, or a launch + sync). */
   layerOverheadS: number
+  /** GPU only: bytes per second its layer calls move activations at (hidden rows in, output rows out,
+   *  through the registered arena, fp32 conversions included). Absent: not charged (older calibrations). */
+  activationBytesPerS?: number
 }
 
 export interface Calibration {
@@ -45,6 +54,8 @@ export interface ExpertShape {
   /** Dense-equivalent FLOPs per token: 2·rows·cols summed over its matrices. */
   flopsPerToken: number
   format: FormatKey
+  /** The model width D (each routed row is 4·D bytes of fp32 activations); absent: not charged. */
+  hiddenSize?: number
 }
 
 const DTYPE_BYTES: Record<WeightDtype, number> = { bf16: 2, fp32: 4 }
@@ -69,14 +80,17 @@ export function expertShape(e: ExpertRef): ExpertShape {
     bytes: ms.reduce((s, m) => s + refBytes(m), 0),
     flopsPerToken: ms.reduce((s, m) => s + 2 * m.rows * m.cols, 0),
     format: `${e.up.format}/${e.up.dtype}`,
+    hiddenSize: e.up.cols,
   }
 }
 
-/** Roofline parameters of one expert on one device: t(n≥1) = fixed + max(readS, n·perTokenS). */
+/** Roofline parameters of one expert on one device: t(n≥1) = fixed + max(readS, n·perTokenS) + n·rowS. */
 export interface Roofline {
   fixedS: number
   readS: number
   perTokenS: number
+  /** Per routed row, outside the roofline's max (the GPU's copy of the row back; 0 on the CPU). */
+  rowS: number
 }
 
 export class CostModel {
@@ -97,7 +111,7 @@ export class CostModel {
   /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. */
   gpuRoofline(e: ExpertShape): Roofline {
     const g = this.calibration.gpu
-    return g ? roofline(g, e) : { fixedS: Infinity, readS: Infinity, perTokenS: Infinity }
+    return g ? roofline(g, e) : { fixedS: Infinity, readS: Infinity, perTokenS: Infinity, rowS: Infinity }
   }
 
   tCpu(e: ExpertShape, n: number): number {
@@ -122,10 +136,18 @@ export class CostModel {
   gpuLayerOverheadS(): number {
     return this.calibration.gpu?.layerOverheadS ?? Infinity
   }
+
+  /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's
+   *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load). */
+  gpuLayerS(batchTokens: number, hiddenSize = 0): number {
+    const g = this.calibration.gpu
+    if (!g) return Infinity
+    return g.layerOverheadS + (g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0)
+  }
 }
 
 export function evalRoofline(r: Roofline, n: number): number {
-  return n <= 0 ? 0 : r.fixedS + Math.max(r.readS, n * r.perTokenS)
+  return n <= 0 ? 0 : r.fixedS + Math.max(r.readS, n * r.perTokenS) + n * r.rowS
 }
 
 /**
@@ -137,10 +159,10 @@ export function evalRoofline(r: Roofline, n: number): number {
  */
 export function expectedRooflineTime(r: Roofline, batch: number, p: number): number {
   if (p <= 0 || batch <= 0) return 0
-  if (!Number.isFinite(r.fixedS + r.readS + r.perTokenS)) return Infinity
+  if (!Number.isFinite(r.fixedS + r.readS + r.perTokenS + r.rowS)) return Infinity
   const q = Math.min(p, 1)
   const pEmpty = q >= 1 ? 0 : Math.exp(batch * Math.log1p(-q))
-  const base = (1 - pEmpty) * (r.fixedS + r.readS)
+  const base = (1 - pEmpty) * (r.fixedS + r.readS) + r.rowS * batch * q
   if (r.perTokenS <= 0) return base
   const m = r.readS / r.perTokenS
   let below = 0 // E[(m − N)⁺]
@@ -161,6 +183,7 @@ function roofline(d: DeviceRates, e: ExpertShape): Roofline {
     fixedS: d.expertOverheadS,
     readS: e.bytes / rateFor(d.readBytesPerS, e.format),
     perTokenS: e.flopsPerToken / rateFor(d.flopsPerS, e.format),
+    rowS: d.activationBytesPerS && e.hiddenSize ? (4 * e.hiddenSize) / d.activationBytesPerS : 0,
   }
 }
 

@@ -35,7 +35,7 @@ export class LayerTimeModel {
       this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e]), batchTokens, this.share[e]) : Infinity
     }
     this.cpuLayerS = cost.cpuLayerOverheadS()
-    this.gpuLayerS = cost.hasGpu ? cost.gpuLayerOverheadS() : 0
+    this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
   }
 
   /** Layer seconds from the sums over each side: expert seconds and token shares. */

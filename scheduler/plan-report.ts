@@ -70,11 +70,11 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
   const prefillTokens = options.prefillTokens ?? 4096
   // Per layer, planStreaming's plan for a batch (each expert's count from its token share), summed over
   // layers: the batch seconds with cold experts streamed into `streamBytes`, and what that saves.
-  const streamed = (resident: number[][], count: (share: number) => number, streamBytes: number) =>
+  const streamed = (resident: number[][], tokens: number, count: (share: number) => number, streamBytes: number) =>
     experts.reduce(
       (s, ex, l) => {
         const on = new Set(resident[l])
-        const r = planStreaming(ex, Array.from(share[l], count), (e) => on.has(e), cost, streamBytes)
+        const r = planStreaming(ex, Array.from(share[l], count), (e) => on.has(e), cost, streamBytes, tokens)
         return { layerS: s.layerS + r.layerS, gainS: s.gainS + (r.withoutS - r.layerS) }
       },
       { layerS: 0, gainS: 0 },
@@ -87,10 +87,10 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     const problem: PlacementProblem = { experts, share, batchTokens: options.batchTokens, budgetBytes: options.budgetBytes - streamBytes, cost }
     const placement = planPlacement(problem)
     const sets = placement.layers.map((l) => l.gpuExperts)
-    return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamed(sets, (p) => Math.floor(p * options.batchTokens), streamBytes).gainS }
+    return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamed(sets, options.batchTokens, (p) => Math.floor(p * options.batchTokens), streamBytes).gainS }
   })
   const { streamBytes, problem, placement, sets, batchS: chosenBatchS } = choices.reduce((a, b) => (b.batchS < a.batchS ? b : a))
-  const prefillS = (resident: number[][]) => streamed(resident, (p) => p * prefillTokens, streamBytes).layerS
+  const prefillS = (resident: number[][]) => streamed(resident, prefillTokens, (p) => p * prefillTokens, streamBytes).layerS
   const none = experts.map(() => [] as number[])
   const cpuOnlyDecodeS = predictBatchTime(problem, none)
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)

@@ -19,6 +19,8 @@ export interface StreamPlan {
  * @param counts tokens routed to each expert of the layer in this batch
  * @param resident whether each expert is GPU-resident
  * @param streamBytes GPU scratch bytes available for streamed weights this batch
+ * @param batchTokens tokens in the batch (default: the routed rows, exact for top-1): the GPU copies
+ *   all their hidden rows in once it has any work
  */
 export function planStreaming(
   experts: readonly ExpertShape[],
@@ -26,6 +28,7 @@ export function planStreaming(
   resident: (e: number) => boolean,
   cost: CostModel,
   streamBytes: number,
+  batchTokens?: number,
 ): StreamPlan {
   let cpu = 0
   let gpu = 0
@@ -46,7 +49,9 @@ export function planStreaming(
   }
   const side = (sum: number, busy: boolean, overhead: number) => (busy ? sum + overhead : 0)
   const cpuOv = cost.cpuLayerOverheadS()
-  const gpuOv = cost.hasGpu ? cost.gpuLayerOverheadS() : 0
+  let rows = 0
+  for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
+  const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0
   const layer = (c: number, cb: boolean, g: number, gb: boolean) => Math.max(side(c, cb, cpuOv), side(g, gb, gpuOv))
   const withoutS = layer(cpu, cpuBusy, gpu, gpuBusy)
   const stream: number[] = []

@@ -67,6 +67,42 @@ t.test('hybrid: GPU and CPU experts of a layer agree with CPU-only, and the GPU 
   m.close()
 })
 
+t.test('arena views as hidden and out are used in place, and give the same results', async (t) => {
+  for (const preset of [PRESETS.tiny, tinyGated]) {
+    const m = await model(preset)
+    const gpu = new FakeGpu(m, new Map([[0, [0, 2, 5]]]))
+    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu })
+    gpu.arena = rt.arena
+    const idle = rt.stats().arena.leasedBytes
+    const T = 40
+    const D = m.manifest.hiddenSize
+    const x = randomHidden(T, D, 7)
+    const ids = uniformTokens(T, m.manifest.vocabSize, 7)
+    const want = await rt.forward(0, x, { tokenIds: ids, domain: 1 })
+    const h = rt.arena.lease(T * D * 4)
+    const o = rt.arena.lease(T * D * 4)
+    h.f32(T * D).set(x)
+    o.f32(T * D).fill(NaN) // poisoned: every row must be written
+    const during = rt.stats().arena.leasedBytes
+    const got = await rt.forward(0, h.f32(T * D), { tokenIds: ids, domain: 1, out: o.f32(T * D) })
+    t.equal(got.buffer, rt.arena.buffer, `${preset.name}: the output is the caller's view`)
+    t.equal(gpu.lastWork!.hidden.offset, h.offset, `${preset.name}: experts read the caller's hidden rows`)
+    if (preset.routing.kind === 'rre') t.equal(gpu.lastWork!.out.offset, o.offset, 'top-1: experts write the caller\'s rows')
+    else t.not(gpu.lastWork!.out.offset, o.offset, 'top-2: experts write rows that are combined into the caller\'s')
+    t.same(Array.from(got), Array.from(want), `${preset.name}: same numbers as plain arrays`)
+    t.same(Array.from(h.f32(T * D)), Array.from(x), `${preset.name}: hidden untouched`)
+    // In place over the hidden states: the runtime must not let experts overwrite rows others still read.
+    const inPlace = await rt.forward(0, h.f32(T * D), { tokenIds: ids, domain: 1, out: h.f32(T * D) })
+    t.same(Array.from(inPlace), Array.from(want), `${preset.name}: out aliasing hidden is still right`)
+    t.equal(rt.stats().arena.leasedBytes, during, 'forwards released their own leases')
+    h.release()
+    o.release()
+    t.equal(rt.stats().arena.leasedBytes, idle)
+    await rt.close()
+    m.close()
+  }
+})
+
 t.test('a failing GPU: its experts rerun on the CPU with a warning, then the GPU is marked unhealthy', async (t) => {
   const m = await model(PRESETS.tiny)
   const gpu = new FakeGpu(m, new Map([[0, [0, 1, 2, 3, 4, 5, 6, 7]]]))

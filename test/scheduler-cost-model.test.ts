@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import {
   calibrate, calibrationCachePath, defaultProbes, describeCalibration, fitLine, loadCalibration, type Probe,
 } from '../scheduler/calibrate.js'
-import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type FormatKey } from '../scheduler/cost-model.js'
+import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
 import { testCalibration } from './helpers/calibration.js'
 import { tempDir } from './helpers/model-dir.js'
 
@@ -45,7 +45,7 @@ t.test('expected time under Binomial(batch, p) matches brute-force summation', a
     // P(N = 0) underflows (e^-722) while P(N < m) is about one half: needs the log-space pmf.
     [100_000, 0.0072, 700]]
   for (const [B, p, m] of cases) {
-    const r = { fixedS: 3e-6, readS: m * 4e-5, perTokenS: 4e-5 } // crossover at m tokens
+    const r = { fixedS: 3e-6, readS: m * 4e-5, perTokenS: 4e-5, rowS: 3e-7 } // crossover at m tokens
     let want = 0
     for (let n = 0; n <= B; n++) {
       const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(logFact[B] - logFact[n] - logFact[B - n] + n * Math.log(p) + (B - n) * Math.log1p(-p))
@@ -54,7 +54,7 @@ t.test('expected time under Binomial(batch, p) matches brute-force summation', a
     const got = expectedRooflineTime(r, B, p)
     t.ok(Math.abs(got - want) <= 1e-8 * want, `B ${B}, p ${p}, crossover ${m}: ${got} vs ${want}`)
   }
-  t.equal(expectedRooflineTime({ fixedS: 1, readS: 1, perTokenS: 1 }, 16, 0), 0)
+  t.equal(expectedRooflineTime({ fixedS: 1, readS: 1, perTokenS: 1, rowS: 1 }, 16, 0), 0)
 })
 
 t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
@@ -73,7 +73,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
     source: 'synthetic',
     cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
-    gpu: { formats: { 'dense/bf16': gpuProbe } },
+    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
@@ -87,10 +87,26 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   t.equal(c.cpu.layerOverheadS, 12e-6)
   near(c.gpu!.readBytesPerS['dense/bf16']!, 1.5e12, 0.01, 'GPU GB/s')
   near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.05, 'GPU FLOP/s')
+  t.equal(c.gpu!.activationBytesPerS, 21e9)
+  t.equal(c.cpu.activationBytesPerS, undefined, 'the CPU reads activations in place')
   near(c.pcie!.bytesPerS, 24e9, 0.01, 'PCIe GB/s')
   near(c.pcie!.latencyS, 9e-6, 0.01, 'PCIe latency')
   t.match(describeCalibration(c), /CPU .*\n.*dense\/bf16 +weights (79\.\d|80\.\d) GB\/s, compute 2\.0 TFLOP\/s/)
   t.match(describeCalibration(c), /PCIe +24\.0 GB\/s/)
+  t.match(describeCalibration(c), /GPU .*activations 21\.0 GB\/s/)
+})
+
+t.test('the GPU pays for moving activations: hidden rows in per layer call, output rows back per row', async (t) => {
+  const D = 2048
+  const e: ExpertShape = { bytes: 64 * 2 ** 20, flopsPerToken: 64 * 2 ** 20, format: 'dense/bf16', hiddenSize: D }
+  const bare = new CostModel(testCalibration())
+  const act = new CostModel(testCalibration({ gpu: { ...testCalibration().gpu!, activationBytesPerS: 20e9 } }))
+  const rowS = (4 * D) / 20e9
+  t.ok(Math.abs(act.tGpu(e, 1000) - bare.tGpu(e, 1000) - 1000 * rowS) < 1e-12, 'tGpu adds n rows back')
+  t.equal(act.tCpu(e, 1000), bare.tCpu(e, 1000), 'the CPU writes rows in place')
+  t.ok(Math.abs(act.gpuLayerS(4096, D) - bare.gpuLayerS(4096, D) - 4096 * rowS) < 1e-12, 'a layer call copies every hidden row in')
+  t.equal(bare.gpuLayerS(4096, D), bare.gpuLayerOverheadS(), 'uncharged without a measured rate')
+  t.equal(act.tGpu({ ...e, hiddenSize: undefined }, 1000), bare.tGpu(e, 1000), 'or without the width')
 })
 
 t.test('fitLine clamps a negative intercept', async (t) => {

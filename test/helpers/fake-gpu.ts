@@ -56,8 +56,12 @@ export class FakeGpu implements GpuExpertBackend {
     return true
   }
 
+  /** The last layer work it was given. */
+  lastWork?: LayerWork
+
   async run(work: LayerWork): Promise<void> {
     this.runs++
+    this.lastWork = work
     await new Promise((r) => setTimeout(r, 1)) // asynchronous, like the real device
     if (this.failNext > 0) {
       this.failNext--
