@@ -3,7 +3,7 @@
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 3        (part 3: agreement of CPU, GPU and hybrid with float64)
-#   PART 2 takes BUDGETS, BATCHES and STREAMS (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf), SKIP_PLACE=1
+#   PART 2 takes BUDGETS, BATCHES, STREAMS and STRATEGIES (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf / all), SKIP_PLACE=1
 #   and HYBRID_NAME (the hybrid bench's output files, default hybrid).
 # Each part fits one device call (10 minutes); everything is written under $OUT. Pass the commit you built
 # (HETMOE_COMMIT=$(git rev-parse --short HEAD) here, written into the command): the device's .git is stale.
@@ -63,6 +63,6 @@ node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console
 fi
 
 step hybrid bench, $PRESET
-$H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} --seconds 1 --json "$OUT/${HYBRID_NAME:-hybrid}.json" --md "$OUT/${HYBRID_NAME:-hybrid}.md" --chart "$OUT/${HYBRID_NAME:-hybrid}.svg"
+$H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} ${STRATEGIES:+--strategies $STRATEGIES} --seconds 1 --json "$OUT/${HYBRID_NAME:-hybrid}.json" --md "$OUT/${HYBRID_NAME:-hybrid}.md" --chart "$OUT/${HYBRID_NAME:-hybrid}.svg"
 fi
 echo; echo "=== done ($(date +%T))"
