@@ -33,7 +33,7 @@ export interface HybridResult {
   batchesTimed?: number
   /** Where a batch's time went, summed over the layers and averaged over the timed batches (ms):
    *  forward() stages, each side from dispatch to completion, and the GPU's own event timings. */
-  msPerBatch?: { forward: number; route: number; compute: number; combine: number; cpuSide: number; gpuSide: number; gpuStream: number; gpuKernel: number }
+  msPerBatch?: { forward: number; route: number; compute: number; combine: number; cpuSide: number; gpuSide: number; gpuStream: number; gpuKernel: number; gpuHost: number; gpuPlace: number }
 }
 
 const list = <T>(text: string | undefined, fallback: T[], parse: (s: string) => T, flag: string): T[] => {
@@ -131,7 +131,7 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
                 let at = batch
                 let secs = 0
                 let gpuShareSum = 0
-                const ms = { forward: 0, route: 0, compute: 0, combine: 0, cpuSide: 0, gpuSide: 0, gpuStream: 0, gpuKernel: 0 }
+                const ms = { forward: 0, route: 0, compute: 0, combine: 0, cpuSide: 0, gpuSide: 0, gpuStream: 0, gpuKernel: 0, gpuHost: 0, gpuPlace: 0 }
                 while ((secs < seconds || done < 2) && done < 1000) {
                   if (at + batch > tokens.length) at = 0
                   const r = await runTokenStream(rt, { tokens: tokens.subarray(at, at + batch), batch, domain: 0 })
@@ -148,6 +148,8 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
                     ms.gpuSide += l.gpuMs ?? 0
                     ms.gpuStream += l.gpuStreamMs ?? 0
                     ms.gpuKernel += l.gpuKernelMs ?? 0
+                    ms.gpuHost += l.gpuHostMs ?? 0
+                    ms.gpuPlace += l.gpuPlaceMs ?? 0
                   }
                 }
                 row.tokensPerS = (done * batch) / secs

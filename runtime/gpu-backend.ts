@@ -47,6 +47,10 @@ export interface GpuLayerTiming {
   kernelMs: number
   /** Hidden or out went through the pinned staging buffer (not inside the registered arena). */
   staged: boolean
+  /** Wall time of the call on its native thread (preparing, enqueueing, waiting for the stream),
+   *  and of that the part before the first copy was enqueued. */
+  hostMs: number
+  prepMs: number
 }
 
 export interface GpuOpenOptions {
@@ -162,7 +166,7 @@ export class GpuBackend {
     this.#live()
     const D = c.D ?? (c.experts.length ? this.#D.get(c.experts[0].key) : undefined)
     if (D === undefined) {
-      if (c.experts.length === 0) return { gpuMs: 0, kernelMs: 0, staged: false }
+      if (c.experts.length === 0) return { gpuMs: 0, kernelMs: 0, staged: false, hostMs: 0, prepMs: 0 }
       throw new HetmoeError('BAD_INPUT', `runLayer: expert ${c.experts[0].key} is not resident on the GPU`)
     }
     try {

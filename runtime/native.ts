@@ -168,7 +168,7 @@ export interface NativeGpuApi {
    * Runs every listed expert (all resident) on a libuv thread: hidden [T x D] fp32 in, `out` rows
    * named by outRows overwritten (fp32), nothing else written. hidden/out inside a registered range
    * (16-byte aligned) move by DMA / zero-copy, otherwise through a pinned staging buffer.
-   * Resolves with the stream time of the call and of its kernels.
+   * Resolves with the stream time of the call and of its kernels, and the native thread's wall time.
    */
   gpuRunLayer(
     handle: number,
@@ -176,7 +176,7 @@ export interface NativeGpuApi {
     hidden: Float32Array,
     D: number,
     out: Float32Array,
-  ): Promise<{ gpuMs: number; kernelMs: number; staged: boolean }>
+  ): Promise<{ gpuMs: number; kernelMs: number; staged: boolean; hostMs: number; prepMs: number }>
   /** The GPU bench (native/cuda/gpu_bench.cu), synchronous; returns its results as JSON text. */
   gpuBench(options: {
     preset?: string

@@ -63,8 +63,9 @@ export interface LayerStats {
   /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
    *  to its completion (they overlap; a side's time counts only in forwards where it had work);
    *  gpuStream / gpuKernel: the device's event timings of its layer calls (copies in, kernels, copies
-   *  out / the expert kernels alone). */
-  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number }
+   *  out / the expert kernels alone); gpuHost: those calls' wall time on their native thread; gpuPlace:
+   *  choosing the GPU's experts for the batch (the cache strategy, streaming uploads included). */
+  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number; gpuHost: number; gpuPlace: number }
   /** Forwards in which the CPU side, and the GPU side, had work. */
   cpuForwards: number
   gpuForwards: number
@@ -115,7 +116,7 @@ export class Runtime extends EventEmitter {
     this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
-    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0 } }))
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0, gpuHost: 0, gpuPlace: 0 } }))
   }
 
   /** @internal use createRuntime() */
@@ -216,7 +217,9 @@ export class Runtime extends EventEmitter {
 
       const gpuWork: ExpertWork[] = []
       const cpuWork: ExpertWork[] = []
+      const tPlace = performance.now()
       const choice = this.#gpu && this.#gpuHealthy ? this.#cache!.choose(layer, sel.counts, T) : undefined
+      this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
       if (choice) releases.push(choice.release)
       for (let e = 0; e < sel.counts.length; e++) {
         const count = sel.counts[e]
@@ -296,6 +299,7 @@ export class Runtime extends EventEmitter {
         const st = this.#stats[work.layer]
         st.ms.gpuStream += timing.gpuMs
         st.ms.gpuKernel += timing.kernelMs
+        st.ms.gpuHost += timing.hostMs
         if (timing.staged) st.gpuStagedCalls++
       }
     } catch (err) {

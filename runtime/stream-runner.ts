@@ -23,9 +23,10 @@ export interface StreamReport {
   gpuTokenShare: number
   /** Per layer, milliseconds per batch; cpuMs / gpuMs: each side from dispatch to completion, averaged
    *  over the batches where that side had work (absent when it never had); gpuStreamMs / gpuKernelMs:
-   *  the device's own timing of those GPU calls (copies + kernels / the expert kernels alone).
+   *  the device's own timing of those GPU calls (copies + kernels / the expert kernels alone);
+   *  gpuHostMs: their wall time on the native thread; gpuPlaceMs: choosing the GPU's experts.
    */
-  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuStreamMs?: number; gpuKernelMs?: number; gpuShare: number }[]
+  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuStreamMs?: number; gpuKernelMs?: number; gpuHostMs?: number; gpuPlaceMs?: number; gpuShare: number }[]
 }
 
 export interface StreamOptions {
@@ -105,6 +106,8 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
             gpuMs: (s.ms.gpu - p.ms.gpu) / (s.gpuForwards - p.gpuForwards),
             gpuStreamMs: (s.ms.gpuStream - p.ms.gpuStream) / (s.gpuForwards - p.gpuForwards),
             gpuKernelMs: (s.ms.gpuKernel - p.ms.gpuKernel) / (s.gpuForwards - p.gpuForwards),
+            gpuHostMs: (s.ms.gpuHost - p.ms.gpuHost) / (s.gpuForwards - p.gpuForwards),
+            gpuPlaceMs: (s.ms.gpuPlace - p.ms.gpuPlace) / (s.gpuForwards - p.gpuForwards),
           }
         : {}),
       gpuShare: g + c ? g / (g + c) : 0,

@@ -41,9 +41,9 @@ export interface DeviceProbes {
   /** Seconds each further expert adds to a call when its arithmetic is negligible. Without it, the
    *  fitted intercept less the layer overhead stands in (which mixes in per-call costs). */
   expertOverhead?: () => number | Promise<number>
-  /** 'smallest': read rates are what one call of the smallest probe size reaches (one expert on a
-   *  device whose threads share it: the runtime's CPU side at decode holds one to three); 'fit'
-   *  (default): the slope over all sizes (a GPU, whose launch covers every expert of a call). */
+  /** 'smallest': read and FLOP rates are what one call of the smallest probe size reaches (one expert
+   *  on a device whose threads share it: the runtime's CPU side holds one to three); 'fit' (default):
+   *  the slope over all sizes, FLOPs at the largest (a GPU, whose launch covers every expert of a call). */
   readRateFrom?: 'fit' | 'smallest'
   /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
   streamBytesPerS?: number
@@ -121,7 +121,10 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     }
     rates.readBytesPerS[format] = 1 / slope
     fixed.push(intercept)
-    const bytes = plan.bytes[plan.bytes.length - 1]
+    // FLOP rates too come from one expert where the device's threads share it: 8 experts of 256
+    // tokens kept the Xeon's 16 cores at 4.8 TFLOP/s, one expert of 135 tokens ran at a third of that,
+    // and a planner trusting the former left prefill experts on the CPU that made the layer 2x slower.
+    const bytes = dev.readRateFrom === 'smallest' ? plan.bytes[0] : plan.bytes[plan.bytes.length - 1]
     let flopRate = 0
     for (const tokens of plan.tokens) {
       const t = await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))

@@ -219,6 +219,8 @@ class LayerWorker : public Napi::AsyncWorker {
     o.Set("gpuMs", timing.gpuMs);
     o.Set("kernelMs", timing.kernelMs);
     o.Set("staged", timing.staged);
+    o.Set("hostMs", timing.hostMs);
+    o.Set("prepMs", timing.prepMs);
     deferred.Resolve(o);
   }
   void OnError(const Napi::Error& e) override { deferred.Reject(codedError(Env(), code, e.Message()).Value()); }

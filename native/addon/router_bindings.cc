@@ -4,6 +4,7 @@
 
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
+#include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
 namespace hetmoe {
@@ -36,7 +37,7 @@ Napi::Value GateLogits(const Napi::CallbackInfo& cb) {
 Napi::Value FirstNonFinite(const Napi::CallbackInfo& cb) {
   const int64_t n = intArg(cb[1], "n");
   auto x = atLeast(typedSpan<float>(cb[0], napi_float32_array, "values"), n, cb.Env(), "values");
-  return Napi::Number::New(cb.Env(), static_cast<double>(cpu::firstNonFinite(x.data, n)));
+  return Napi::Number::New(cb.Env(), static_cast<double>(cpu::firstNonFiniteParallel(x.data, n)));
 }
 
 // combineRows(rows f32 [T·K×D], shared f32 [S·T×D] | null, S, out f32 [T×D], T, K, D, g f32 [T] | null)

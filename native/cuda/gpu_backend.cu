@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -374,6 +375,8 @@ void unregisterHost(int h, void* p) {
 
 LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float* hidden, int T, int D, float* out,
                      int outRowsTotal) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto msSince = [start] { return std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(); };
   std::shared_ptr<Backend> keep = getShared(h);
   Backend& b = *keep;
   std::lock_guard<std::mutex> l(b.mu);
@@ -463,6 +466,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
   const Registered* outReg = (reinterpret_cast<uintptr_t>(out) % 16 == 0) ? findRegistered(b, out, outBytes) : nullptr;
   timing.staged = !hidReg || !outReg;
 
+  timing.prepMs = msSince();
   check(cudaEventRecord(b.ev[0], b.stream), "recording an event");
   check(cudaMemcpyAsync(dp, hp, idxBytes + planBytes, cudaMemcpyHostToDevice, b.stream), "copying the selection arrays");
   b.hidF32.ensure(size_t(T) * D, "allocating the device fp32 hidden buffer");
@@ -500,6 +504,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     for (int i = 0; i < S; ++i) std::memcpy(out + size_t(orow[i]) * D, b.pinned + size_t(i) * D * 4, size_t(D) * 4);
   cudaEventElapsedTime(&timing.gpuMs, b.ev[0], b.ev[3]);
   cudaEventElapsedTime(&timing.kernelMs, b.ev[1], b.ev[2]);
+  timing.hostMs = msSince();
   return timing;
 }
 

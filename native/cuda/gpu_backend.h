@@ -51,6 +51,8 @@ struct LayerTiming {
   float gpuMs = 0;        // stream time of the whole call (copies in, kernels, copies out)
   float kernelMs = 0;     // the two projection launches of every format group
   bool staged = false;    // hidden or out went through the pinned staging buffer
+  float hostMs = 0;       // wall time of the call on its thread: preparing, enqueueing, waiting
+  float prepMs = 0;       // of which before the first copy was enqueued (lookups, plan building)
 };
 
 int open(int device, size_t budgetBytes);  // returns a handle
