@@ -61,15 +61,22 @@ export class Arena {
     if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0 || align > PAGE_BYTES)
       throw badOption('align', `a power of two up to ${PAGE_BYTES}`, align)
     const length = alignUp(Math.max(bytes, 1), align)
-    for (let i = 0; i < this.#free.length; i++) {
-      const b = this.#free[i]
+    const free = this.#free
+    for (let i = 0; i < free.length; i++) {
+      const b = free[i]
       const start = this.base + alignUp(b.offset - this.base, align)
       const end = start + length
-      if (end > b.offset + b.length) continue
-      const pieces: FreeBlock[] = []
-      if (start > b.offset) pieces.push({ offset: b.offset, length: start - b.offset })
-      if (end < b.offset + b.length) pieces.push({ offset: end, length: b.offset + b.length - end })
-      this.#free.splice(i, 1, ...pieces)
+      const blockEnd = b.offset + b.length
+      if (end > blockEnd) continue
+      // The block shrinks in place (or goes, or splits in two): a forward takes and returns a few
+      // leases, so this path allocates nothing but the Lease.
+      if (start > b.offset) {
+        b.length = start - b.offset
+        if (end < blockEnd) free.splice(i + 1, 0, { offset: end, length: blockEnd - end })
+      } else if (end < blockEnd) {
+        b.offset = end
+        b.length = blockEnd - end
+      } else free.splice(i, 1)
       this.#leased.set(start, length)
       return new Lease(this, start, bytes)
     }
@@ -87,17 +94,24 @@ export class Arena {
     const length = this.#leased.get(offset)
     if (length === undefined) throw new HetmoeError('ARENA_RELEASED', `no lease at offset ${offset} (released twice?)`)
     this.#leased.delete(offset)
-    // Insert in offset order and merge with neighbours so free space does not fragment over time.
-    let i = this.#free.findIndex((b) => b.offset > offset)
-    if (i < 0) i = this.#free.length
-    this.#free.splice(i, 0, { offset, length })
-    const merged: FreeBlock[] = []
-    for (const b of this.#free) {
-      const last = merged[merged.length - 1]
-      if (last && last.offset + last.length === b.offset) last.length += b.length
-      else merged.push({ ...b })
-    }
-    this.#free = merged
+    // Insert in offset order, merged with its neighbours, so free space does not fragment over time
+    // (the list is kept merged, so only the two neighbours can touch the returned block).
+    const free = this.#free
+    let i = 0
+    while (i < free.length && free[i].offset < offset) i++
+    const prev = i > 0 ? free[i - 1] : undefined
+    const next = i < free.length ? free[i] : undefined
+    const end = offset + length
+    if (prev && prev.offset + prev.length === offset) {
+      prev.length += length
+      if (next && next.offset === end) {
+        prev.length += next.length
+        free.splice(i, 1)
+      }
+    } else if (next && next.offset === end) {
+      next.offset = offset
+      next.length += length
+    } else free.splice(i, 0, { offset, length })
   }
 
   /** Drops every lease; views taken earlier keep the memory alive but must not be used. */
@@ -141,6 +155,11 @@ export class Lease {
   i32(count = Math.floor(this.length / 4), byteOffset = 0): Int32Array {
     this.#check(byteOffset, count * 4)
     return new Int32Array(this.arena.buffer, this.offset + byteOffset, count)
+  }
+
+  f64(count = Math.floor(this.length / 8), byteOffset = 0): Float64Array {
+    this.#check(byteOffset, count * 8)
+    return new Float64Array(this.arena.buffer, this.offset + byteOffset, count)
   }
 
   u16(count = Math.floor(this.length / 2), byteOffset = 0): Uint16Array {

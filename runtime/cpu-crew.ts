@@ -28,6 +28,23 @@ const SLOT_WORD = 16
 const SLOT_STRIDE = 16
 const MAX_SLOTS = 64
 
+/** The gate GEMM size (T·E·D products) from which routing shares it with the crew (CpuCrew.gateLogits):
+ *  on the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16 tokens) and won from
+ *  2M (the 64-expert gate at 16 tokens: 52 → 33 µs). HETMOE_GATE_PARALLEL_MIN overrides it. */
+export let GATE_PARALLEL_MIN_PRODUCTS = Number(process.env.HETMOE_GATE_PARALLEL_MIN ?? 0) || 1 << 20
+/** @internal For tests: sets the threshold (routing reads it per call). */
+export function setGateParallelMinProducts(products: number): void {
+  GATE_PARALLEL_MIN_PRODUCTS = products
+}
+const GATE_MAGIC = 0x31474d48
+const GATE_WORDS = 32
+
+const crews = new WeakMap<Arena, CpuCrew>()
+/** The crew serving `arena`'s runtime, if any (routing finds it through its leases). */
+export function crewOf(arena: Arena): CpuCrew | undefined {
+  return crews.get(arena)
+}
+
 export interface CrewJob {
   descOffset: number
   /** Bytes of weights the job reads (decides whether the main thread joins). */
@@ -50,27 +67,34 @@ export interface CrewRunResult {
 export class CpuCrew {
   readonly threads: number
   readonly #pool: CpuPool
-  readonly #arena: Arena
   readonly #u8: Uint8Array
   readonly #board: Lease
   readonly #boardWords: Int32Array
+  /** The whole arena as int32 words (a job's abort word is at descOffset / 4 + JOB_ABORT). */
+  readonly #words: Int32Array
   /** Per slot: its serve task while the worker is in (or on its way into) crewServe. */
   readonly #serving: (Promise<unknown> | undefined)[] = []
   #tail: Promise<void> = Promise.resolve()
-  #current: Int32Array | undefined
+  /** Jobs running or waiting for their turn. */
+  #queued = 0
+  /** The abort word (index into #words) of the job running now. */
+  #current: number | undefined
   #deaths = 0
+  readonly #gateDesc: Lease
   #closing = false
 
   constructor(options: { arena: Arena; threads: number; filename?: string }) {
     if (!Number.isInteger(options.threads) || options.threads <= 0 || options.threads > MAX_SLOTS)
       throw new HetmoeError('BAD_OPTION', `options.cpuThreads must be an integer in [1, ${MAX_SLOTS}] (got ${String(options.threads)})`)
     this.threads = options.threads
-    this.#arena = options.arena
     this.#u8 = new Uint8Array(options.arena.buffer)
+    this.#words = new Int32Array(options.arena.buffer)
     this.#pool = new CpuPool({ arena: options.arena, threads: options.threads, filename: options.filename })
     this.#board = options.arena.lease((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE) * 4, 64)
     this.#boardWords = this.#board.i32((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE))
     native().crewInit(this.#u8, this.#board.offset, this.threads)
+    this.#gateDesc = options.arena.lease(GATE_WORDS * 4, 64)
+    crews.set(options.arena, this)
     this.#serveAll()
   }
 
@@ -80,10 +104,13 @@ export class CpuCrew {
     const turn = this.#tail
     let next!: () => void
     this.#tail = new Promise<void>((r) => (next = r))
-    await turn
+    // Waiting for the turn costs a trip through the microtask queue; with nothing queued the turn
+    // is already ours (the last job's finally released it synchronously).
+    if (this.#queued++ > 0) await turn
     try {
       return await this.#runNow(job, options)
     } finally {
+      this.#queued--
       next()
     }
   }
@@ -94,10 +121,13 @@ export class CpuCrew {
     if (signal?.aborted) throw aborted()
     const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
     const a = native()
-    const header = new Int32Array(this.#arena.buffer, job.descOffset, JOB_HEADER_WORDS)
-    const stop = () => Atomics.store(header, JOB_ABORT, 1)
+    if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
+      throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+    const abortWord = job.descOffset / 4 + JOB_ABORT
+    const words = this.#words
+    const stop = () => void Atomics.store(words, abortWord, 1)
     signal?.addEventListener('abort', stop)
-    this.#current = header
+    this.#current = abortWord
     try {
       for (let attempt = 0; ; attempt++) {
         const deaths = this.#deaths
@@ -112,7 +142,8 @@ export class CpuCrew {
           if (state === 'pending') state = await a.cpuLayerWait(this.#u8, job.descOffset)
         } finally {
           if (state !== 'done') stop()
-          await this.#retire()
+          // Usually no worker is inside any more: retire without a trip through the event loop.
+          if (!a.crewRetire(this.#u8, this.#board.offset, 200)) await this.#retire()
         }
         if (signal?.aborted) throw aborted()
         if (state === 'done') return { joined: join, retried: attempt > 0 }
@@ -133,6 +164,53 @@ export class CpuCrew {
     }
   }
 
+  /**
+   * The gate's logits (float64 [T × E], the same bits as native().gateLogits) computed by this thread
+   * and the crew's workers together, which are idle while the main thread routes. `hidden` and
+   * `logits` must lie in the arena, the gate weight in the mapped weights file `weightsId`. Returns
+   * undefined (nothing done; compute on this thread) when the crew is busy with a layer job, closing,
+   * or the GEMM is below `minProducts` (measured: below ~1M products the post and the join cost
+   * more than the split saves); else the index of the first non-finite hidden value, or -1.
+   */
+  gateLogits(
+    hidden: Float32Array,
+    gate: { weightsId: number; offset: number },
+    T: number,
+    D: number,
+    E: number,
+    logits: Float64Array,
+    minProducts = GATE_PARALLEL_MIN_PRODUCTS,
+  ): number | undefined {
+    if (this.#closing || this.#queued > 0 || T * E * D < minProducts) return undefined
+    if (hidden.buffer !== this.#u8.buffer || logits.buffer !== this.#u8.buffer || logits.byteOffset % 8 !== 0) return undefined
+    // Blocks of 4 tokens (one register tile) × an expert range: about four blocks per thread.
+    const threads = this.threads + 1
+    const tpb = Math.min(T, 4)
+    const tBlocks = Math.ceil(T / tpb)
+    const eSplit = Math.max(1, Math.min(Math.ceil(E / 8), Math.ceil((4 * threads) / tBlocks)))
+    const epb = Math.ceil(E / eSplit)
+    const w = this.#gateDesc.i32(GATE_WORDS)
+    w.fill(0)
+    w[0] = GATE_MAGIC
+    w[4] = T
+    w[5] = tBlocks * Math.ceil(E / epb)
+    w[6] = E
+    w[7] = gate.weightsId
+    w[8] = D
+    w[9] = tpb
+    w[10] = epb
+    w[11] = native().cpuResolveIsa().index
+    const put64 = (i: number, v: number) => {
+      w[i] = v % 2 ** 32 | 0
+      w[i + 1] = Math.floor(v / 2 ** 32)
+    }
+    put64(16, hidden.byteOffset)
+    put64(18, gate.offset)
+    put64(20, logits.byteOffset)
+    this.#serveAll()
+    return native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
+  }
+
   /** Closes the posted job once no worker is inside it (a dead one is cleared by #serve's handler). */
   async #retire(): Promise<void> {
     while (!native().crewRetire(this.#u8, this.#board.offset, 200)) await new Promise((r) => setTimeout(r, 1))
@@ -149,7 +227,7 @@ export class CpuCrew {
       () => {
         // Idle (or quit): a job posted while it was leaving is still open, so a job in flight gets it back.
         this.#serving[slot] = undefined
-        if (this.#current) this.#serveAll()
+        if (this.#current !== undefined) this.#serveAll()
       },
       (err: unknown) => {
         this.#serving[slot] = undefined
@@ -158,7 +236,7 @@ export class CpuCrew {
         // the job it was in cannot finish its blocks: abort it (the runner re-runs it once).
         this.#deaths++
         Atomics.store(this.#boardWords, SLOT_WORD + slot * SLOT_STRIDE, 0)
-        if (this.#current) Atomics.store(this.#current, JOB_ABORT, 1)
+        if (this.#current !== undefined) Atomics.store(this.#words, this.#current, 1)
         this.#serveAll()
       },
     )
@@ -175,13 +253,14 @@ export class CpuCrew {
     // receive its task and see the quit. A serving one leaves crewServe at once and is stopped in JS.
     native().crewQuit(this.#u8, this.#board.offset)
     await this.#pool.destroy()
+    this.#gateDesc.release()
     this.#board.release()
   }
 
   /** Stops now: running jobs are aborted. */
   async destroy(): Promise<void> {
     this.#closing = true
-    if (this.#current) Atomics.store(this.#current, JOB_ABORT, 1)
+    if (this.#current !== undefined) Atomics.store(this.#words, this.#current, 1)
     native().crewQuit(this.#u8, this.#board.offset)
     await this.#pool.destroy()
   }

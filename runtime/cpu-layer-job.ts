@@ -89,14 +89,33 @@ function checkJob(job: CpuLayerJob): void {
   if (!Number.isInteger(job.hiddenSize) || job.hiddenSize <= 0) throw bad('hiddenSize must be a positive integer')
   if (!Number.isInteger(job.ffnSize) || job.ffnSize <= 0) throw bad('ffnSize must be a positive integer')
   if (job.ffn !== 'swiglu' && job.ffn !== 'gelu') throw bad(`ffn must be "swiglu" or "gelu" (got ${String(job.ffn)})`)
-  for (const [i, e] of job.experts.entries()) {
+  const badOffset = (o: number) => !Number.isInteger(o) || o < 0 || o % 4 !== 0
+  for (let i = 0; i < job.experts.length; i++) {
+    const e = job.experts[i]
     if (!Number.isInteger(e.tokens.count) || e.tokens.count < 0) throw bad(`expert ${i}: tokens.count must be a non-negative integer`)
     if ((job.ffn === 'swiglu') !== (e.matrices.gate !== undefined))
       throw bad(`expert ${i}: ${job.ffn === 'swiglu' ? 'SwiGLU needs a gate matrix' : 'GeLU experts have no gate matrix'}`)
-    for (const o of [e.tokens.offset, e.outRows.offset, e.scales?.offset ?? 0])
-      if (!Number.isInteger(o) || o < 0 || o % 4 !== 0) throw bad(`expert ${i}: offsets must be non-negative multiples of 4`)
+    if (badOffset(e.tokens.offset) || badOffset(e.outRows.offset) || badOffset(e.scales?.offset ?? 0)) throw bad(`expert ${i}: offsets must be non-negative multiples of 4`)
   }
 }
+
+// Descriptor writers (module-level, so that encoding a job creates no closures).
+function put64(w: Int32Array, i: number, v: number): void {
+  w[i] = v % 2 ** 32 | 0
+  w[i + 1] = Math.floor(v / 2 ** 32)
+}
+
+function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
+  w[i] = FORMAT[m.format]
+  w[i + 1] = DTYPE[m.dtype]
+  w[i + 2] = m.rows
+  w[i + 3] = m.cols
+  put64(w, i + 4, m.values.offset)
+  put64(w, i + 6, m.meta?.offset ?? 0)
+  put64(w, i + 8, m.select?.offset ?? 0)
+}
+
+const matrixBytes = (m: MatrixRef | undefined): number => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
 
 /**
  * Writes the job's descriptor and scratch into a fresh lease of `arena` (layout: native/cpu/layer_job.h):
@@ -107,7 +126,8 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
   const isa = native().cpuResolveIsa(job.isa ?? '').name
   const D = job.hiddenSize
   const F = job.ffnSize
-  const ne = job.experts.length
+  const experts = job.experts
+  const ne = experts.length
   const blocks1 = Math.ceil(F / ROWS_PER_BLOCK)
   const blocks2 = Math.ceil(D / ROWS_PER_BLOCK)
   const numBlocks = ne * (blocks1 + blocks2)
@@ -115,20 +135,18 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
   const expertBytes = up64(ne * EXPERT_WORDS * 4)
   const blockBytes = up64(numBlocks * BLOCK_WORDS * 4)
   const amx = isa === 'amx'
-  const scratch = job.experts.map((e) => {
-    const n = e.tokens.count
-    return { h: up64(n * F * 4), x: amx ? up64(padTokens(n) * D * 2) : 0, hp: amx ? up64(padTokens(n) * F * 2) : 0 }
-  })
-  const total = headerBytes + expertBytes + blockBytes + scratch.reduce((s, x) => s + x.h + x.x + x.hp, 0)
+  // Per expert scratch: h fp32 [n × F], then (AMX) xPacked and hPacked.
+  let scratchBytes = 0
+  for (let i = 0; i < ne; i++) {
+    const n = experts[i].tokens.count
+    scratchBytes += up64(n * F * 4) + (amx ? up64(padTokens(n) * D * 2) + up64(padTokens(n) * F * 2) : 0)
+  }
+  const total = headerBytes + expertBytes + blockBytes + scratchBytes
   const lease = arena.lease(total, 4096)
   try {
     const base = lease.offset
     const w = new Int32Array(arena.buffer, base, (headerBytes + expertBytes + blockBytes) / 4)
     w.fill(0)
-    const put64 = (i: number, v: number) => {
-      w[i] = v % 2 ** 32 | 0
-      w[i + 1] = Math.floor(v / 2 ** 32)
-    }
     const expertTable = base + headerBytes
     const blockTable = expertTable + expertBytes
     w[0] = JOB_MAGIC
@@ -143,54 +161,55 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     w[12] = options.testDieCount ?? 0
     w[13] = job.hidden.rows
     w[14] = ROWS_PER_BLOCK
-    put64(16, job.hidden.offset)
-    put64(18, job.out.offset)
-    put64(20, expertTable)
-    put64(22, blockTable)
+    put64(w, 16, job.hidden.offset)
+    put64(w, 18, job.out.offset)
+    put64(w, 20, expertTable)
+    put64(w, 22, blockTable)
     w[24] = job.out.rows ?? job.hidden.rows
     let scratchAt = blockTable + blockBytes
-    const putMatrix = (i: number, m: MatrixRef) => {
-      w[i] = FORMAT[m.format]
-      w[i + 1] = DTYPE[m.dtype]
-      w[i + 2] = m.rows
-      w[i + 3] = m.cols
-      put64(i + 4, m.values.offset)
-      put64(i + 6, m.meta?.offset ?? 0)
-      put64(i + 8, m.select?.offset ?? 0)
-    }
-    const blk = (b: number, e: number, row0: number, phase: number) => {
-      const i = (blockTable - base) / 4 + b * BLOCK_WORDS
-      w[i + 1] = e
-      w[i + 2] = row0
-      w[i + 3] = phase
-    }
-    job.experts.forEach((e, ei) => {
+    const blockWord = (blockTable - base) / 4
+    let weightBytes = 0
+    for (let ei = 0; ei < ne; ei++) {
+      const e = experts[ei]
+      const n = e.tokens.count
       const r = (expertTable - base) / 4 + ei * EXPERT_WORDS
-      w[r] = e.tokens.count
+      w[r] = n
       w[r + 1] = ei
       w[r + 2] = blocks1
       w[r + 3] = ne * blocks1 + ei
       w[r + 4] = blocks2
       w[r + 8] = (e.scales ? 1 : 0) | (e.matrices.gate ? 2 : 0)
-      put64(r + 10, e.tokens.offset)
-      put64(r + 12, e.outRows.offset)
-      put64(r + 14, e.scales?.offset ?? 0)
-      const s = scratch[ei]
-      put64(r + 16, scratchAt)
-      put64(r + 18, scratchAt + s.h)
-      put64(r + 20, scratchAt + s.h + s.x)
-      scratchAt += s.h + s.x + s.hp
-      if (e.matrices.gate) putMatrix(r + 24, e.matrices.gate)
-      putMatrix(r + 24 + MATRIX_WORDS, e.matrices.up)
-      putMatrix(r + 24 + 2 * MATRIX_WORDS, e.matrices.down)
+      put64(w, r + 10, e.tokens.offset)
+      put64(w, r + 12, e.outRows.offset)
+      put64(w, r + 14, e.scales?.offset ?? 0)
+      const h = up64(n * F * 4)
+      const x = amx ? up64(padTokens(n) * D * 2) : 0
+      const hp = amx ? up64(padTokens(n) * F * 2) : 0
+      put64(w, r + 16, scratchAt)
+      put64(w, r + 18, scratchAt + h)
+      put64(w, r + 20, scratchAt + h + x)
+      scratchAt += h + x + hp
+      const { gate, up, down } = e.matrices
+      if (gate) putMatrix(w, r + 24, gate)
+      putMatrix(w, r + 24 + MATRIX_WORDS, up)
+      putMatrix(w, r + 24 + 2 * MATRIX_WORDS, down)
+      weightBytes += matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
       // Blocks are numbered round-robin over the experts (block k of expert e at k * ne + e), so the
       // first claims spread over all experts: their per-expert set-up (AMX packing) runs in parallel
-      // and each expert's phase 1 finishes at about the same time.
-      for (let k = 0; k < blocks1; k++) blk(k * ne + ei, ei, k * ROWS_PER_BLOCK, 1)
-      for (let k = 0; k < blocks2; k++) blk(ne * blocks1 + k * ne + ei, ei, k * ROWS_PER_BLOCK, 2)
-    })
-    const matrixBytes = (m: MatrixRef | undefined) => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
-    const weightBytes = job.experts.reduce((s, e) => s + matrixBytes(e.matrices.gate) + matrixBytes(e.matrices.up) + matrixBytes(e.matrices.down), 0)
+      // and each expert's phase 1 finishes at about the same time. Block words: state, expert, row0, phase.
+      for (let k = 0; k < blocks1; k++) {
+        const i = blockWord + (k * ne + ei) * BLOCK_WORDS
+        w[i + 1] = ei
+        w[i + 2] = k * ROWS_PER_BLOCK
+        w[i + 3] = 1
+      }
+      for (let k = 0; k < blocks2; k++) {
+        const i = blockWord + (ne * blocks1 + k * ne + ei) * BLOCK_WORDS
+        w[i + 1] = ei
+        w[i + 2] = k * ROWS_PER_BLOCK
+        w[i + 3] = 2
+      }
+    }
     return { descOffset: base, numBlocks, isa, weightBytes, release: () => lease.release() }
   } catch (err) {
     lease.release()

@@ -90,6 +90,12 @@ export interface NativeCpuApi {
   crewServe(arena: Uint8Array, board: number, slot: number, idleMicros: number, testHooks?: boolean): 'quit' | 'die' | 'idle'
   /** Validates the job descriptor (throws naming what is wrong) and opens it to the crew; one job at a time. */
   crewPost(arena: Uint8Array, board: number, descOffset: number): void
+  /**
+   * Runs the gate job at `descOffset` (native/cpu/gate_job.h) on this thread and the crew: posts it,
+   * computes blocks, waits for all of them and for every worker to leave. The board must be free.
+   * Returns the index of the first non-finite hidden value (then nothing is computed), else -1.
+   */
+  gateJobRun(arena: Uint8Array, board: number, descOffset: number): number
   /** Closes the posted job; true once no worker is inside it (spins at most `micros`; call again while false). */
   crewRetire(arena: Uint8Array, board: number, micros: number): boolean
   /** Asks every serving worker to return. */

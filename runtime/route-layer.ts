@@ -6,7 +6,9 @@ import { RreRouter } from '../scheduler/route-rre.js'
 import { GateRouter } from '../scheduler/route-gate.js'
 import { selectionBytes, selectionViews } from '../scheduler/selection.js'
 import type { Model } from '../experts/model.js'
+import type { GateRouting } from '../experts/manifest.js'
 import { native } from './native.js'
+import { crewOf, GATE_PARALLEL_MIN_PRODUCTS } from './cpu-crew.js'
 
 export interface Selection {
   counts: Int32Array
@@ -43,7 +45,7 @@ function notFinite(h: Float32Array, i: number, D: number): HetmoeError {
 }
 
 // Gate logits scratch, grown to the largest batch × experts seen.
-let logitsScratch = new Float64Array(0)
+let logitsScratch: Float64Array = new Float64Array(0)
 
 export function routeLayer(
   model: Model,
@@ -67,12 +69,25 @@ export function routeLayer(
     if (bad >= 0) throw notFinite(hidden, bad, model.manifest.hiddenSize)
     router.route(ids, options.domain, sel)
   } else {
-    // The gate GEMM natively, the same bits as router.route(hidden, T, sel) (test/router-math.test.ts).
+    // The gate GEMM natively, the same bits as router.route(hidden, T, sel) (test/router-math.test.ts):
+    // large ones shared with the runtime's idle CPU crew, others on this thread.
     const D = model.manifest.hiddenSize
-    if (logitsScratch.length < T * E) logitsScratch = new Float64Array(T * E)
-    const bad = native().gateLogits(hidden, router.weight, T, D, E, logitsScratch)
+    const crew = T * E * D >= GATE_PARALLEL_MIN_PRODUCTS ? crewOf(l.arena) : undefined
+    let logits = logitsScratch
+    let bad: number | undefined
+    if (crew) {
+      const routing = model.layer(layer).routing as GateRouting
+      const out = lease(T * E * 8)
+      logits = out.f64(T * E)
+      bad = crew.gateLogits(hidden, { weightsId: model.weightsId, offset: routing.weight.offset }, T, D, E, logits)
+    }
+    if (bad === undefined) {
+      if (logitsScratch.length < T * E) logitsScratch = new Float64Array(T * E)
+      logits = logitsScratch
+      bad = native().gateLogits(hidden, router.weight, T, D, E, logits)
+    }
     if (bad >= 0) throw notFinite(hidden, bad, D)
-    router.routeLogits(logitsScratch, T, sel)
+    router.routeLogits(logits, T, sel)
   }
   const base = sel.tokenRows.byteOffset
   return {

@@ -253,10 +253,16 @@ export class Runtime extends EventEmitter {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
         cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
       }
-      if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
-      const settled = await Promise.allSettled(jobs)
-      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-      if (failed) throw failed.reason
+      if (jobs.length === 0 && cpuJobs.length === 1) {
+        // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.
+        await cpuJobs[0]
+        cpuDone = performance.now()
+      } else {
+        if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
+        const settled = await Promise.allSettled(jobs)
+        const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
+        if (failed) throw failed.reason
+      }
       throwIfAborted(options.signal)
       const tCompute = performance.now()
 

@@ -79,27 +79,34 @@ export class GateRouter {
   }
 
   /**
-   * The gate's logits, float64 [T × E] into `out`: four partial sums in a fixed order — faster than
-   * one chain, and still the same bits on every run and machine (the native GEMM sums the same way).
+   * The gate's logits, float64 [T × E] into `out`: eight partial sums a_{j mod 8} over j < 8⌊D/8⌋,
+   * the tail into a_0 in ascending j, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) —
+   * the same bits on every run and machine, and as the native GEMM (native/cpu/router_math.h) on
+   * every ISA: each float32 × float32 product is exact in float64, so only the order of the adds
+   * matters, and that order is fixed here.
    */
   logits(hidden: Float32Array, numTokens: number, out: Float64Array): Float64Array {
     const E = this.numExperts
     const D = this.hiddenSize
+    const D8 = D - (D % 8)
     const w = this.#weight
     for (let t = 0; t < numTokens; t++) {
       const x = t * D
       for (let e = 0; e < E; e++) {
         const r = e * D
-        let a0 = 0, a1 = 0, a2 = 0, a3 = 0
-        let j = 0
-        for (; j + 4 <= D; j += 4) {
+        let a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0
+        for (let j = 0; j < D8; j += 8) {
           a0 += w[r + j] * hidden[x + j]
           a1 += w[r + j + 1] * hidden[x + j + 1]
           a2 += w[r + j + 2] * hidden[x + j + 2]
           a3 += w[r + j + 3] * hidden[x + j + 3]
+          a4 += w[r + j + 4] * hidden[x + j + 4]
+          a5 += w[r + j + 5] * hidden[x + j + 5]
+          a6 += w[r + j + 6] * hidden[x + j + 6]
+          a7 += w[r + j + 7] * hidden[x + j + 7]
         }
-        for (; j < D; j++) a0 += w[r + j] * hidden[x + j]
-        out[t * E + e] = a0 + a1 + (a2 + a3)
+        for (let j = D8; j < D; j++) a0 += w[r + j] * hidden[x + j]
+        out[t * E + e] = a0 + a1 + (a2 + a3) + (a4 + a5 + (a6 + a7))
       }
     }
     return out

@@ -13,16 +13,22 @@ t.comment(`seed ${seed}`)
 const rand = seededRandom(seed)
 const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rand() - 0.5) * 2 * scale)
 
-t.test('native gate logits route exactly as the JavaScript router (scalar and SIMD)', async (t) => {
+const levels = native().cpuIsa().levels.filter((l) => l.available).map((l) => l.name)
+t.comment(`ISA levels here: ${levels.join(', ')}`)
+
+t.test('native gate logits route exactly as the JavaScript router (every ISA level this CPU runs)', async (t) => {
   const isaBefore = process.env.HETMOE_ISA
   t.teardown(() => {
     if (isaBefore === undefined) delete process.env.HETMOE_ISA
     else process.env.HETMOE_ISA = isaBefore
   })
-  for (const isa of ['scalar', '']) {
+  // Shapes cover every register tile and its edges (tokens 1-4 and beyond, experts 1-8 and beyond,
+  // D with and without a tail past 8⌊D/8⌋, D < 8).
+  const shapes = [[1, 64, 8, 2], [3, 67, 8, 2], [5, 130, 64, 6], [17, 4096, 8, 2], [9, 2050, 16, 4], [2, 7, 3, 1], [4, 8, 5, 2], [7, 101, 13, 3], [16, 2048, 64, 6], [6, 263, 7, 7], [1, 2048, 64, 6]]
+  for (const isa of ['', ...levels]) {
     if (isa) process.env.HETMOE_ISA = isa
     else delete process.env.HETMOE_ISA
-    for (const [T, D, E, K] of [[1, 64, 8, 2], [3, 67, 8, 2], [5, 130, 64, 6], [17, 4096, 8, 2], [9, 2050, 16, 4]]) {
+    for (const [T, D, E, K] of shapes) {
       const weight = randn(E * D, 0.05)
       const hidden = randn(T * D)
       const router = new GateRouter({ weight, numExperts: E, hiddenSize: D, topK: K, normalize: K === 2 })
@@ -37,6 +43,38 @@ t.test('native gate logits route exactly as the JavaScript router (scalar and SI
       const same = (['counts', 'tokenRows', 'outRows', 'scales'] as const).every((k) => Buffer.from(js[k].buffer, js[k].byteOffset, js[k].byteLength).equals(Buffer.from(nat[k].buffer, nat[k].byteOffset, nat[k].byteLength)))
       t.ok(same, `T=${T} D=${D} E=${E} K=${K} ${isa || 'best ISA'}: same experts, rows and weights, bit for bit`)
     }
+  }
+})
+
+t.test('the summation order is the documented one (eight lanes, tail into lane 0, fixed tree)', async (t) => {
+  // Values where the order shows: 2^60 in lane 0 and -2^60 in lane 4 meet only in the final tree,
+  // after the small terms of lane 0 (j = 8, and the tail j = 16) and lane 1 were absorbed. Four lanes
+  // (j mod 4) would cancel them first and give 4.5; one chain would give 4.5 too.
+  const D = 17
+  const w = new Float32Array(D).fill(1)
+  const x = new Float32Array(D)
+  x[0] = 2 ** 60
+  x[4] = -(2 ** 60)
+  x[8] = 1
+  x[1] = 3
+  x[16] = 0.5
+  const a = new Float64Array(8)
+  for (let j = 0; j < 16; j++) a[j % 8] += w[j] * x[j]
+  a[0] += w[16] * x[16]
+  const ref = a[0] + a[1] + (a[2] + a[3]) + (a[4] + a[5] + (a[6] + a[7]))
+  t.equal(ref, 0)
+  const router = new GateRouter({ weight: w, numExperts: 1, hiddenSize: D, topK: 1, normalize: false })
+  t.equal(router.logits(x, 1, new Float64Array(1))[0], ref, 'JavaScript')
+  const isaBefore = process.env.HETMOE_ISA
+  t.teardown(() => {
+    if (isaBefore === undefined) delete process.env.HETMOE_ISA
+    else process.env.HETMOE_ISA = isaBefore
+  })
+  for (const isa of levels) {
+    process.env.HETMOE_ISA = isa
+    const out = new Float64Array(1)
+    native().gateLogits(x, w, 1, D, 1, out)
+    t.equal(out[0], ref, isa)
   }
 })
 

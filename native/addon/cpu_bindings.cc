@@ -7,6 +7,7 @@
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
 #include "cpu/crew.h"
+#include "cpu/gate_job.h"
 #include "cpu/kernels.h"
 #include "cpu/layer_job.h"
 
@@ -121,6 +122,14 @@ Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
   nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc); });
   return cb.Env().Undefined();
+}
+
+// gateJobRun(arena, board, desc) → index of the first non-finite hidden value (nothing computed),
+// else -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed by this thread and the crew.
+Napi::Value GateJobRun(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
+  return Napi::Number::New(cb.Env(), static_cast<double>(nativeErrors(cb.Env(), [&] { return cpu::gateJobRun(a.data, a.length, board, desc); })));
 }
 
 // crewRetire(arena, board, spinMicros) → true when no worker is inside the job.
@@ -281,6 +290,7 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exports.Set("crewInit", Napi::Function::New(env, CrewInit, "crewInit"));
   exports.Set("crewServe", Napi::Function::New(env, CrewServe, "crewServe"));
   exports.Set("crewPost", Napi::Function::New(env, CrewPost, "crewPost"));
+  exports.Set("gateJobRun", Napi::Function::New(env, GateJobRun, "gateJobRun"));
   exports.Set("crewRetire", Napi::Function::New(env, CrewRetire, "crewRetire"));
   exports.Set("crewQuit", Napi::Function::New(env, CrewQuit, "crewQuit"));
   exports.Set("cpuBenchLayer", Napi::Function::New(env, CpuBenchLayer, "cpuBenchLayer"));

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/futex.h"
+#include "cpu/gate_job.h"
 
 namespace hetmoe {
 namespace cpu {
@@ -87,7 +88,13 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
       // than parse the descriptor, so the retire does not wait on sixteen latecomers.
       const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
       const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
-      if (claimable) {
+      if (claimable && jh[0] == kGateMagic) {
+        try {
+          runGateJob(arena, arenaBytes, desc);
+        } catch (const std::exception&) {
+          // Validated by the main thread before posting; it computes any block left unclaimed.
+        }
+      } else if (claimable) {
         try {
           r = runLayerJob(arena, arenaBytes, desc, testHooks);
         } catch (const std::exception&) {
@@ -105,7 +112,11 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
 
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   int32_t* w = boardAt(arena, arenaBytes, board);
-  checkLayerJob(arena, arenaBytes, desc);
+  const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
+  if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
+    checkGateJob(arena, arenaBytes, desc);
+  else
+    checkLayerJob(arena, arenaBytes, desc);
   if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
   w[bDesc] = int32_t(uint32_t(desc));
   w[bDescHi] = int32_t(uint32_t(desc >> 32));

@@ -9,23 +9,31 @@
 namespace hetmoe {
 namespace cpu {
 
-void gateLogitsScalar(const float* x, const float* W, int T, int D, int E, double* logits) {
-  const int D4 = D & ~3;
-  for (int t = 0; t < T; ++t)
-    for (int e = 0; e < E; ++e) {
-      const float* w = W + int64_t(e) * D;
-      const float* h = x + int64_t(t) * D;
-      double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-      for (int j = 0; j < D4; j += 4) {
-        a0 += double(w[j]) * h[j];
-        a1 += double(w[j + 1]) * h[j + 1];
-        a2 += double(w[j + 2]) * h[j + 2];
-        a3 += double(w[j + 3]) * h[j + 3];
-      }
-      for (int j = D4; j < D; ++j) a0 += double(w[j]) * h[j];
-      logits[int64_t(t) * E + e] = a0 + a1 + (a2 + a3);
+void gateBlockScalar(const GateArgs& g, int t0, int t1, int e0, int e1) {
+  const int D = g.D, D8 = D & ~7;
+  for (int t = t0; t < t1; ++t)
+    for (int e = e0; e < e1; ++e) {
+      const float* w = g.W + int64_t(e) * D;
+      const float* h = g.x + int64_t(t) * D;
+      double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int j = 0; j < D8; j += 8)
+        for (int i = 0; i < 8; ++i) a[i] += double(w[j + i]) * double(h[j + i]);
+      g.logits[int64_t(t) * g.E + e] = gateFinish(a, w, h, D8, D);
     }
 }
+
+GateBlockFn gateBlockFor(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return gateBlockScalar;
+    case Isa::Avx2: return gateBlockAvx2;
+    case Isa::Avx512:
+    case Isa::Avx512Bf16:
+    case Isa::Amx: return gateBlockAvx512;
+  }
+  return gateBlockScalar;
+}
+
+GateBlockFn gateBlockForEnv() { return gateBlockFor(resolveIsa("")); }
 
 int64_t firstNonFinite(const float* x, int64_t n) {
   constexpr int64_t kChunk = 1024;
@@ -50,11 +58,8 @@ int64_t firstNonFinite(const float* x, int64_t n) {
 int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* logits) {
   const int64_t bad = firstNonFinite(x, int64_t(T) * D);
   if (bad >= 0) return bad;
-  // Same bits either way (see the header); AVX2 unless HETMOE_ISA asks for scalar.
-  if (resolveIsa("") != Isa::Scalar && isaAvailable(Isa::Avx2))
-    gateLogitsAvx2(x, W, T, D, E, logits);
-  else
-    gateLogitsScalar(x, W, T, D, E, logits);
+  // Same bits at every level (see the header); HETMOE_ISA or the best level picks the kernel.
+  gateBlockForEnv()(GateArgs{x, W, D, E, logits}, 0, T, 0, E);
   return -1;
 }
 

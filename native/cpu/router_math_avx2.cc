@@ -1,48 +1,70 @@
-// The gate's logits with AVX2 (router_math.h): lane i of a ymm of doubles is the partial sum a_i of
-// the scalar order; four tokens share each weight load (four independent FMA chains).
+// The gate's logits with AVX2 (router_math.h): two ymm of doubles hold the lane sums a_0..a_3 and
+// a_4..a_7 of one (token, expert) logit; register tiles of up to 2 tokens × 4 experts share each
+// load, so the loop runs on FMAs rather than on one accumulator chain's latency.
 #include <immintrin.h>
 
 #include "cpu/router_math.h"
 
 namespace hetmoe {
 namespace cpu {
-void gateLogitsAvx2(const float* x, const float* W, int T, int D, int E, double* logits) {
-  const int D4 = D & ~3;
-  for (int e = 0; e < E; ++e) {
-    const float* w = W + int64_t(e) * D;
-    int t = 0;
-    for (; t + 4 <= T; t += 4) {
-      const float* h0 = x + int64_t(t) * D;
-      const float* h1 = h0 + D;
-      const float* h2 = h1 + D;
-      const float* h3 = h2 + D;
-      __m256d c0 = _mm256_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
-      for (int j = 0; j < D4; j += 4) {
-        const __m256d wj = _mm256_cvtps_pd(_mm_loadu_ps(w + j));
-        c0 = _mm256_fmadd_pd(wj, _mm256_cvtps_pd(_mm_loadu_ps(h0 + j)), c0);
-        c1 = _mm256_fmadd_pd(wj, _mm256_cvtps_pd(_mm_loadu_ps(h1 + j)), c1);
-        c2 = _mm256_fmadd_pd(wj, _mm256_cvtps_pd(_mm_loadu_ps(h2 + j)), c2);
-        c3 = _mm256_fmadd_pd(wj, _mm256_cvtps_pd(_mm_loadu_ps(h3 + j)), c3);
-      }
-      const float* hs[4] = {h0, h1, h2, h3};
-      const __m256d cs[4] = {c0, c1, c2, c3};
-      for (int u = 0; u < 4; ++u) {
-        // The tail joins a_0 one product at a time, as in the scalar order: a0 += w·h, j ascending.
-        alignas(32) double a[4];
-        _mm256_store_pd(a, cs[u]);
-        for (int j = D4; j < D; ++j) a[0] += double(w[j]) * hs[u][j];
-        logits[int64_t(t + u) * E + e] = a[0] + a[1] + (a[2] + a[3]);
+namespace {
+
+template <int TT, int TE>
+void tile(const GateArgs& g, int t0, int e0) {
+  const int D = g.D, D8 = D & ~7;
+  const float* h[TT];
+  const float* w[TE];
+  for (int u = 0; u < TT; ++u) h[u] = g.x + int64_t(t0 + u) * D;
+  for (int v = 0; v < TE; ++v) w[v] = g.W + int64_t(e0 + v) * D;
+  __m256d acc[TT][TE][2];
+  for (int u = 0; u < TT; ++u)
+    for (int v = 0; v < TE; ++v) acc[u][v][0] = acc[u][v][1] = _mm256_setzero_pd();
+  for (int j = 0; j < D8; j += 8)
+    for (int half = 0; half < 2; ++half) {
+      __m256d xv[TT];
+      for (int u = 0; u < TT; ++u) xv[u] = _mm256_cvtps_pd(_mm_loadu_ps(h[u] + j + 4 * half));
+      for (int v = 0; v < TE; ++v) {
+        const __m256d wv = _mm256_cvtps_pd(_mm_loadu_ps(w[v] + j + 4 * half));
+        for (int u = 0; u < TT; ++u) acc[u][v][half] = _mm256_fmadd_pd(wv, xv[u], acc[u][v][half]);
       }
     }
-    for (; t < T; ++t) {
-      const float* h = x + int64_t(t) * D;
-      __m256d c = _mm256_setzero_pd();
-      for (int j = 0; j < D4; j += 4) c = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(w + j)), _mm256_cvtps_pd(_mm_loadu_ps(h + j)), c);
-      alignas(32) double a[4];
-      _mm256_store_pd(a, c);
-      for (int j = D4; j < D; ++j) a[0] += double(w[j]) * h[j];
-      logits[int64_t(t) * E + e] = a[0] + a[1] + (a[2] + a[3]);
+  for (int u = 0; u < TT; ++u)
+    for (int v = 0; v < TE; ++v) {
+      alignas(32) double a[8];
+      _mm256_store_pd(a, acc[u][v][0]);
+      _mm256_store_pd(a + 4, acc[u][v][1]);
+      g.logits[int64_t(t0 + u) * g.E + e0 + v] = gateFinish(a, w[v], h[u], D8, D);
     }
+}
+
+}  // namespace
+
+void gateBlockAvx2(const GateArgs& g, int t0, int t1, int e0, int e1) {
+  // 2 tokens × 3 experts: 12 accumulators of the 16 ymm registers; one token × 6 experts likewise.
+  for (int t = t0; t < t1;) {
+    const int tt = t1 - t >= 2 ? 2 : 1;
+    for (int e = e0; e < e1;) {
+      const int left = e1 - e;
+      int te;
+      if (tt == 2) {
+        te = left >= 3 ? 3 : left;
+        if (te == 3) tile<2, 3>(g, t, e);
+        else if (te == 2) tile<2, 2>(g, t, e);
+        else tile<2, 1>(g, t, e);
+      } else {
+        te = left >= 6 ? 6 : left;
+        switch (te) {
+          case 6: tile<1, 6>(g, t, e); break;
+          case 5: tile<1, 5>(g, t, e); break;
+          case 4: tile<1, 4>(g, t, e); break;
+          case 3: tile<1, 3>(g, t, e); break;
+          case 2: tile<1, 2>(g, t, e); break;
+          default: tile<1, 1>(g, t, e); break;
+        }
+      }
+      e += te;
+    }
+    t += tt;
   }
 }
 

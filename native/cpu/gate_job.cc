@@ -1,0 +1,105 @@
+// The gate GEMM as a crew job (layout and protocol: gate_job.h).
+#include "cpu/gate_job.h"
+
+#include <sched.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "addon/weights_map.h"
+#include "cpu/crew.h"
+#include "cpu/futex.h"
+#include "cpu/router_math.h"
+
+namespace hetmoe {
+namespace cpu {
+namespace {
+
+enum Word { gMagic = 0, gNext = 2, gDone = 3, gT = 4, gBlocks = 5, gE = 6, gWeights = 7, gD = 8, gTpb = 9, gEpb = 10, gIsa = 11,
+            gHidden = 16, gWeight = 18, gLogits = 20 };
+
+[[noreturn]] void bad(const std::string& what) { throw std::runtime_error("gate job: " + what); }
+
+uint64_t u64(const int32_t* w) { return uint64_t(uint32_t(w[0])) | (uint64_t(uint32_t(w[1])) << 32); }
+
+struct GateJob {
+  int32_t* hdr;
+  GateArgs args;
+  int T, E, tpb, epb, eBlocks, numBlocks;
+  GateBlockFn fn;
+};
+
+GateJob parse(uint8_t* arena, size_t arenaBytes, size_t desc) {
+  if (desc > arenaBytes || arenaBytes - desc < kGateWords * 4 || desc % 8 != 0) bad("the descriptor lies outside the arena");
+  int32_t* h = reinterpret_cast<int32_t*>(arena + desc);
+  if (h[gMagic] != kGateMagic) bad("no gate job at offset " + std::to_string(desc));
+  GateJob j;
+  j.hdr = h;
+  j.T = h[gT];
+  j.E = h[gE];
+  const int D = h[gD];
+  j.tpb = h[gTpb];
+  j.epb = h[gEpb];
+  if (j.T <= 0 || j.E <= 0 || D <= 0 || j.tpb <= 0 || j.epb <= 0 || h[gIsa] < 0 || h[gIsa] >= kIsaCount) bad("header fields out of range");
+  j.eBlocks = (j.E + j.epb - 1) / j.epb;
+  j.numBlocks = ((j.T + j.tpb - 1) / j.tpb) * j.eBlocks;
+  if (h[gBlocks] != j.numBlocks) bad("the block count does not match T, E and the block sizes");
+  const Isa isa = static_cast<Isa>(h[gIsa]);
+  std::string why;
+  if (!isaAvailable(isa, &why)) bad(std::string("this CPU lacks ") + why);
+  j.fn = gateBlockFor(isa);
+  const MappedWeights mw = weightsById(h[gWeights]);
+  if (!mw.data) bad("weights id " + std::to_string(h[gWeights]) + " is not mapped");
+  const uint64_t wOff = u64(h + gWeight), wBytes = uint64_t(j.E) * D * 4;
+  if (wOff > mw.bytes || wBytes > mw.bytes - wOff || wOff % 4) bad("the gate weight lies outside the weights file");
+  const uint64_t xOff = u64(h + gHidden), xBytes = uint64_t(j.T) * D * 4;
+  if (xOff > arenaBytes || xBytes > arenaBytes - xOff || xOff % 4) bad("hidden lies outside the arena");
+  const uint64_t lOff = u64(h + gLogits), lBytes = uint64_t(j.T) * j.E * 8;
+  if (lOff > arenaBytes || lBytes > arenaBytes - lOff || lOff % 8) bad("logits lie outside the arena");
+  j.args = GateArgs{reinterpret_cast<const float*>(arena + xOff), reinterpret_cast<const float*>(mw.data + wOff), D, j.E,
+                    reinterpret_cast<double*>(arena + lOff)};
+  return j;
+}
+
+int32_t run(GateJob& j) {
+  int32_t mine = 0;
+  for (;;) {
+    const int32_t b = atomicAt(j.hdr + gNext).fetch_add(1, std::memory_order_acq_rel);
+    if (b >= j.numBlocks) break;
+    const int t0 = (b / j.eBlocks) * j.tpb, e0 = (b % j.eBlocks) * j.epb;
+    j.fn(j.args, t0, t0 + j.tpb < j.T ? t0 + j.tpb : j.T, e0, e0 + j.epb < j.E ? e0 + j.epb : j.E);
+    atomicAt(j.hdr + gDone).fetch_add(1, std::memory_order_acq_rel);
+    ++mine;
+  }
+  return mine;
+}
+
+}  // namespace
+
+void checkGateJob(uint8_t* arena, size_t arenaBytes, size_t desc) { parse(arena, arenaBytes, desc); }
+
+int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc) {
+  GateJob j = parse(arena, arenaBytes, desc);
+  return run(j);
+}
+
+int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
+  GateJob j = parse(arena, arenaBytes, desc);
+  const int64_t bad = firstNonFinite(j.args.x, int64_t(j.T) * j.args.D);
+  if (bad >= 0) return bad;
+  atomicAt(j.hdr + gNext).store(0, std::memory_order_seq_cst);
+  atomicAt(j.hdr + gDone).store(0, std::memory_order_seq_cst);
+  crewPost(arena, arenaBytes, board, desc);
+  run(j);
+  // The other blocks were claimed by workers that are computing them now (a few µs each); yield
+  // after a while in case one of them shares this core.
+  for (int i = 0; atomicAt(j.hdr + gDone).load(std::memory_order_acquire) < j.numBlocks; ++i) {
+    if (i < 20000) __builtin_ia32_pause();
+    else sched_yield();
+  }
+  while (!crewRetire(arena, arenaBytes, board, 1000)) sched_yield();
+  return -1;
+}
+
+}  // namespace cpu
+}  // namespace hetmoe

@@ -1,0 +1,35 @@
+// The gate's logits as a crew job (router_math.h has the arithmetic): at larger T·E·D the main
+// thread posts the gate GEMM to the CPU crew's workers, which are idle while it routes, and all of
+// them claim blocks of (tokens × experts) from a counter. Every logit is computed by exactly one
+// thread with the fixed order of router_math.h, so the bits do not depend on the thread count.
+//
+// Descriptor (int32 words in the arena, 64-byte aligned; written by runtime/cpu-crew.ts):
+//   0 magic kGateMagic    1 (unused; layer jobs' abort word)   2 next: claim counter
+//   3 done: blocks finished   4 T   5 numBlocks   6 E   7 weightsId   8 D
+//   9 tokens per block    10 experts per block    11 isa (cpu::Isa)
+//   16-17 hidden (arena, fp32 [T × D])   18-19 gate weight (weights file `weightsId`, fp32 [E × D])
+//   20-21 logits (arena, f64 [T × E])
+// Block b covers token block b / ceil(E / epb) and expert block b % ceil(E / epb). Words 2 and 5 sit
+// where a layer job has its claim counter and block count, so the crew's "anything left to claim"
+// test reads both kinds alike.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace hetmoe {
+namespace cpu {
+
+constexpr int32_t kGateMagic = 0x31474d48;  // "HMG1"
+constexpr int kGateWords = 32;
+
+// Parses the descriptor (throws std::runtime_error naming what is wrong), runs nothing.
+void checkGateJob(uint8_t* arena, size_t arenaBytes, size_t desc);
+// Claims and computes blocks until none is left; returns the blocks this thread computed.
+int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc);
+// Main side: the first non-finite hidden value's index (nothing computed) or -1 after posting the
+// job to the crew on `board`, computing blocks, and waiting for every block and for every worker to
+// leave the job. The board must be free (no layer job posted).
+int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+
+}  // namespace cpu
+}  // namespace hetmoe
