@@ -4,6 +4,7 @@
 //
 //   const gpu = GpuBackend.open({ budgetBytes: 8 << 30, arena })
 //   gpu.upload('L3/E17', weightsId, 'swiglu', manifestExpertRef)   // from the mapped weights.bin
+//   await gpu.uploadAsync('L3/E18', weightsId, 'swiglu', ref)       // the same, off this thread
 //   await gpu.runLayer({ experts: [{ key: 'L3/E17', tokenRows, outRows, scale }], hidden, out })
 //   gpu.close()
 //
@@ -129,6 +130,27 @@ export class GpuBackend {
     const bytes = call(() => native().gpuUpload(this.handle, key, weightsId, ffn, expert))
     this.#D.set(key, expert.up.cols)
     return bytes
+  }
+
+  /**
+   * upload() on a worker thread: resolves with the device bytes when the expert is resident. Layer
+   * calls and the other methods go on meanwhile; uploads run one at a time. The expert's bytes are
+   * reserved from the call on (bytesUsed counts them); GPU_OOM when they do not fit.
+   */
+  async uploadAsync(
+    key: string,
+    weightsId: number,
+    ffn: GpuFfn,
+    expert: { gate?: NativeGpuMatrix; up: NativeGpuMatrix; down: NativeGpuMatrix },
+  ): Promise<number> {
+    this.#live()
+    try {
+      const bytes = await native().gpuUploadAsync(this.handle, key, weightsId, ffn, expert)
+      this.#D.set(key, expert.up.cols)
+      return bytes
+    } catch (e) {
+      throw wrap(e)
+    }
   }
 
   evict(key: string): boolean {
