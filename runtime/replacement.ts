@@ -1,6 +1,6 @@
 // Re-placement while serving (hetmoe strategy): the plan assumed a load; traffic drifts. Every forward's
 // routing counts feed a Replacer (scheduler/replacer.ts); now and then — after the forward, never in
-// it — the runtime asks it for a better placement and applies the moves in the background
+// its synchronous part — the runtime asks it for a better placement and applies the moves in the background
 // (GpuExpertCache.applyMoves: evictions first, then uploads one at a time off the JavaScript thread).
 // Forwards go on meanwhile with whatever is resident when they start.
 import { badOption } from './errors.js'
@@ -125,14 +125,16 @@ export class Replacement {
     })
   }
 
-  /** One forward's routing (the call site is in Runtime.forward). Cheap; the check runs after it. */
+  /** One forward's routing (the call site is in Runtime.forward). Cheap; a due check runs in a microtask. */
   observe(layer: number, counts: Int32Array, tokens: number): void {
     if (this.#stopped) return
     this.#replacer.observe(layer, counts, tokens)
     this.#sinceCheck += tokens
     if (this.#sinceCheck >= this.#checkEvery && !this.#applying && !this.#checkQueued) {
+      // A microtask, not setImmediate: a caller awaiting CPU-only forwards back to back may never let
+      // the event loop reach its check phase.
       this.#checkQueued = true
-      setImmediate(() => this.#check())
+      queueMicrotask(() => this.#check())
     }
   }
 

@@ -540,7 +540,6 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
   const size_t hidBytes = size_t(T) * D * 4, outBytes = size_t(outRowsTotal) * D * 4;
   const Registered* hidReg = (reinterpret_cast<uintptr_t>(hidden) % 16 == 0) ? findRegistered(b, hidden, hidBytes) : nullptr;
   const Registered* outReg = (reinterpret_cast<uintptr_t>(out) % 16 == 0) ? findRegistered(b, out, outBytes) : nullptr;
-  timing.staged = !hidReg || !outReg;
   int S = 0;
   for (const LayerExpert& le : experts) S += le.n;
   // Staged inputs are copied to pinned memory before mu is taken (the largest host copy of the call).
@@ -578,6 +577,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     maxF = std::max(maxF, e.F);
   }
   if (S == 0) return timing;
+  timing.staged = !hidReg || !outReg;
 
   // Per-call arrays: tokenRows | outRows | scales | then per group: ExpDesc[], WorkItem[] x2.
   std::vector<int32_t> tok(S), orow(S);
