@@ -159,8 +159,9 @@ export interface NativeGpuApi {
   /**
    * gpuUpload on a libuv thread: resolves with the device bytes once the expert is resident. Its bytes
    * count against the budget from the call on (bytesUsed includes them; GPU_OOM when they do not fit).
-   * Uploads run one at a time, on a stream of their own, through pinned staging; layer calls, evict,
-   * resident and bytesUsed go on meanwhile. The weights file stays mapped until it settles.
+   * Uploads run one at a time (each waits for the one before it on its libuv thread: queue them
+   * in JavaScript, as GpuBackend does), on a stream of their own, through pinned staging; layer calls,
+   * evict, resident and bytesUsed go on meanwhile. The weights file stays mapped until it settles.
    */
   gpuUploadAsync(
     handle: number,

@@ -88,8 +88,9 @@ const smallSpecs = (D: number) => [
   { key: 's75', ffn: 'gelu' as const, D, F: 192, format: '75%' as Format, dtype: 'fp32' as Dtype, seed: 23 },
 ]
 
-/** One layer call over the given experts (every token row random, distinct out rows); worst rel error. */
-async function checkedCall(gpu: GpuBackend, experts: TestExpert[], keys: string[], T: number, r: () => number, hidden: Float32Array, out: Float32Array): Promise<number> {
+/** One layer call over the given experts (every token row random, distinct out rows): its worst rel
+ *  error, and the milliseconds the call took (the reference computed here not included). */
+async function checkedCall(gpu: GpuBackend, experts: TestExpert[], keys: string[], T: number, r: () => number, hidden: Float32Array, out: Float32Array): Promise<{ worst: number; ms: number }> {
   const D = experts[0].D
   for (let i = 0; i < T * D; i++) hidden[i] = 2 * r() - 1
   let next = 0
@@ -97,7 +98,9 @@ async function checkedCall(gpu: GpuBackend, experts: TestExpert[], keys: string[
     const n = 1 + Math.floor(r() * 12)
     return { key: keys[k], tokenRows: Int32Array.from({ length: n }, () => Math.floor(r() * T)), outRows: Int32Array.from({ length: n }, () => next++), scale: Float32Array.from({ length: n }, () => 0.5 + r()) }
   })
+  const t0 = performance.now()
   await gpu.runLayer({ experts: calls, hidden, out, D })
+  const ms = performance.now() - t0
   let worst = 0
   calls.forEach((c, k) => {
     for (let i = 0; i < c.tokenRows.length; i++) {
@@ -105,7 +108,7 @@ async function checkedCall(gpu: GpuBackend, experts: TestExpert[], keys: string[
       worst = Math.max(worst, Number.isFinite(out[c.outRows[i] * D]) ? relErr(out, c.outRows[i] * D, ref) : Infinity)
     }
   })
-  return worst
+  return { worst, ms }
 }
 
 t.test('uploadAsync gives the same results as upload', { skip }, async (t) => {
@@ -188,11 +191,7 @@ t.test('layer calls issued while large uploads are in flight complete and are co
   const r = rng(77)
   // Warm up the layer path (scratch buffers), then time calls with nothing else going on.
   const idle: number[] = []
-  for (let i = 0; i < 30; i++) {
-    const s = performance.now()
-    await checkedCall(gpu, experts, keys, T, r, hidden, out)
-    idle.push(performance.now() - s)
-  }
+  for (let i = 0; i < 30; i++) idle.push((await checkedCall(gpu, experts, keys, T, r, hidden, out)).ms)
 
   const N = 4
   let pending = N
@@ -203,10 +202,9 @@ t.test('layer calls issued while large uploads are in flight complete and are co
   let maxBookkeepingMs = 0
   const busy: number[] = []
   while (pending > 0 && during < 5000) {
-    const s = performance.now()
-    worst = Math.max(worst, await checkedCall(gpu, experts, keys, T, r, hidden, out))
-    const e = performance.now()
-    if (pending > 0) (during++, busy.push(e - s))
+    const c = await checkedCall(gpu, experts, keys, T, r, hidden, out)
+    worst = Math.max(worst, c.worst)
+    if (pending > 0) (during++, busy.push(c.ms))
     const b = performance.now()
     void gpu.bytesUsed
     gpu.isResident('big/0')
