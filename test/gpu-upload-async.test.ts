@@ -215,7 +215,7 @@ t.test('layer calls issued while large uploads are in flight complete and are co
   const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] ?? NaN
   t.ok(during > 0, `${during} layer calls completed while ${N} uploads (${((N * big.bytes) / 2 ** 20).toFixed(0)} MiB) were in flight for ${uploadMs.toFixed(1)} ms`)
   t.ok(worst <= 1e-2, `all correct (worst rel err ${worst.toExponential(2)})`)
-  t.comment(`layer call median: ${med(idle).toFixed(3)} ms idle, ${med(busy).toFixed(3)} ms during the uploads; upload rate ${((N * big.bytes) / uploadMs / 1e6).toFixed(0)} MB/s`)
+  t.comment(`layer call median: ${med(idle).toFixed(3)} ms idle, ${med(busy).toFixed(3)} ms during the uploads; ${((N * big.bytes) / uploadMs / 1e6).toFixed(2)} GB/s over the uploads (each starts when this thread takes up the last one's completion)`)
   t.ok(maxBookkeepingMs < 5, `bytesUsed / isResident during the uploads: at most ${maxBookkeepingMs.toFixed(3)} ms`)
   t.ok(bytes.every((b) => b === syncBytes), 'every async upload took the bytes the sync one did')
 
