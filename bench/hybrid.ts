@@ -33,6 +33,10 @@ export interface HybridResult {
   batchesTimed?: number
   /** Where a batch's time went, summed over the layers and averaged over the timed batches (ms):
    *  forward() stages, each side from dispatch to completion, and the GPU's own event timings. */
+  /** Background re-placements the runtime made during the timed batches (hetmoe only), and the
+   *  experts they moved to the GPU. */
+  replacements?: number
+  expertsMovedIn?: number
   msPerBatch?: { forward: number; route: number; compute: number; combine: number; cpuSide: number; gpuSide: number; gpuStream: number; gpuKernel: number; gpuHost: number; gpuPlace: number }
 }
 
@@ -152,6 +156,8 @@ Without a usable GPU, only cpu-only runs; the others are reported as skipped, wi
                     ms.gpuPlace += l.gpuPlaceMs ?? 0
                   }
                 }
+                const g = rt.stats().gpu
+                if (g.replacements) Object.assign(row, { replacements: g.replacements, expertsMovedIn: g.expertsMovedIn })
                 row.tokensPerS = (done * batch) / secs
                 row.gpuTokenShare = gpuShareSum / done
                 row.batchesTimed = done

@@ -4,6 +4,7 @@
 //
 //   const gpu = GpuBackend.open({ budgetBytes: 8 << 30, arena })
 //   gpu.upload('L3/E17', weightsId, 'swiglu', manifestExpertRef)   // from the mapped weights.bin
+//   await gpu.uploadAsync('L3/E18', weightsId, 'swiglu', ref)       // the same, off this thread
 //   await gpu.runLayer({ experts: [{ key: 'L3/E17', tokenRows, outRows, scale }], hidden, out })
 //   gpu.close()
 //
@@ -87,6 +88,8 @@ export class GpuBackend {
   #arenaView?: Uint8Array
   #D = new Map<string, number>()
   #closed = false
+  /** Settles when the last queued uploadAsync has. */
+  #uploadTail: Promise<void> | undefined
 
   /** Whether a usable GPU exists, and if not, why (never throws). */
   static available(): { available: boolean; reason?: string } {
@@ -133,6 +136,52 @@ export class GpuBackend {
     const bytes = call(() => native().gpuUpload(this.handle, key, weightsId, ffn, expert))
     this.#D.set(key, expert.up.cols)
     return bytes
+  }
+
+  /**
+   * upload() on a worker thread: resolves with the device bytes when the expert is resident. Layer
+   * calls and the other methods go on meanwhile. Uploads run one at a time, queued here, so that at
+   * most one holds a libuv thread (queued in the addon, each would hold one while it waited, and
+   * layer calls would queue behind them). The expert's bytes count in bytesUsed from the start of its
+   * copy; GPU_OOM when they do not fit. An upload that is next starts within this call, so the weights
+   * file may be unmapped as soon as it returns.
+   */
+  uploadAsync(
+    key: string,
+    weightsId: number,
+    ffn: GpuFfn,
+    expert: { gate?: NativeGpuMatrix; up: NativeGpuMatrix; down: NativeGpuMatrix },
+  ): Promise<number> {
+    const start = (): Promise<number> => {
+      this.#live()
+      return native().gpuUploadAsync(this.handle, key, weightsId, ffn, expert)
+    }
+    let p: Promise<number>
+    if (this.#uploadTail) p = this.#uploadTail.then(start)
+    else {
+      try {
+        p = start()
+      } catch (e) {
+        p = Promise.reject(e)
+      }
+    }
+    const tail: Promise<void> = p.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.#uploadTail = tail
+    void tail.then(() => {
+      if (this.#uploadTail === tail) this.#uploadTail = undefined
+    })
+    return p.then(
+      (bytes) => {
+        this.#D.set(key, expert.up.cols)
+        return bytes
+      },
+      (e) => {
+        throw wrap(e)
+      },
+    )
   }
 
   evict(key: string): boolean {

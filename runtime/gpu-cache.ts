@@ -10,6 +10,12 @@
 //                  else is copied in (LRU) (Fiddler)
 //   stream-at-32   resident experts on the GPU; when the batch has ≥ 32 tokens every missing active
 //                  expert is copied in for this batch and dropped after (llama.cpp's offload rule)
+//
+// Re-placement (hetmoe only, applyMoves): the runtime changes which experts are pinned while forwards
+// run. Evictions first: an expert leaving the placement is taken by no new batch and dropped when the
+// last batch using it ends. Then uploads, one at a time, off the JavaScript thread: an expert joins
+// (resident and pinned) when its copy has finished, and each upload waits until the bytes it needs are
+// free, so the budget holds throughout. Batches choose from what is resident when they start.
 import { HetmoeError } from './errors.js'
 import type { GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
@@ -30,6 +36,21 @@ export interface GpuBatchChoice {
 
 const key = (layer: number, e: number) => layer * 1_000_000 + e
 
+export interface MoveSet {
+  layer: number
+  evict: readonly number[]
+  upload: readonly number[]
+}
+
+export interface MovesResult {
+  /** Experts that left the placement and are gone from the device (or will be when their last batch ends). */
+  evicted: number
+  /** Experts copied in and pinned. */
+  uploaded: number
+  /** Uploads that did not happen, and why (the expert stays on the CPU). */
+  failed: { layer: number; expert: number; error: Error }[]
+}
+
 export class GpuExpertCache {
   readonly strategy: GpuStrategy
   readonly #gpu: GpuExpertBackend
@@ -41,8 +62,20 @@ export class GpuExpertCache {
   readonly #lru = new Map<number, { layer: number; e: number; bytes: number }>()
   /** Experts a running batch needs: never evicted under it. */
   readonly #inUse = new Map<number, number>()
+  /** Resident experts a re-placement removed while a batch used them: no new batch takes them. */
+  readonly #leaving = new Set<number>()
+  /** Resident experts streamed in for a batch: dropped when the last batch using them ends (each is in use). */
+  readonly #temporary = new Set<number>()
+  /** Called when a batch ends (an applyMoves waiting for room). */
+  #onRelease: (() => void)[] = []
+  #moving = false
+  #uploadInFlight = false
+  #stopped = false
   uploads = 0
   evictions = 0
+  /** Re-placement: experts copied in, and dropped, by applyMoves. */
+  movedIn = 0
+  movedOut = 0
 
   constructor(gpu: GpuExpertBackend, model: Model, strategy: GpuStrategy, cost: CostModel | undefined) {
     this.#gpu = gpu
@@ -64,6 +97,21 @@ export class GpuExpertCache {
     return this.#lru.size
   }
 
+  /** Pinned experts per layer: the placement in force under the hetmoe strategy. */
+  placement(layers: number): number[][] {
+    const out: number[][] = Array.from({ length: layers }, () => [])
+    for (const k of this.#pinned) {
+      const v = this.#lru.get(k)
+      if (v && v.layer < layers) out[v.layer].push(v.e)
+    }
+    return out.map((l) => l.sort((a, b) => a - b))
+  }
+
+  /** A re-placement is being applied. */
+  get moving(): boolean {
+    return this.#moving
+  }
+
   choose(layer: number, counts: Int32Array, batchTokens: number): GpuBatchChoice {
     const onGpu = new Set<number>()
     const temporary: number[] = []
@@ -71,6 +119,7 @@ export class GpuExpertCache {
     for (let e = 0; e < counts.length; e++) {
       const n = counts[e]
       if (n === 0) continue
+      if (this.#leaving.has(key(layer, e))) continue // on its way out: the CPU computes it
       if (this.isResident(layer, e)) onGpu.add(e)
       else if (this.strategy === 'on-demand-lru' || (this.strategy === 'fiddler-rule' && n >= 10)) want.push(e)
       else if (this.strategy === 'stream-at-32' && batchTokens >= 32) {
@@ -78,7 +127,9 @@ export class GpuExpertCache {
         temporary.push(e)
       }
     }
-    if (this.strategy === 'hetmoe' && this.#cost) {
+    // While a re-placement copies an expert in, streaming (a synchronous copy) would wait for that
+    // copy on this thread: this batch's cold experts stay on the CPU instead.
+    if (this.strategy === 'hetmoe' && this.#cost && !this.#uploadInFlight) {
       const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
       want.push(...s.stream)
       temporary.push(...s.stream)
@@ -93,15 +144,103 @@ export class GpuExpertCache {
       } else this.#unpin(layer, e)
     }
     for (const e of onGpu) if (!want.includes(e)) this.#pin(layer, e)
-    const temp = new Set(temporary.filter((e) => onGpu.has(e)))
+    for (const e of temporary) if (onGpu.has(e)) this.#temporary.add(key(layer, e))
     return {
       onGpu,
       uploaded,
       release: () => {
         for (const e of onGpu) this.#unpin(layer, e)
-        for (const e of temp) if (!this.#inUse.has(key(layer, e))) this.#evict(layer, e)
+        // The last batch using an expert streamed in (by it or by an earlier batch) drops it; so does
+        // the last one using an expert a re-placement removed.
+        for (const e of onGpu) {
+          const k = key(layer, e)
+          if (this.#inUse.has(k)) continue
+          if (this.#temporary.delete(k)) this.#evict(layer, e)
+          else if (this.#leaving.delete(k)) this.#drop(layer, e)
+        }
+        if (this.#onRelease.length) for (const f of this.#onRelease.splice(0)) f()
       },
     }
+  }
+
+  /**
+   * Applies a re-placement in the background (hetmoe strategy): `evict` experts leave the placement,
+   * then `upload` experts are copied in one at a time. Forwards keep running meanwhile; one call at a
+   * time. Failed uploads are reported, not thrown.
+   */
+  async applyMoves(moves: readonly MoveSet[]): Promise<MovesResult> {
+    if (this.strategy !== 'hetmoe') throw new HetmoeError('BAD_INPUT', `re-placement needs the 'hetmoe' strategy (this cache runs '${this.strategy}')`)
+    if (this.#moving) throw new HetmoeError('BAD_INPUT', 'a re-placement is already being applied')
+    this.#moving = true
+    const result: MovesResult = { evicted: 0, uploaded: 0, failed: [] }
+    try {
+      for (const m of moves)
+        for (const e of m.evict) {
+          const k = key(m.layer, e)
+          if (!this.#pinned.delete(k) || !this.#lru.has(k)) continue
+          result.evicted++
+          if (this.#inUse.has(k)) this.#leaving.add(k)
+          else this.#drop(m.layer, e)
+        }
+      for (const m of moves)
+        for (const e of m.upload) {
+          if (this.#stopped) return result
+          const k = key(m.layer, e)
+          // Still on the device (leaving, or streamed for a batch): keep it.
+          const adopt = (): boolean => {
+            if (!this.#leaving.delete(k) && !this.#lru.has(k)) return false
+            this.#temporary.delete(k)
+            this.#pinned.add(k)
+            result.uploaded++
+            return true
+          }
+          if (adopt()) continue
+          const bytes = this.#shapes[m.layer][e].bytes
+          // Room: experts leaving or streamed for a batch go when their batches end.
+          while (this.#gpu.residentBytes() + bytes > this.#gpu.budgetBytes && (this.#leaving.size > 0 || this.#temporary.size > 0) && !this.#stopped)
+            await new Promise<void>((resolve) => this.#onRelease.push(resolve))
+          if (this.#stopped) return result
+          if (adopt()) continue // a batch streamed it in meanwhile
+          if (this.#gpu.residentBytes() + bytes > this.#gpu.budgetBytes) {
+            result.failed.push({ layer: m.layer, expert: e, error: new HetmoeError('GPU_OOM', `no room for expert ${e} of layer ${m.layer} (${bytes} bytes) within the GPU budget`) })
+            continue
+          }
+          this.#uploadInFlight = true
+          try {
+            await (this.#gpu.uploadAsync ? this.#gpu.uploadAsync(m.layer, e) : Promise.resolve().then(() => this.#gpu.upload(m.layer, e)))
+          } catch (err) {
+            result.failed.push({ layer: m.layer, expert: e, error: err instanceof Error ? err : new Error(String(err)) })
+            continue
+          } finally {
+            this.#uploadInFlight = false
+          }
+          this.#lru.set(k, { layer: m.layer, e, bytes })
+          this.#pinned.add(k)
+          this.movedIn++
+          result.uploaded++
+        }
+      return result
+    } finally {
+      this.#moving = false
+    }
+  }
+
+  /** No more re-placement work: a running applyMoves returns after the upload in flight. */
+  stop(): void {
+    this.#stopped = true
+    for (const f of this.#onRelease.splice(0)) f()
+  }
+
+  /** Drops an expert a re-placement removed (the device may be closing: then there is nothing to drop). */
+  #drop(layer: number, e: number): void {
+    if (this.#stopped) return
+    try {
+      this.#gpu.evict(layer, e)
+    } catch {
+      // the GPU is closed or failing; the expert is gone from the placement either way
+    }
+    this.#lru.delete(key(layer, e))
+    this.movedOut++
   }
 
   #touch(layer: number, e: number): void {

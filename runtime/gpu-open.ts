@@ -19,7 +19,16 @@ export interface GpuExpertBackend extends ExpertBackend {
   readonly budgetBytes: number
   /** Copies an expert's weights in (GPU_OOM when they do not fit). */
   upload(layer: number, expert: number): number
+  /**
+   * The same copy off the JavaScript thread (re-placement): the expert's bytes count in residentBytes()
+   * from the call on, and it is resident once the promise resolves. Backends without it get upload()
+   * run after the current turn instead.
+   */
+  uploadAsync?(layer: number, expert: number): Promise<number>
+  /** Drops an expert; layer calls already running that use it are not disturbed. */
   evict(layer: number, expert: number): boolean
+  /** The placement its experts were uploaded for, when it chose one (openGpu). */
+  readonly plan?: PlacementPlan
   close(): Promise<void>
   /** Runs the layer's resident experts; a real device also reports its stream and kernel times. */
   run(work: LayerWork, signal?: AbortSignal): Promise<GpuLayerTiming | void>
@@ -43,6 +52,7 @@ export class GpuExperts implements GpuExpertBackend {
   readonly #gpu: GpuBackend
   readonly #model: Model
   readonly #arena: Arena
+  plan: PlacementPlan | undefined
 
   constructor(gpu: GpuBackend, model: Model, arena: Arena) {
     this.#gpu = gpu
@@ -55,6 +65,12 @@ export class GpuExperts implements GpuExpertBackend {
   upload(layer: number, expert: number): number {
     const m = this.#model
     return this.#gpu.upload(keyOf(layer, expert), m.weightsId, m.manifest.ffn, m.expert(layer, expert))
+  }
+
+  /** upload() on a worker thread (see GpuBackend.uploadAsync). */
+  uploadAsync(layer: number, expert: number): Promise<number> {
+    const m = this.#model
+    return this.#gpu.uploadAsync(keyOf(layer, expert), m.weightsId, m.manifest.ffn, m.expert(layer, expert))
   }
 
   evict(layer: number, expert: number): boolean {
@@ -137,6 +153,7 @@ export async function openGpu(o: OpenGpuOptions): Promise<GpuExperts | undefined
   }
   const experts = new GpuExperts(gpu, o.model, o.arena)
   const plan = o.plan ?? (await planForModel(o.model, { gpu: device, batch: 1, gpuMemory: gpu.budgetBytes })).plan
+  experts.plan = plan
   let uploaded = 0
   uploadLoop: for (const l of plan?.layers ?? [])
     for (const e of l.gpuExperts) {

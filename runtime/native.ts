@@ -162,6 +162,21 @@ export interface NativeGpuApi {
     ffn: 'swiglu' | 'gelu',
     expert: { gate?: NativeGpuMatrix; up: NativeGpuMatrix; down: NativeGpuMatrix },
   ): number
+  /**
+   * gpuUpload on a libuv thread: resolves with the device bytes once the expert is resident. Its bytes
+   * count against the budget from the call on (bytesUsed includes them; GPU_OOM when they do not fit).
+   * Uploads run one at a time (each waits for the one before it on its libuv thread: queue them
+   * in JavaScript, as GpuBackend does), on a stream of their own, through pinned staging; layer calls,
+   * evict, resident and bytesUsed go on meanwhile. The weights file stays mapped until it settles.
+   */
+  gpuUploadAsync(
+    handle: number,
+    key: string,
+    weightsId: number,
+    ffn: 'swiglu' | 'gelu',
+    expert: { gate?: NativeGpuMatrix; up: NativeGpuMatrix; down: NativeGpuMatrix },
+  ): Promise<number>
+  /** Drops an expert; its memory is freed after the layer calls already running (never waits). */
   gpuEvict(handle: number, key: string): boolean
   gpuResident(handle: number, key: string): boolean
   gpuBytesUsed(handle: number): number

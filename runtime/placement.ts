@@ -8,7 +8,7 @@ import type { Model } from '../experts/model.js'
 import { CostModel, type Calibration } from '../scheduler/cost-model.js'
 import { defaultProbes, loadCalibration, referenceH100, thisMachine } from '../scheduler/calibrate.js'
 import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
-import { profileFromTokens, type LoadProfile } from '../scheduler/profile.js'
+import { profileFromTokens, profileShares, type LoadProfile } from '../scheduler/profile.js'
 import { readDocument } from '../scheduler/document.js'
 import { cachedCalibration } from './calibration.js'
 
@@ -59,6 +59,11 @@ function uniformProfile(model: Model, tokens: number): LoadProfile {
   }
 }
 
+/** The load planForModel assumes without a token stream (and a plan without shares is taken to assume). */
+export function uniformShares(model: Model): number[][] {
+  return profileShares(uniformProfile(model, 1024)).map((s) => Array.from(s))
+}
+
 export async function planForModel(model: Model, o: PlanForModelOptions): Promise<PlanForModel> {
   if (o.gpu === 'off') return { plan: undefined, summary: 'CPU only (--gpu off)' }
   const info = native().info().gpu
@@ -71,7 +76,12 @@ export async function planForModel(model: Model, o: PlanForModelOptions): Promis
   const n = doc.layers.reduce((s, l) => s + l.gpuExperts.length, 0)
   const all = model.manifest.layers.reduce((s, l) => s + l.experts.length, 0)
   return {
-    plan: { layers: doc.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })) },
+    plan: {
+      layers: doc.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })),
+      share: profileShares(profile).map((s) => Array.from(s)),
+      batchTokens: o.batch,
+      streamBytes: doc.streamBytes,
+    },
     document: doc,
     summary: `${n}/${all} experts on the GPU (${formatBytes(doc.gpuBytes)} of ${formatBytes(budgetBytes)}), serving ${(100 * doc.gpuTokenShare).toFixed(1)}% of expert rows; predicted decode ${doc.predicted.decodeTokensPerS.toFixed(0)} tokens/s (CPU only ${doc.predicted.cpuOnlyDecodeTokensPerS.toFixed(0)})`,
   }
@@ -82,5 +92,9 @@ export function readPlanFile(path: string, model: Model): PlacementPlan {
   const d = readDocument(path, 'plan') as Partial<PlanDocument>
   if (d?.format !== 'hetmoe-plan' || !Array.isArray(d.layers)) throw new HetmoeError('BAD_INPUT', `${path} is not a hetmoe plan (write one with \`hetmoe place --out\`)`)
   if (d.model !== model.manifest.name) throw new HetmoeError('BAD_INPUT', `${path} was planned for model "${d.model}", not "${model.manifest.name}"`)
-  return { layers: d.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })) }
+  return {
+    layers: d.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })),
+    ...(typeof d.batchTokens === 'number' ? { batchTokens: d.batchTokens } : {}),
+    ...(typeof d.streamBytes === 'number' ? { streamBytes: d.streamBytes } : {}),
+  }
 }

@@ -15,7 +15,8 @@ import { openGpu, type GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
 import { GpuExpertCache, GPU_STRATEGIES, type GpuStrategy } from './gpu-cache.js'
 import { machineCalibration } from './placement.js'
-import { CostModel } from '../scheduler/cost-model.js'
+import { CostModel, type Calibration } from '../scheduler/cost-model.js'
+import { Replacement, replaceOptions, type ReplaceOptions } from './replacement.js'
 
 export interface RuntimeOptions {
   /** The model, from loadModel(). */
@@ -36,12 +37,28 @@ export interface RuntimeOptions {
    *  cold experts streamed in when the cost model says it pays), or a rule other systems use, for
    *  comparison: 'on-demand-lru', 'fiddler-rule', 'stream-at-32' (see runtime/gpu-cache.ts). */
   strategy?: GpuStrategy
+  /** Re-placement (the 'hetmoe' strategy): the runtime tracks each layer's observed expert load and,
+   *  when it drifts from the load the placement was planned for, moves experts between the GPU and
+   *  the CPU in the background (evictions first, then uploads one at a time, off the JavaScript
+   *  thread) while forwards go on; each applied re-placement emits 'replace' (a ReplaceEvent).
+   *  Defaults to on; `false` turns it off; an object tunes it: { halfLifeTokens (4096), driftThreshold
+   *  (0.1), minGain (0.02), checkEveryTokens (halfLifeTokens / 4) } (runtime/replacement.ts). */
+  replace?: boolean | ReplaceOptions
   /** @internal For fault-injection tests: use this GPU backend instead of opening a device. */
   _gpuBackend?: GpuExpertBackend
+  /** @internal For tests: the cost model's calibration (otherwise this machine's; none with _gpuBackend). */
+  _calibration?: Calibration
 }
 
 export interface PlacementPlan {
   layers: { layer: number; gpuExperts: number[] }[]
+  /** [layer][expert] share of tokens routed to each expert that the plan assumed (re-placement
+   *  measures drift from it). Defaults to an even load, as planForModel assumes without tokens. */
+  share?: number[][]
+  /** Tokens per forward the plan was made for. Defaults to 1 (decode). */
+  batchTokens?: number
+  /** GPU bytes the plan left free for streaming (re-placement keeps them free). */
+  streamBytes?: number
 }
 
 export interface ForwardOptions {
@@ -87,6 +104,11 @@ export interface RuntimeStats {
     /** Expert copies to the GPU after start (streaming and cache misses), and evictions. */
     uploads: number
     evictions: number
+    /** Re-placements applied, the experts they copied in and dropped, and whether one is under way. */
+    replacements: number
+    expertsMovedIn: number
+    expertsMovedOut: number
+    replacing: boolean
   }
   cpuThreads: number
   arena: { bytes: number; leasedBytes: number }
@@ -103,6 +125,7 @@ export class Runtime extends EventEmitter {
   readonly #gpu: GpuExpertBackend | undefined
   readonly #cache: GpuExpertCache | undefined
   readonly #stats: LayerStats[]
+  #replacement: Replacement | undefined
   #gpuFailures = 0
   #gpuHealthy = true
   #closed = false
@@ -132,6 +155,7 @@ export class Runtime extends EventEmitter {
     if (!(gpuSetting === 'auto' || gpuSetting === 'off' || (Number.isInteger(gpuSetting) && (gpuSetting as number) >= 0)))
       throw badOption('gpu', "'auto', 'off' or a device index", gpuSetting)
     if (options.plan) validatePlan(options.plan, model.manifest)
+    const replace = replaceOptions(options.replace)
 
     const arena = new Arena({ bytes: arenaBytes })
     const crew = new CpuCrew({ arena, threads })
@@ -140,9 +164,11 @@ export class Runtime extends EventEmitter {
     if (!GPU_STRATEGIES.includes(strategy)) throw badOption('strategy', GPU_STRATEGIES.map((s) => `'${s}'`).join(', '), strategy)
     let gpu: GpuExpertBackend | undefined
     let cache: GpuExpertCache | undefined
+    let cost: CostModel | undefined
     try {
       gpu = options._gpuBackend ?? (await openGpu({ setting: gpuSetting, gpuMemory: options.gpuMemory, arena, model, plan: options.plan, warn: (m) => warnings.push(m) }))
-      if (gpu) cache = new GpuExpertCache(gpu, model, strategy, strategy === 'hetmoe' && !options._gpuBackend ? new CostModel(await machineCalibration()) : undefined)
+      if (gpu && strategy === 'hetmoe' && (options._calibration || !options._gpuBackend)) cost = new CostModel(options._calibration ?? (await machineCalibration()))
+      if (gpu) cache = new GpuExpertCache(gpu, model, strategy, cost)
     } catch (err) {
       await gpu?.close()
       await crew.destroy()
@@ -150,6 +176,12 @@ export class Runtime extends EventEmitter {
       throw err
     }
     const rt = new Runtime(model, arena, crew, gpu, cache)
+    if (gpu && cache && cost && replace)
+      rt.#replacement = new Replacement({
+        model, cache, cost, budgetBytes: gpu.budgetBytes, plan: options.plan ?? gpu.plan, options: replace,
+        onReplace: (e) => rt.emit('replace', e),
+        onWarning: (w) => rt.emit('warning', w),
+      })
     // Emitted after construction so that listeners attached right after createRuntime() see them.
     if (warnings.length) setImmediate(() => warnings.forEach((w) => rt.emit('warning', w)))
     return rt
@@ -221,6 +253,7 @@ export class Runtime extends EventEmitter {
       const choice = this.#gpu && this.#gpuHealthy ? this.#cache!.choose(layer, sel.counts, T) : undefined
       this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
       if (choice) releases.push(choice.release)
+      if (choice) this.#replacement?.observe(layer, sel.counts, T)
       for (let e = 0; e < sel.counts.length; e++) {
         const count = sel.counts[e]
         if (count === 0) continue
@@ -341,6 +374,7 @@ export class Runtime extends EventEmitter {
         strategy: this.#cache?.strategy ?? null,
         uploads: this.#cache?.uploads ?? 0,
         evictions: this.#cache?.evictions ?? 0,
+        ...(this.#replacement?.stats() ?? { replacements: 0, expertsMovedIn: 0, expertsMovedOut: 0, replacing: false }),
       },
       cpuThreads: this.#crew.threads,
       arena: { bytes: this.#arena.byteLength, leasedBytes: this.#arena.leasedBytes },
@@ -351,6 +385,7 @@ export class Runtime extends EventEmitter {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    await this.#replacement?.stop()
     await this.#crew.close()
     await this.#gpu?.close()
     this.#arena.close()
@@ -405,4 +440,13 @@ function validatePlan(plan: PlacementPlan, m: ModelManifest): void {
       if (!Number.isInteger(e) || e < 0 || e >= m.layers[l.layer].experts.length)
         throw badOption('plan', `expert ids of layer ${l.layer} in [0, ${m.layers[l.layer].experts.length})`, e)
   }
+  if (plan.share !== undefined) {
+    const ok = Array.isArray(plan.share) && plan.share.length === m.layers.length &&
+      plan.share.every((s, l) => Array.isArray(s) && s.length === m.layers[l].experts.length && s.every((x) => typeof x === 'number' && x >= 0 && Number.isFinite(x)))
+    if (!ok) throw badOption('plan', 'a plan whose share is [layer][expert] non-negative numbers', 'another share')
+  }
+  if (plan.batchTokens !== undefined && !(Number.isSafeInteger(plan.batchTokens) && plan.batchTokens > 0))
+    throw badOption('plan', 'a plan whose batchTokens is a positive integer', plan.batchTokens)
+  if (plan.streamBytes !== undefined && !(Number.isSafeInteger(plan.streamBytes) && plan.streamBytes >= 0))
+    throw badOption('plan', 'a plan whose streamBytes is a byte count', plan.streamBytes)
 }

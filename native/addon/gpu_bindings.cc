@@ -127,26 +127,87 @@ gpu::MatrixSrc matrixArg(const Napi::Value& v, const MappedWeights& w, const cha
   return s;
 }
 
-// gpuUpload(handle, key, weightsId, ffn, {gate?, up, down}) -> device bytes
-Napi::Value Upload(const Napi::CallbackInfo& cb) {
+// The arguments of gpuUpload / gpuUploadAsync, read on the JavaScript thread.
+struct UploadArgs {
+  int handle = 0, weightsId = -1, ffn = 0;
+  std::string key;
+  bool hasGate = false;
+  gpu::MatrixSrc gate, up, down;
+};
+
+UploadArgs uploadArgs(const Napi::CallbackInfo& cb, const char* fn) {
   Napi::Env env = cb.Env();
-  int h = handleArg(cb);
-  std::string key = strArg(cb[1], "key");
-  int id = static_cast<int>(intArg(cb[2], "weightsId"));
+  UploadArgs a;
+  a.handle = handleArg(cb);
+  a.key = strArg(cb[1], "key");
+  a.weightsId = static_cast<int>(intArg(cb[2], "weightsId"));
   std::string ffnS = strArg(cb[3], "ffn");
   if (ffnS != "swiglu" && ffnS != "gelu") throw Napi::TypeError::New(env, "ffn must be 'swiglu' or 'gelu'");
   if (!cb[4].IsObject()) throw Napi::TypeError::New(env, "expert must be {gate?, up, down}");
   Napi::Object ex = cb[4].As<Napi::Object>();
-  MappedWeights w = weightsById(id);
-  if (!w.data) throw Napi::Error::New(env, "gpuUpload: weights id " + std::to_string(id) + " is not mapped");
-  gpu::MatrixSrc up = matrixArg(ex.Get("up"), w, "expert.up"), down = matrixArg(ex.Get("down"), w, "expert.down");
-  gpu::MatrixSrc gate;
-  const bool hasGate = ex.Has("gate") && !ex.Get("gate").IsUndefined() && !ex.Get("gate").IsNull();
-  if (hasGate) gate = matrixArg(ex.Get("gate"), w, "expert.gate");
-  int ffn = ffnS == "swiglu" ? gpu::kSwiGLU : gpu::kGeLU;
+  MappedWeights w = weightsById(a.weightsId);
+  if (!w.data) throw Napi::Error::New(env, std::string(fn) + ": weights id " + std::to_string(a.weightsId) + " is not mapped");
+  a.up = matrixArg(ex.Get("up"), w, "expert.up");
+  a.down = matrixArg(ex.Get("down"), w, "expert.down");
+  a.hasGate = ex.Has("gate") && !ex.Get("gate").IsUndefined() && !ex.Get("gate").IsNull();
+  if (a.hasGate) a.gate = matrixArg(ex.Get("gate"), w, "expert.gate");
+  a.ffn = ffnS == "swiglu" ? gpu::kSwiGLU : gpu::kGeLU;
+  return a;
+}
+
+// gpuUpload(handle, key, weightsId, ffn, {gate?, up, down}) -> device bytes
+Napi::Value Upload(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  UploadArgs a = uploadArgs(cb, "gpuUpload");
   return guarded(env, [&] {
-    return Napi::Number::New(env, static_cast<double>(gpu::upload(h, key, ffn, hasGate ? &gate : nullptr, up, down)));
+    return Napi::Number::New(
+        env, static_cast<double>(gpu::upload(a.handle, a.key, a.ffn, a.hasGate ? &a.gate : nullptr, a.up, a.down)));
   });
+}
+
+// The same upload on a libuv thread. The mapped weights file it reads stays mapped until it is done
+// (a reference of its own), and so does the expert object.
+class UploadWorker : public Napi::AsyncWorker {
+ public:
+  UploadWorker(Napi::Env env, UploadArgs args)
+      : Napi::AsyncWorker(env), a(std::move(args)), deferred(Napi::Promise::Deferred::New(env)) {}
+  ~UploadWorker() override {
+    if (retained) unmapWeights(a.weightsId);
+  }
+  void Execute() override {
+    try {
+      bytes = gpu::upload(a.handle, a.key, a.ffn, a.hasGate ? &a.gate : nullptr, a.up, a.down);
+    } catch (const gpu::GpuError& e) {
+      code = e.oom ? "GPU_OOM" : "GPU_ERROR";
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      code = "GPU_ERROR";
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred.Resolve(Napi::Number::New(Env(), static_cast<double>(bytes))); }
+  void OnError(const Napi::Error& e) override { deferred.Reject(codedError(Env(), code, e.Message()).Value()); }
+
+  UploadArgs a;
+  Napi::Promise::Deferred deferred;
+  Napi::ObjectReference expert;
+  bool retained = false;
+  size_t bytes = 0;
+  std::string code = "GPU_ERROR";
+};
+
+// gpuUploadAsync(handle, key, weightsId, ffn, {gate?, up, down}) -> Promise<device bytes>
+Napi::Value UploadAsync(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  UploadArgs a = uploadArgs(cb, "gpuUploadAsync");
+  const int id = a.weightsId;
+  if (!retainWeights(id)) throw Napi::Error::New(env, "gpuUploadAsync: weights id " + std::to_string(id) + " is not mapped");
+  auto* w = new UploadWorker(env, std::move(a));
+  w->retained = true;
+  w->expert = Napi::Persistent(cb[4].As<Napi::Object>());
+  Napi::Promise p = w->deferred.Promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value Evict(const Napi::CallbackInfo& cb) {
@@ -324,7 +385,7 @@ Napi::Value Bench(const Napi::CallbackInfo& cb) {
 void registerGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuAvailable", Napi::Function::New(env, Available, "gpuAvailable"));
 #ifndef HETMOE_HAVE_CUDA
-  for (const char* name : {"gpuOpen", "gpuClose", "gpuDeviceName", "gpuUpload", "gpuEvict", "gpuResident", "gpuBytesUsed",
+  for (const char* name : {"gpuOpen", "gpuClose", "gpuDeviceName", "gpuUpload", "gpuUploadAsync", "gpuEvict", "gpuResident", "gpuBytesUsed",
                            "gpuBudget", "gpuResidentExperts", "gpuRegisterHost", "gpuUnregisterHost", "gpuRunLayer",
                            "gpuBench"})
     exports.Set(name, Napi::Function::New(env, NoCuda, name));
@@ -333,6 +394,7 @@ void registerGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuClose", Napi::Function::New(env, Close, "gpuClose"));
   exports.Set("gpuDeviceName", Napi::Function::New(env, DeviceName, "gpuDeviceName"));
   exports.Set("gpuUpload", Napi::Function::New(env, Upload, "gpuUpload"));
+  exports.Set("gpuUploadAsync", Napi::Function::New(env, UploadAsync, "gpuUploadAsync"));
   exports.Set("gpuEvict", Napi::Function::New(env, Evict, "gpuEvict"));
   exports.Set("gpuResident", Napi::Function::New(env, Resident, "gpuResident"));
   exports.Set("gpuBytesUsed", Napi::Function::New(env, BytesUsed, "gpuBytesUsed"));

@@ -82,6 +82,14 @@ void unmapWeights(int id) {
   s.path.clear();
 }
 
+bool retainWeights(int id) {
+  if (id < 0 || id >= kSlots) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (slots[id].refs <= 0) return false;
+  ++slots[id].refs;
+  return true;
+}
+
 MappedWeights weightsById(int id) {
   if (id < 0 || id >= kSlots) return {};
   return {slots[id].data.load(std::memory_order_acquire), slots[id].bytes.load(std::memory_order_relaxed)};

@@ -18,6 +18,9 @@ struct MappedWeights {
 int mapWeights(const std::string& path, bool populate);
 // Drops one reference; the mapping goes when the last reference does.
 void unmapWeights(int id);
+// Adds a reference to a mapping that exists (work in flight keeps it alive; drop it with
+// unmapWeights). False when `id` is not mapped.
+bool retainWeights(int id);
 // Lock-free lookup for kernels; {nullptr, 0} for an unknown id.
 MappedWeights weightsById(int id);
 

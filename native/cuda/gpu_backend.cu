@@ -1,9 +1,23 @@
 // ECSS, device side: the expert cache in device memory, host registration of the arena, and the
 // layer call (copies in, one launch per projection per format group, copies out).
+//
+// Concurrency. Three mutexes, always taken in this order when more than one is needed:
+//   layerMu  layer calls serialize on it (they share the scratch buffers and the pinned args buffer);
+//            held for a whole runLayer, including the wait for its stream.
+//   up.mu    uploads serialize on it (they share the upload stream, the pinned staging chunks and the
+//            device scratch); held for a whole upload, including its copies.
+//   mu       the cache map, the byte budget, the registered ranges: held only for bookkeeping and,
+//            in runLayer, while the expert pointers are resolved and the kernels that read them are
+//            enqueued. Never held while waiting for a stream.
+// Expert memory comes from a stream-ordered pool: allocated on the upload stream, freed with
+// cudaFreeAsync on the layer stream. A free queued there (under mu) is ordered after every kernel
+// already enqueued that reads the expert (also under mu), so eviction needs no synchronization, and a
+// layer in flight never blocks evict / resident / bytesUsed on the JavaScript thread.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,32 +35,41 @@ namespace gpu {
 
 namespace {
 
+// Pinned staging for uploads: two chunks, so that the host copy of chunk i+1 out of the (pageable,
+// memory-mapped) weights overlaps the DMA of chunk i.
+constexpr size_t kStageChunk = size_t(8) << 20;
+
 struct DevMatrix {
   DevWeights w;
-  void* alloc = nullptr;  // one allocation holds vals, meta, sel
   size_t bytes = 0;
 };
 
 struct DevExpert {
   int ffn = 0, format = 0, D = 0, F = 0;
-  DevMatrix mats[3];  // gate (SwiGLU only), up, down
+  DevMatrix mats[3];     // gate (SwiGLU only), up, down
+  void* alloc = nullptr;  // one allocation holds every matrix of the expert
   size_t bytes = 0;
 };
 
+struct Backend;
+void devAlloc(Backend& b, void** p, size_t bytes, cudaStream_t s, const std::string& what);
+void devFree(Backend& b, void* p, cudaStream_t s);
+
+// Layer scratch (device), on the layer stream: regrowing frees the old buffer stream-ordered.
 template <typename T>
 struct DevBuf {
   T* p = nullptr;
   size_t cap = 0;  // elements
-  void ensure(size_t n, const char* what) {
+  void ensure(Backend& b, cudaStream_t s, size_t n, const char* what) {
     if (n <= cap) return;
-    if (p) cudaFree(p);
-    p = nullptr;
-    cap = 0;
-    check(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), what);
+    release(b, s);
+    void* q = nullptr;
+    devAlloc(b, &q, std::max<size_t>(n, 1) * sizeof(T), s, what);
+    p = static_cast<T*>(q);
     cap = n;
   }
-  void release() {
-    if (p) cudaFree(p);
+  void release(Backend& b, cudaStream_t s) {
+    if (p) devFree(b, p, s);
     p = nullptr;
     cap = 0;
   }
@@ -57,30 +80,65 @@ struct Registered {
   size_t bytes;
 };
 
+struct Uploader {
+  std::mutex mu;
+  cudaStream_t stream = nullptr;
+  char* pinned = nullptr;           // 2 x kStageChunk, allocated at the first upload
+  cudaEvent_t chunkFree[2] = {};    // the DMA out of chunk i has finished
+  int next = 0;                     // the chunk the next staged copy uses
+  char* scratch = nullptr;          // device: one matrix's layout.h bytes, before the repack
+  size_t scratchCap = 0;
+};
+
 struct Backend {
+  std::mutex layerMu;
   std::mutex mu;
   int device = 0;
   std::string name;
-  size_t budget = 0, used = 0;
-  cudaStream_t stream = nullptr;
+  size_t budget = 0, used = 0;  // used: resident experts plus uploads in flight (reserved)
+  cudaStream_t stream = nullptr;  // layer calls, and every free of expert memory
+  cudaMemPool_t pool = nullptr;   // expert and scratch memory; nullptr: plain cudaMalloc / cudaFree
   cudaEvent_t ev[4] = {};
   std::map<std::string, DevExpert> cache;
   std::vector<Registered> registered;
   int metaVariant = 0;
   bool closed = false;
-  // scratch
+  Uploader up;
+  // layer scratch (layerMu)
   DevBuf<float> hidF32;
   DevBuf<__nv_bfloat16> hidBf16, hidBf16Nat, H;
   WgOptions wg;  // when the large-batch kernel runs (moe_launch.cuh)
   DevBuf<float> out;
   DevBuf<float> outCompact;
   DevBuf<char> args;
-  char* pinned = nullptr;  // staging for args, and for hidden/out when they are not registered
+  char* pinned = nullptr;  // the per-call index arrays and launch plan
   size_t pinnedCap = 0;
+  char* stage = nullptr;  // hidden / out when they are not inside a registered range
+  size_t stageCap = 0;
 };
 
+void devAlloc(Backend& b, void** p, size_t bytes, cudaStream_t s, const std::string& what) {
+  *p = nullptr;
+  if (b.pool)
+    check(cudaMallocFromPoolAsync(p, bytes, b.pool, s), what);
+  else
+    check(cudaMalloc(p, bytes), what);
+}
+
+// Without a pool (devices that lack stream-ordered allocation) the free waits for the stream; cudaFree
+// then synchronizes the device — slower, still correct.
+void devFree(Backend& b, void* p, cudaStream_t s) {
+  if (!p) return;
+  if (b.pool) {
+    cudaFreeAsync(p, s);
+  } else {
+    cudaStreamSynchronize(s);
+    cudaFree(p);
+  }
+}
+
 std::mutex gMu;
-// shared_ptr: a layer call in flight keeps its backend alive while close() waits for it.
+// shared_ptr: a layer call or an upload in flight keeps its backend alive while close() waits for it.
 std::map<int, std::shared_ptr<Backend>> gBackends;
 int gNext = 1;
 
@@ -91,14 +149,16 @@ std::shared_ptr<Backend> getShared(int h) {
   return it->second;
 }
 
-void ensurePinned(Backend& b, size_t bytes) {
-  if (bytes <= b.pinnedCap) return;
-  if (b.pinned) cudaFreeHost(b.pinned);
-  b.pinned = nullptr;
-  b.pinnedCap = 0;
-  size_t cap = std::max<size_t>(bytes, size_t(1) << 20);
-  check(cudaMallocHost(&b.pinned, cap), "allocating the pinned staging buffer");
-  b.pinnedCap = cap;
+// Callers hold layerMu, and the layer stream has no earlier layer's work pending (each layer call waits
+// for its stream before it returns), so the old buffer can go at once.
+void ensurePinned(char*& p, size_t& cap, size_t bytes, const char* what) {
+  if (bytes <= cap) return;
+  if (p) cudaFreeHost(p);
+  p = nullptr;
+  cap = 0;
+  const size_t n = std::max<size_t>(bytes, size_t(1) << 20);
+  check(cudaMallocHost(&p, n), what);
+  cap = n;
 }
 
 // Device pointer for [p, p+bytes) if it lies inside a registered range, else nullptr.
@@ -109,19 +169,18 @@ const Registered* findRegistered(Backend& b, const void* p, size_t bytes) {
   return nullptr;
 }
 
+// Caller holds mu. The memory goes back to the pool after every layer already enqueued.
 void freeExpert(Backend& b, DevExpert& e) {
-  for (DevMatrix& m : e.mats)
-    if (m.alloc) cudaFree(m.alloc), m.alloc = nullptr;
+  devFree(b, e.alloc, b.stream);
+  e.alloc = nullptr;
   b.used -= e.bytes;
   e.bytes = 0;
 }
 
 size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 
-void validate(const MatrixSrc& m, const char* what, int rows, int cols, int format) {
-  auto bad = [&](const std::string& why) {
-    throw GpuError(std::string("uploading ") + what + ": " + why, false);
-  };
+void validate(const MatrixSrc& m, const std::string& what, int rows, int cols, int format) {
+  auto bad = [&](const std::string& why) { throw GpuError("uploading " + what + ": " + why, false); };
   if (m.rows != rows || m.cols != cols)
     bad("shape " + std::to_string(m.rows) + "x" + std::to_string(m.cols) + ", expected " + std::to_string(rows) + "x" +
         std::to_string(cols));
@@ -140,58 +199,156 @@ void validate(const MatrixSrc& m, const char* what, int rows, int cols, int form
   if (m.format == 2 && (!m.select || m.selectBytes < srows * ((cols + 127) / 128))) bad("select range is too short");
 }
 
-// Copies layout.h bytes to a temporary device buffer and repacks them into `dm`.
-void uploadMatrix(Backend& b, DevMatrix& dm, const MatrixSrc& m, const char* what) {
+// Sizes of one matrix: layout.h bytes read from the host, and the repacked device arrays.
+struct MatLayout {
+  size_t srcVals = 0, srcMeta = 0, srcSel = 0;
+  size_t valsB = 0, metaB = 0, selB = 0;
+  size_t scratch() const { return align256(srcVals) + align256(srcMeta) + align256(srcSel); }
+  size_t device() const { return align256(valsB) + align256(metaB) + align256(selB); }
+};
+
+MatLayout layoutOf(const MatrixSrc& m, DevWeights& w) {
   const int srows = m.format == 2 ? m.rows / 2 : m.rows;
   const size_t es = m.dtype == 0 ? 2 : 4;
   const size_t vcols = m.format == 0 ? m.cols : m.cols / 2;
-  const size_t srcVals = size_t(srows) * vcols * es;
-  const size_t srcMeta = m.format ? size_t(srows) * (m.cols / 16) * 4 : 0;
+  MatLayout L;
+  L.srcVals = size_t(srows) * vcols * es;
+  L.srcMeta = m.format ? size_t(srows) * (m.cols / 16) * 4 : 0;
   const int chunks = (m.cols + 127) / 128;
-  const size_t srcSel = m.format == 2 ? size_t(srows) * chunks : 0;
-  DevWeights& w = dm.w;
+  L.srcSel = m.format == 2 ? size_t(srows) * chunks : 0;
   w.format = m.format;
   w.rows = m.rows;
   w.cols = m.cols;
   w.mTiles = srows / 16;
   w.kSteps = m.cols / 64;
   w.chunks = chunks;
-  const size_t valsB = size_t(srows) * (m.format == 0 ? m.cols : m.cols / 2) * 2;
-  const size_t metaB = m.format ? size_t(w.mTiles) * w.kSteps * 32 * 4 : 0;
-  const size_t selB = m.format == 2 ? size_t(w.mTiles) * chunks * 4 : 0;
-  const size_t total = align256(valsB) + align256(metaB) + align256(selB);
-  if (b.used + total > b.budget)
-    throw GpuError(std::string("uploading ") + what + ": the GPU expert cache budget (" + std::to_string(b.budget) +
-                       " bytes) is full (" + std::to_string(b.used) + " used, " + std::to_string(total) +
-                       " more needed); evict experts first",
-                   true);
-  char* alloc = nullptr;
-  check(cudaMalloc(&alloc, total), std::string("allocating device memory for ") + what);
-  dm.alloc = alloc;
-  dm.bytes = total;
-  b.used += total;
-  w.vals = reinterpret_cast<const uint4*>(alloc);
-  w.meta = metaB ? reinterpret_cast<const uint32_t*>(alloc + align256(valsB)) : nullptr;
-  w.sel = selB ? reinterpret_cast<const uint32_t*>(alloc + align256(valsB) + align256(metaB)) : nullptr;
+  L.valsB = size_t(srows) * vcols * 2;
+  L.metaB = m.format ? size_t(w.mTiles) * w.kSteps * 32 * 4 : 0;
+  L.selB = m.format == 2 ? size_t(w.mTiles) * chunks * 4 : 0;
+  return L;
+}
 
-  char* tmp = nullptr;
-  const size_t tmpB = align256(srcVals) + align256(srcMeta) + align256(srcSel);
-  check(cudaMalloc(&tmp, tmpB), std::string("allocating upload scratch for ") + what);
-  struct Free {
-    char* p;
-    ~Free() { cudaFree(p); }
-  } freeTmp{tmp};
-  const std::string doing = std::string("copying ") + what + " to the device";
-  check(cudaMemcpyAsync(tmp, m.values, srcVals, cudaMemcpyHostToDevice, b.stream), doing);
-  if (srcMeta) check(cudaMemcpyAsync(tmp + align256(srcVals), m.meta, srcMeta, cudaMemcpyHostToDevice, b.stream), doing);
-  if (srcSel)
-    check(cudaMemcpyAsync(tmp + align256(srcVals) + align256(srcMeta), m.select, srcSel, cudaMemcpyHostToDevice,
-                          b.stream),
-          doing);
-  repackOnDevice(w, tmp, m.dtype, reinterpret_cast<const uint32_t*>(tmp + align256(srcVals)),
-                 reinterpret_cast<const uint8_t*>(tmp + align256(srcVals) + align256(srcMeta)), b.metaVariant,
-                 b.stream);
-  check(cudaStreamSynchronize(b.stream), std::string("repacking ") + what);
+void placeMatrix(DevWeights& w, const MatLayout& L, char* base) {
+  w.vals = reinterpret_cast<const uint4*>(base);
+  w.meta = L.metaB ? reinterpret_cast<const uint32_t*>(base + align256(L.valsB)) : nullptr;
+  w.sel = L.selB ? reinterpret_cast<const uint32_t*>(base + align256(L.valsB) + align256(L.metaB)) : nullptr;
+}
+
+// Host bytes (pageable) -> device, through the two pinned chunks; caller holds up.mu.
+void stagedCopy(Uploader& u, char* dst, const uint8_t* src, size_t bytes, const std::string& doing) {
+  for (size_t off = 0; off < bytes; off += kStageChunk) {
+    const size_t n = std::min(kStageChunk, bytes - off);
+    const int c = u.next;
+    u.next ^= 1;
+    char* chunk = u.pinned + size_t(c) * kStageChunk;
+    check(cudaEventSynchronize(u.chunkFree[c]), doing);  // its previous DMA is done
+    std::memcpy(chunk, src + off, n);
+    check(cudaMemcpyAsync(dst + off, chunk, n, cudaMemcpyHostToDevice, u.stream), doing);
+    check(cudaEventRecord(u.chunkFree[c], u.stream), doing);
+  }
+}
+
+void ensureUploadBuffers(Backend& b, size_t scratchBytes) {
+  Uploader& u = b.up;
+  if (!u.pinned) {
+    void* p = nullptr;
+    check(cudaMallocHost(&p, 2 * kStageChunk), "allocating the pinned upload staging buffer");
+    u.pinned = static_cast<char*>(p);
+  }
+  if (scratchBytes > u.scratchCap) {
+    devFree(b, u.scratch, u.stream);
+    u.scratch = nullptr;
+    u.scratchCap = 0;
+    void* p = nullptr;
+    const size_t cap = std::max(scratchBytes, kStageChunk);
+    devAlloc(b, &p, cap, u.stream, "allocating the upload scratch buffer");
+    u.scratch = static_cast<char*>(p);
+    u.scratchCap = cap;
+  }
+}
+
+// The one upload: phase 1 (mu) validates and reserves the budget; phase 2 (up.mu only) allocates,
+// copies and repacks on the upload stream and waits for it; phase 3 (mu) publishes the expert. Runs on
+// the caller's thread: the JavaScript thread for upload(), a libuv thread for the async binding.
+size_t uploadExpert(int h, const std::string& key, int ffn, const MatrixSrc* gate, const MatrixSrc& up,
+                    const MatrixSrc& down) {
+  std::shared_ptr<Backend> keep = getShared(h);
+  Backend& b = *keep;
+  std::lock_guard<std::mutex> ul(b.up.mu);
+  if (ffn != kSwiGLU && ffn != kGeLU) throw GpuError("uploading expert " + key + ": unknown FFN kind", false);
+  if (ffn == kSwiGLU && !gate) throw GpuError("uploading expert " + key + ": a SwiGLU expert needs a gate matrix", false);
+  const int F = up.rows, D = up.cols, fmt = up.format;
+  const std::string w = "expert " + key;
+  if (gate) validate(*gate, w + " gate", F, D, fmt);
+  validate(up, w + " up", F, D, fmt);
+  validate(down, w + " down", D, F, fmt);
+  const MatrixSrc* srcs[3] = {ffn == kSwiGLU ? gate : nullptr, &up, &down};
+  static const char* names[3] = {" gate", " up", " down"};
+  DevExpert e;
+  e.ffn = ffn;
+  e.format = fmt;
+  e.D = D;
+  e.F = F;
+  MatLayout L[3];
+  size_t total = 0, scratch = 0;
+  for (int i = 0; i < 3; ++i) {
+    if (!srcs[i]) continue;
+    L[i] = layoutOf(*srcs[i], e.mats[i].w);
+    e.mats[i].bytes = L[i].device();
+    total += L[i].device();
+    scratch = std::max(scratch, L[i].scratch());
+  }
+  {  // phase 1
+    std::lock_guard<std::mutex> l(b.mu);
+    if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
+    check(cudaSetDevice(b.device), "selecting the CUDA device");
+    auto it = b.cache.find(key);
+    if (it != b.cache.end()) {
+      freeExpert(b, it->second);
+      b.cache.erase(it);
+    }
+    if (b.used + total > b.budget)
+      throw GpuError("uploading " + w + ": the GPU expert cache budget (" + std::to_string(b.budget) + " bytes) is full (" +
+                         std::to_string(b.used) + " used or reserved, " + std::to_string(total) +
+                         " more needed); evict experts first",
+                     true);
+    b.used += total;
+  }
+  Uploader& u = b.up;
+  try {  // phase 2
+    check(cudaSetDevice(b.device), "selecting the CUDA device");
+    devAlloc(b, &e.alloc, total, u.stream, "allocating device memory for " + w);
+    ensureUploadBuffers(b, scratch);
+    char* at = static_cast<char*>(e.alloc);
+    for (int i = 0; i < 3; ++i) {
+      if (!srcs[i]) continue;
+      const MatrixSrc& m = *srcs[i];
+      const std::string what = w + names[i];
+      placeMatrix(e.mats[i].w, L[i], at);
+      at += L[i].device();
+      char* s = u.scratch;
+      const std::string doing = "copying " + what + " to the device";
+      stagedCopy(u, s, m.values, L[i].srcVals, doing);
+      if (L[i].srcMeta) stagedCopy(u, s + align256(L[i].srcVals), m.meta, L[i].srcMeta, doing);
+      if (L[i].srcSel) stagedCopy(u, s + align256(L[i].srcVals) + align256(L[i].srcMeta), m.select, L[i].srcSel, doing);
+      repackOnDevice(e.mats[i].w, s, m.dtype, reinterpret_cast<const uint32_t*>(s + align256(L[i].srcVals)),
+                     reinterpret_cast<const uint8_t*>(s + align256(L[i].srcVals) + align256(L[i].srcMeta)), b.metaVariant,
+                     u.stream);
+    }
+    check(cudaStreamSynchronize(u.stream), "uploading " + w);
+  } catch (...) {
+    if (e.alloc) devFree(b, e.alloc, u.stream);
+    cudaStreamSynchronize(u.stream);  // the staging chunks and the scratch are free again
+    std::lock_guard<std::mutex> l(b.mu);
+    b.used -= total;
+    throw;
+  }
+  e.bytes = total;
+  {  // phase 3
+    std::lock_guard<std::mutex> l(b.mu);
+    b.cache[key] = e;  // close() waits for up.mu, so the backend is still open
+  }
+  return total;
 }
 
 }  // namespace
@@ -217,7 +374,23 @@ int open(int device, size_t budgetBytes) {
   if (const char* v = std::getenv("HETMOE_SPMETA")) b->metaVariant = std::atoi(v) == 1 ? 1 : 0;
   b->wg = wgOptionsFor(device);
   check(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "creating a CUDA stream");
+  check(cudaStreamCreateWithFlags(&b->up.stream, cudaStreamNonBlocking), "creating the upload stream");
   for (auto& e : b->ev) check(cudaEventCreate(&e), "creating CUDA events");
+  for (auto& e : b->up.chunkFree) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating CUDA events");
+  // A pool of our own (not the device's default one, which other code in the process may use): freed
+  // blocks stay in it (release threshold: never), so evict + upload reuse memory without returning it
+  // to the driver.
+  int pools = 0;
+  if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) cudaGetLastError(), pools = 0;
+  if (pools) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    check(cudaMemPoolCreate(&b->pool, &props), "creating the device memory pool");
+    uint64_t keepAll = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(b->pool, cudaMemPoolAttrReleaseThreshold, &keepAll), "configuring the device memory pool");
+  }
   std::lock_guard<std::mutex> l(gMu);
   int h = gNext++;
   gBackends[h] = std::move(b);
@@ -233,64 +406,43 @@ void close(int h) {
     b = std::move(it->second);
     gBackends.erase(it);
   }
+  // Waits for the layer call and the upload in flight, if any (lock order: layerMu, up.mu, mu).
+  std::lock_guard<std::mutex> ll(b->layerMu);
+  std::lock_guard<std::mutex> ul(b->up.mu);
   std::lock_guard<std::mutex> l(b->mu);
   b->closed = true;
   cudaSetDevice(b->device);
-  cudaStreamSynchronize(b->stream);
   for (auto& kv : b->cache) freeExpert(*b, kv.second);
   b->cache.clear();
-  b->registered.clear();
+  cudaStreamSynchronize(b->stream);
+  cudaStreamSynchronize(b->up.stream);
   for (const Registered& r : b->registered) cudaHostUnregister(r.p);
-  b->hidF32.release();
-  b->hidBf16.release();
-  b->hidBf16Nat.release();
-  b->H.release();
-  b->out.release();
-  b->outCompact.release();
-  b->args.release();
+  b->registered.clear();
+  b->hidF32.release(*b, b->stream);
+  b->hidBf16.release(*b, b->stream);
+  b->hidBf16Nat.release(*b, b->stream);
+  b->H.release(*b, b->stream);
+  b->out.release(*b, b->stream);
+  b->outCompact.release(*b, b->stream);
+  b->args.release(*b, b->stream);
+  devFree(*b, b->up.scratch, b->up.stream);
+  cudaStreamSynchronize(b->stream);
+  cudaStreamSynchronize(b->up.stream);
   if (b->pinned) cudaFreeHost(b->pinned);
+  if (b->stage) cudaFreeHost(b->stage);
+  if (b->up.pinned) cudaFreeHost(b->up.pinned);
   for (auto& e : b->ev) cudaEventDestroy(e);
+  for (auto& e : b->up.chunkFree) cudaEventDestroy(e);
   cudaStreamDestroy(b->stream);
+  cudaStreamDestroy(b->up.stream);
+  if (b->pool) cudaMemPoolDestroy(b->pool);
 }
 
 std::string deviceName(int h) { return getShared(h)->name; }
 
 size_t upload(int h, const std::string& key, int ffn, const MatrixSrc* gate, const MatrixSrc& up,
               const MatrixSrc& down) {
-  std::shared_ptr<Backend> keep = getShared(h);
-  Backend& b = *keep;
-  std::lock_guard<std::mutex> l(b.mu);
-  if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
-  check(cudaSetDevice(b.device), "selecting the CUDA device");
-  if (ffn != kSwiGLU && ffn != kGeLU) throw GpuError("uploading expert " + key + ": unknown FFN kind", false);
-  if (ffn == kSwiGLU && !gate) throw GpuError("uploading expert " + key + ": a SwiGLU expert needs a gate matrix", false);
-  const int F = up.rows, D = up.cols, fmt = up.format;
-  const std::string w = "expert " + key;
-  if (gate) validate(*gate, (w + " gate").c_str(), F, D, fmt);
-  validate(up, (w + " up").c_str(), F, D, fmt);
-  validate(down, (w + " down").c_str(), D, F, fmt);
-  auto it = b.cache.find(key);
-  if (it != b.cache.end()) {
-    freeExpert(b, it->second);
-    b.cache.erase(it);
-  }
-  DevExpert e;
-  e.ffn = ffn;
-  e.format = fmt;
-  e.D = D;
-  e.F = F;
-  try {
-    if (ffn == kSwiGLU) uploadMatrix(b, e.mats[0], *gate, (w + " gate").c_str());
-    uploadMatrix(b, e.mats[1], up, (w + " up").c_str());
-    uploadMatrix(b, e.mats[2], down, (w + " down").c_str());
-  } catch (...) {
-    for (DevMatrix& m : e.mats)
-      if (m.alloc) cudaFree(m.alloc), b.used -= m.bytes;
-    throw;
-  }
-  for (DevMatrix& m : e.mats) e.bytes += m.bytes;
-  b.cache[key] = e;
-  return e.bytes;
+  return uploadExpert(h, key, ffn, gate, up, down);
 }
 
 bool evict(int h, const std::string& key) {
@@ -301,8 +453,7 @@ bool evict(int h, const std::string& key) {
   auto it = b.cache.find(key);
   if (it == b.cache.end()) return false;
   cudaSetDevice(b.device);
-  cudaStreamSynchronize(b.stream);
-  freeExpert(b, it->second);
+  freeExpert(b, it->second);  // stream-ordered after the layers that read it: no wait here
   b.cache.erase(it);
   return true;
 }
@@ -338,6 +489,7 @@ std::vector<ExpertInfo> residentExperts(int h) {
 std::string registerHost(int h, void* p, size_t bytes) {
   std::shared_ptr<Backend> keep = getShared(h);
   Backend& b = *keep;
+  std::lock_guard<std::mutex> ll(b.layerMu);  // layer calls read the registered ranges under layerMu
   std::lock_guard<std::mutex> l(b.mu);
   if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   cudaSetDevice(b.device);
@@ -361,6 +513,9 @@ std::string registerHost(int h, void* p, size_t bytes) {
 void unregisterHost(int h, void* p) {
   std::shared_ptr<Backend> keep = getShared(h);
   Backend& b = *keep;
+  // A layer call reads the registered ranges, and copies into them after it has let go of mu: wait
+  // for it (layerMu).
+  std::lock_guard<std::mutex> ll(b.layerMu);
   std::lock_guard<std::mutex> l(b.mu);
   if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   cudaSetDevice(b.device);
@@ -379,11 +534,24 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
   const auto msSince = [start] { return std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(); };
   std::shared_ptr<Backend> keep = getShared(h);
   Backend& b = *keep;
-  std::lock_guard<std::mutex> l(b.mu);
+  // layerMu: the scratch and pinned buffers below, and the registered ranges (their writers hold both
+  // layerMu and mu). close() sets `closed` under layerMu too, so it cannot change during this call.
+  std::lock_guard<std::mutex> ll(b.layerMu);
   if (b.closed) throw GpuError("GPU backend handle " + std::to_string(h) + " was closed", false);
   check(cudaSetDevice(b.device), "selecting the CUDA device");
   LayerTiming timing;
+  const size_t hidBytes = size_t(T) * D * 4, outBytes = size_t(outRowsTotal) * D * 4;
+  const Registered* hidReg = (reinterpret_cast<uintptr_t>(hidden) % 16 == 0) ? findRegistered(b, hidden, hidBytes) : nullptr;
+  const Registered* outReg = (reinterpret_cast<uintptr_t>(out) % 16 == 0) ? findRegistered(b, out, outBytes) : nullptr;
+  int S = 0;
+  for (const LayerExpert& le : experts) S += le.n;
+  // Staged inputs are copied to pinned memory before mu is taken (the largest host copy of the call).
+  const size_t outStageBytes = size_t(S) * D * 4;
+  ensurePinned(b.stage, b.stageCap, std::max(hidReg ? 0 : hidBytes, outReg ? 0 : outStageBytes),
+               "allocating the pinned staging buffer");
+  if (!hidReg && S > 0) std::memcpy(b.stage, hidden, hidBytes);
 
+  std::unique_lock<std::mutex> l(b.mu);  // the cache, until the kernels that read it are enqueued
   // Resolve experts, group them by (format, ffn, F), concatenate the selection arrays.
   struct Sel {
     const DevExpert* e;
@@ -391,7 +559,8 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     int tokOff;
   };
   std::vector<Sel> sels;
-  int S = 0, maxF = 0;
+  int maxF = 0;
+  S = 0;
   for (const LayerExpert& le : experts) {
     auto it = b.cache.find(le.key);
     if (it == b.cache.end()) throw GpuError("runLayer: expert " + le.key + " is not resident on the GPU", false);
@@ -411,6 +580,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     maxF = std::max(maxF, e.F);
   }
   if (S == 0) return timing;
+  timing.staged = !hidReg || !outReg;
 
   // Per-call arrays: tokenRows | outRows | scales | then per group: ExpDesc[], WorkItem[] x2.
   std::vector<int32_t> tok(S), orow(S);
@@ -443,42 +613,32 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
   }
   const size_t idxBytes = align256(sizeof(int32_t) * S) * 2 + align256(sizeof(float) * S);
   const size_t planBytes = plan.bytes();
-  ensurePinned(b, idxBytes + planBytes);
+  ensurePinned(b.pinned, b.pinnedCap, idxBytes + planBytes, "allocating the pinned argument buffer");
   char* hp = b.pinned;
   std::memcpy(hp, tok.data(), sizeof(int32_t) * S);
   std::memcpy(hp + align256(sizeof(int32_t) * S), orow.data(), sizeof(int32_t) * S);
   std::memcpy(hp + 2 * align256(sizeof(int32_t) * S), scl.data(), sizeof(float) * S);
-  b.args.ensure(idxBytes + planBytes, "allocating the per-call index arrays");
+  b.args.ensure(b, b.stream, idxBytes + planBytes, "allocating the per-call index arrays");
   char* dp = b.args.p;
   const int* dTok = reinterpret_cast<const int*>(dp);
   const int* dOutRows = reinterpret_cast<const int*>(dp + align256(sizeof(int32_t) * S));
   const float* dScale = reinterpret_cast<const float*>(dp + 2 * align256(sizeof(int32_t) * S));
   plan.write(hp + idxBytes, dp + idxBytes);
 
-  b.hidBf16.ensure(size_t(T) * D, "allocating the device hidden buffer");
+  b.hidBf16.ensure(b, b.stream, size_t(T) * D, "allocating the device hidden buffer");
   const bool natural = plan.needsNaturalHidden();
-  if (natural) b.hidBf16Nat.ensure(size_t(T) * D, "allocating the device hidden buffer (natural order)");
-  b.H.ensure(size_t(S) * maxF, "allocating the intermediate activations");
-  b.out.ensure(size_t(outRowsTotal) * D, "allocating the device output buffer");
-
-  const size_t hidBytes = size_t(T) * D * 4, outBytes = size_t(outRowsTotal) * D * 4;
-  const Registered* hidReg = (reinterpret_cast<uintptr_t>(hidden) % 16 == 0) ? findRegistered(b, hidden, hidBytes) : nullptr;
-  const Registered* outReg = (reinterpret_cast<uintptr_t>(out) % 16 == 0) ? findRegistered(b, out, outBytes) : nullptr;
-  timing.staged = !hidReg || !outReg;
+  if (natural) b.hidBf16Nat.ensure(b, b.stream, size_t(T) * D, "allocating the device hidden buffer (natural order)");
+  b.H.ensure(b, b.stream, size_t(S) * maxF, "allocating the intermediate activations");
+  b.out.ensure(b, b.stream, size_t(outRowsTotal) * D, "allocating the device output buffer");
+  b.hidF32.ensure(b, b.stream, size_t(T) * D, "allocating the device fp32 hidden buffer");
+  if (!outReg) b.outCompact.ensure(b, b.stream, size_t(S) * D, "allocating the compact output buffer");
 
   timing.prepMs = msSince();
   check(cudaEventRecord(b.ev[0], b.stream), "recording an event");
   check(cudaMemcpyAsync(dp, hp, idxBytes + planBytes, cudaMemcpyHostToDevice, b.stream), "copying the selection arrays");
-  b.hidF32.ensure(size_t(T) * D, "allocating the device fp32 hidden buffer");
-  if (hidReg) {
-    check(cudaMemcpyAsync(b.hidF32.p, hidden, hidBytes, cudaMemcpyHostToDevice, b.stream), "copying hidden states (DMA)");
-  } else {
-    // Not registered: stage through pinned memory (the pinned buffer is reused after a sync).
-    check(cudaStreamSynchronize(b.stream), "copying the selection arrays");
-    ensurePinned(b, hidBytes);
-    std::memcpy(b.pinned, hidden, hidBytes);
-    check(cudaMemcpyAsync(b.hidF32.p, b.pinned, hidBytes, cudaMemcpyHostToDevice, b.stream), "copying hidden states (staged)");
-  }
+  check(cudaMemcpyAsync(b.hidF32.p, hidReg ? static_cast<const void*>(hidden) : b.stage, hidBytes, cudaMemcpyHostToDevice,
+                        b.stream),
+        hidReg ? "copying hidden states (DMA)" : "copying hidden states (staged)");
   launchToBf16(b.hidF32.p, b.hidBf16.p, (long long)T * D, D, b.stream, natural ? b.hidBf16Nat.p : nullptr);
   check(cudaGetLastError(), "launching the hidden-state conversion");
   check(cudaEventRecord(b.ev[1], b.stream), "recording an event");
@@ -486,22 +646,23 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
                  b.stream);
   check(cudaGetLastError(), "launching the expert kernels");
   check(cudaEventRecord(b.ev[2], b.stream), "recording an event");
+  // Every read of expert memory is enqueued: an evict from here on queues its free after these kernels.
+  l.unlock();
+
   if (outReg) {
     launchCopyRows(b.out.p, out, dOutRows, S, D, false, b.stream);
     check(cudaGetLastError(), "launching the output copy");
   } else {
-    b.outCompact.ensure(size_t(S) * D, "allocating the compact output buffer");
+    // The staged hidden copy above precedes this one on the stream, so the buffer is free again.
     launchCopyRows(b.out.p, b.outCompact.p, dOutRows, S, D, true, b.stream);
     check(cudaGetLastError(), "launching the output copy");
-    check(cudaStreamSynchronize(b.stream), "running the expert kernels");
-    ensurePinned(b, size_t(S) * D * 4);
-    check(cudaMemcpyAsync(b.pinned, b.outCompact.p, size_t(S) * D * 4, cudaMemcpyDeviceToHost, b.stream),
+    check(cudaMemcpyAsync(b.stage, b.outCompact.p, outStageBytes, cudaMemcpyDeviceToHost, b.stream),
           "copying outputs back (staged)");
   }
   check(cudaEventRecord(b.ev[3], b.stream), "recording an event");
   check(cudaStreamSynchronize(b.stream), "running the expert layer");
   if (!outReg)
-    for (int i = 0; i < S; ++i) std::memcpy(out + size_t(orow[i]) * D, b.pinned + size_t(i) * D * 4, size_t(D) * 4);
+    for (int i = 0; i < S; ++i) std::memcpy(out + size_t(orow[i]) * D, b.stage + size_t(i) * D * 4, size_t(D) * 4);
   cudaEventElapsedTime(&timing.gpuMs, b.ev[0], b.ev[3]);
   cudaEventElapsedTime(&timing.kernelMs, b.ev[1], b.ev[2]);
   timing.hostMs = msSince();

@@ -60,11 +60,17 @@ void close(int handle);
 std::string deviceName(int handle);
 
 // Uploads (and repacks) one expert; replaces an expert of the same key. Returns its device bytes.
+// Blocking; the copies go through a second stream and pinned staging chunks, and layer calls, evict,
+// resident and bytesUsed go on meanwhile (they wait only for short bookkeeping). Uploads serialize
+// among themselves. The expert's bytes count against the budget from the start of the upload (GPU_OOM
+// when they do not fit) and it becomes resident when the upload returns. Call it from a worker thread
+// to keep the caller free (the addon's gpuUploadAsync does).
 size_t upload(int handle, const std::string& key, int ffn, const MatrixSrc* gate, const MatrixSrc& up,
               const MatrixSrc& down);
+// Frees an expert's memory after the layer calls already running that read it (never waits).
 bool evict(int handle, const std::string& key);
 bool resident(int handle, const std::string& key);
-size_t bytesUsed(int handle);
+size_t bytesUsed(int handle);  // resident experts plus uploads in flight
 size_t budget(int handle);
 std::vector<ExpertInfo> residentExperts(int handle);
 
@@ -73,7 +79,7 @@ std::vector<ExpertInfo> residentExperts(int handle);
 std::string registerHost(int handle, void* p, size_t bytes);
 void unregisterHost(int handle, void* p);
 
-// Blocking (call it from a worker thread). hidden: T x D fp32; out: outRowsTotal x D fp32; only the
+// Blocking (call it from a worker thread); layer calls serialize among themselves. hidden: T x D fp32; out: outRowsTotal x D fp32; only the
 // rows named in outRows are written.
 LayerTiming runLayer(int handle, const std::vector<LayerExpert>& experts, const float* hidden, int T, int D,
                      float* out, int outRowsTotal);

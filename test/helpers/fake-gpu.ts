@@ -34,17 +34,51 @@ export class FakeGpu implements GpuExpertBackend {
   readonly expertBytes: number
   budgetBytes = Infinity
   uploadLog: string[] = []
+  /** uploadAsync: how long a copy takes, and failures to inject (the next n uploads). */
+  uploadDelayMs = 0
+  failUploads = 0
+  failUploadCode: 'GPU_ERROR' | 'GPU_OOM' = 'GPU_ERROR'
+  /** Async uploads under way, the most residentBytes() ever was, and layer runs started during an upload. */
+  uploadsInFlight = 0
+  maxResidentBytes = 0
+  runsDuringUpload = 0
+  #reserved = 0
 
+  /** Resident experts plus the uploads in flight (their bytes are reserved, as the device does). */
   residentBytes(): number {
     let n = 0
     for (const es of this.#resident.values()) n += es.length
-    return n * this.expertBytes
+    return n * this.expertBytes + this.#reserved
+  }
+
+  #add(layer: number, expert: number): void {
+    this.#resident.set(layer, [...(this.#resident.get(layer) ?? []), expert])
+    this.uploadLog.push(`+${layer}/${expert}`)
+    this.maxResidentBytes = Math.max(this.maxResidentBytes, this.residentBytes())
   }
 
   upload(layer: number, expert: number): number {
     if (this.residentBytes() + this.expertBytes > this.budgetBytes) throw new HetmoeError('GPU_OOM', 'fake budget full')
-    this.#resident.set(layer, [...(this.#resident.get(layer) ?? []), expert])
-    this.uploadLog.push(`+${layer}/${expert}`)
+    this.#add(layer, expert)
+    return this.expertBytes
+  }
+
+  async uploadAsync(layer: number, expert: number): Promise<number> {
+    if (this.residentBytes() + this.expertBytes > this.budgetBytes) throw new HetmoeError('GPU_OOM', 'fake budget full')
+    this.#reserved += this.expertBytes
+    this.maxResidentBytes = Math.max(this.maxResidentBytes, this.residentBytes())
+    this.uploadsInFlight++
+    try {
+      await new Promise((r) => setTimeout(r, this.uploadDelayMs))
+      if (this.failUploads > 0) {
+        this.failUploads--
+        throw new HetmoeError(this.failUploadCode, `injected ${this.failUploadCode} while uploading expert ${layer}/${expert}`)
+      }
+    } finally {
+      this.#reserved -= this.expertBytes
+      this.uploadsInFlight--
+    }
+    this.#add(layer, expert)
     return this.expertBytes
   }
 
@@ -62,6 +96,7 @@ export class FakeGpu implements GpuExpertBackend {
   async run(work: LayerWork): Promise<void> {
     this.runs++
     this.lastWork = work
+    if (this.uploadsInFlight > 0) this.runsDuringUpload++
     await new Promise((r) => setTimeout(r, 1)) // asynchronous, like the real device
     if (this.failNext > 0) {
       this.failNext--
