@@ -173,24 +173,27 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const cpuOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(1, 1)))
     const cpuManyOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(TINY_K, 1)))
     const cpuExpertOverhead = async () => ((await cpuManyOverhead()) - (await cpuOverhead())) / (TINY_K - 1)
-    let gpuOverhead: (() => Promise<number>) | undefined
-    let gpuExpertOverhead: (() => Promise<number>) | undefined
-    if (gpu) {
-      const g = new GpuExperts(gpu, tiny, arena)
-      const one = layerOverheadProbe(() => g.run(tinyRig.work(1, 1)))
-      const many = layerOverheadProbe(() => g.run(tinyRig.work(TINY_K, 1)))
-      // Uploaded only while measured: the format probes below use the same (layer 0, expert e) keys.
-      const resident = async <T>(f: () => Promise<T>): Promise<T> => {
-        for (let e = 0; e < TINY_K; e++) g.upload(0, e)
-        try {
-          return await f()
-        } finally {
-          for (let e = 0; e < TINY_K; e++) g.evict(0, e)
+    // The GPU's fixed costs come from real-size calls (the dense probe model, set below): a call's
+    // wall time less its kernels' device time. Tiny experts showed 96 µs a call and 2.6 µs an expert,
+    // while sigma-lite's calls spent ~0.3 ms a layer outside their kernels at 16 tokens.
+    let denseGpu: { g: GpuExperts; r: ProbeRig } | undefined
+    const outsideKernels = async (k: number): Promise<number> => {
+      const { g, r } = denseGpu!
+      for (let e = 0; e < k; e++) g.upload(0, e)
+      try {
+        const ts: number[] = []
+        for (let i = 0; i < OVERHEAD_RUNS / 10 + 5; i++) {
+          const t0 = performance.now()
+          const timing = await g.run(r.work(k, 1))
+          if (i >= 5) ts.push((performance.now() - t0 - timing.kernelMs) / 1000)
         }
+        return ts.sort((a, b) => a - b)[ts.length >> 1]
+      } finally {
+        for (let e = 0; e < k; e++) g.evict(0, e)
       }
-      gpuOverhead = () => resident(one)
-      gpuExpertOverhead = () => resident(async () => ((await many()) - (await one())) / (TINY_K - 1))
     }
+    const gpuOverhead = () => outsideKernels(1)
+    const gpuExpertOverhead = async () => ((await outsideKernels(TINY_K)) - (await outsideKernels(1))) / (TINY_K - 1)
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
@@ -201,6 +204,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
+        if (f === 'dense') denseGpu = { g, r }
         gpuProbes[key] = async ({ bytes, tokens }) => {
           // Two sets of k experts: warm on one, time the other, so the timed weights are not in the
           // 50 MB L2 from the warm-up (a 48 MB expert fits there).
@@ -246,7 +250,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation, kernelTimed: true }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

@@ -49,6 +49,9 @@ export interface DeviceProbes {
   streamBytesPerS?: number
   /** GPU: bytes per second of activations a layer call moves (hidden rows in, output rows out). */
   activation?: () => number | Promise<number>
+  /** The format probes time the kernels alone (device events): their fitted fixed time is the
+   *  kernels' own per-call cost, which adds to the layer overhead (measured outside the kernels). */
+  kernelTimed?: boolean
 }
 
 export interface CalibrationProbes {
@@ -136,6 +139,7 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   }
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
+  if (dev.kernelTimed) rates.layerOverheadS += median(fixed)
   if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
   return rates
 }

@@ -73,7 +73,9 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
     source: 'synthetic',
     cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
-    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9 },
+    // Kernel-timed GPU probes: their 5 µs intercept is the kernels' own cost a call, on top of the
+    // 20 µs measured outside the kernels.
+    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
@@ -88,6 +90,8 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   near(c.gpu!.readBytesPerS['dense/bf16']!, 1.5e12, 0.01, 'GPU GB/s')
   near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.05, 'GPU FLOP/s')
   t.equal(c.gpu!.activationBytesPerS, 21e9)
+  near(c.gpu!.layerOverheadS, 25e-6, 0.01, 'GPU layer overhead: outside the kernels + the kernels\' intercept')
+  t.equal(c.gpu!.expertOverheadS, 1e-6)
   t.equal(c.cpu.activationBytesPerS, undefined, 'the CPU reads activations in place')
   near(c.pcie!.bytesPerS, 24e9, 0.01, 'PCIe GB/s')
   near(c.pcie!.latencyS, 9e-6, 0.01, 'PCIe latency')
