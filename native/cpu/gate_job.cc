@@ -9,6 +9,7 @@
 #include "addon/weights_map.h"
 #include "cpu/crew.h"
 #include "cpu/futex.h"
+#include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
 namespace hetmoe {
@@ -85,7 +86,7 @@ int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc) {
 
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   GateJob j = parse(arena, arenaBytes, desc);
-  const int64_t bad = firstNonFinite(j.args.x, int64_t(j.T) * j.args.D);
+  const int64_t bad = firstNonFiniteParallel(j.args.x, int64_t(j.T) * j.args.D);
   if (bad >= 0) return bad;
   atomicAt(j.hdr + gNext).store(0, std::memory_order_seq_cst);
   atomicAt(j.hdr + gDone).store(0, std::memory_order_seq_cst);

@@ -1,5 +1,6 @@
 // Router arithmetic (router_math.h): the scalar gate and the ISA choice, the finiteness check and
 // the combine (plain loops the compiler vectorises; both are memory-bound).
+#include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
 #include <cstring>
@@ -56,7 +57,7 @@ int64_t firstNonFinite(const float* x, int64_t n) {
 }
 
 int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* logits) {
-  const int64_t bad = firstNonFinite(x, int64_t(T) * D);
+  const int64_t bad = firstNonFiniteParallel(x, int64_t(T) * D);
   if (bad >= 0) return bad;
   // Same bits at every level (see the header); HETMOE_ISA or the best level picks the kernel.
   gateBlockForEnv()(GateArgs{x, W, D, E, logits}, 0, T, 0, E);
