@@ -133,10 +133,6 @@ export class CostModel {
     return this.calibration.cpu.layerOverheadS
   }
 
-  gpuLayerOverheadS(): number {
-    return this.calibration.gpu?.layerOverheadS ?? Infinity
-  }
-
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's
    *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load). */
   gpuLayerS(batchTokens: number, hiddenSize = 0): number {

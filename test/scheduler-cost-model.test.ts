@@ -109,7 +109,7 @@ t.test('the GPU pays for moving activations: hidden rows in per layer call, outp
   t.ok(Math.abs(act.tGpu(e, 1000) - bare.tGpu(e, 1000) - 1000 * rowS) < 1e-12, 'tGpu adds n rows back')
   t.equal(act.tCpu(e, 1000), bare.tCpu(e, 1000), 'the CPU writes rows in place')
   t.ok(Math.abs(act.gpuLayerS(4096, D) - bare.gpuLayerS(4096, D) - 4096 * rowS) < 1e-12, 'a layer call copies every hidden row in')
-  t.equal(bare.gpuLayerS(4096, D), bare.gpuLayerOverheadS(), 'uncharged without a measured rate')
+  t.equal(bare.gpuLayerS(4096, D), bare.calibration.gpu!.layerOverheadS, 'uncharged without a measured rate')
   t.equal(act.tGpu({ ...e, hiddenSize: undefined }, 1000), bare.tGpu(e, 1000), 'or without the width')
 })
 
