@@ -1,6 +1,7 @@
 // GPU backend bindings (native/cuda/gpu_backend.h). The TypeScript view is NativeGpuApi in
 // runtime/native.ts, wrapped by runtime/gpu-backend.ts. Without CUDA every function exists and
 // throws "built without CUDA" (gpuAvailable() says so without throwing).
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -167,6 +168,22 @@ Napi::Value Upload(const Napi::CallbackInfo& cb) {
 
 // The same upload on a libuv thread. The mapped weights file it reads stays mapped until it is done
 // (a reference of its own), and so does the expert object.
+// An AsyncWorker's Execute body: runs f and returns what failed, if anything, with `code` set to
+// what OnError rejects with (GPU_OOM stays distinct so the runtime can fall back to the CPU).
+template <typename F>
+std::optional<std::string> coded(std::string& code, F&& f) {
+  try {
+    f();
+    return std::nullopt;
+  } catch (const gpu::GpuError& e) {
+    code = e.oom ? "GPU_OOM" : "GPU_ERROR";
+    return e.what();
+  } catch (const std::exception& e) {
+    code = "GPU_ERROR";
+    return e.what();
+  }
+}
+
 class UploadWorker : public Napi::AsyncWorker {
  public:
   UploadWorker(Napi::Env env, UploadArgs args)
@@ -175,15 +192,8 @@ class UploadWorker : public Napi::AsyncWorker {
     if (retained) unmapWeights(a.weightsId);
   }
   void Execute() override {
-    try {
-      bytes = gpu::upload(a.handle, a.key, a.ffn, a.hasGate ? &a.gate : nullptr, a.up, a.down);
-    } catch (const gpu::GpuError& e) {
-      code = e.oom ? "GPU_OOM" : "GPU_ERROR";
-      SetError(e.what());
-    } catch (const std::exception& e) {
-      code = "GPU_ERROR";
-      SetError(e.what());
-    }
+    if (auto err = coded(code, [&] { bytes = gpu::upload(a.handle, a.key, a.ffn, a.hasGate ? &a.gate : nullptr, a.up, a.down); }))
+      SetError(*err);
   }
   void OnOK() override { deferred.Resolve(Napi::Number::New(Env(), static_cast<double>(bytes))); }
   void OnError(const Napi::Error& e) override { deferred.Reject(codedError(Env(), code, e.Message()).Value()); }
@@ -264,15 +274,7 @@ class LayerWorker : public Napi::AsyncWorker {
   LayerWorker(Napi::Env env, int h) : Napi::AsyncWorker(env), handle(h), deferred(Napi::Promise::Deferred::New(env)) {}
   void keep(const Napi::Value& v) { refs.push_back(Napi::Persistent(v.As<Napi::Object>())); }
   void Execute() override {
-    try {
-      timing = gpu::runLayer(handle, experts, hidden, T, D, out, outRows);
-    } catch (const gpu::GpuError& e) {
-      code = e.oom ? "GPU_OOM" : "GPU_ERROR";
-      SetError(e.what());
-    } catch (const std::exception& e) {
-      code = "GPU_ERROR";
-      SetError(e.what());
-    }
+    if (auto err = coded(code, [&] { timing = gpu::runLayer(handle, experts, hidden, T, D, out, outRows); })) SetError(*err);
   }
   void OnOK() override {
     Napi::Env env = Env();
