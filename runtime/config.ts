@@ -10,12 +10,15 @@ export interface EnvConfig {
   isa: string | undefined
   /** HETMOE_CACHE_DIR: where synthesised models and calibrations are cached. Defaults to ~/.cache/hetmoe. */
   cacheDir: string | undefined
+  /** HETMOE_GPU_INLINE_ROWS: GPU layer calls with at most this many rows and no CPU work beside them
+   *  run on the calling thread (0: never; for comparisons). Defaults to 256. */
+  gpuInlineRows: number
 }
 
-function positiveInt(name: string, raw: string | undefined, fallback: number): number {
+function positiveInt(name: string, raw: string | undefined, fallback: number, min = 1): number {
   if (raw === undefined || raw === '') return fallback
   const n = Number(raw)
-  if (!Number.isInteger(n) || n <= 0) throw new RangeError(`${name} must be a positive integer (got "${raw}")`)
+  if (!Number.isInteger(n) || n < min) throw new RangeError(`${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer (got "${raw}")`)
   return n
 }
 
@@ -25,6 +28,7 @@ export function envConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     arenaMiB: positiveInt('HETMOE_ARENA_MB', env.HETMOE_ARENA_MB, 256),
     isa: env.HETMOE_ISA || undefined,
     cacheDir: env.HETMOE_CACHE_DIR || undefined,
+    gpuInlineRows: positiveInt('HETMOE_GPU_INLINE_ROWS', env.HETMOE_GPU_INLINE_ROWS, 256, 0),
   }
 }
 

@@ -30,8 +30,9 @@ export interface GpuExpertBackend extends ExpertBackend {
   /** The placement its experts were uploaded for, when it chose one (openGpu). */
   readonly plan?: PlacementPlan
   close(): Promise<void>
-  /** Runs the layer's resident experts; a real device also reports its stream and kernel times. */
-  run(work: LayerWork, signal?: AbortSignal): Promise<GpuLayerTiming | void>
+  /** Runs the layer's resident experts; a real device also reports its stream and kernel times.
+   *  `inline`: the caller has nothing to overlap with the call, which may then run on its thread. */
+  run(work: LayerWork, signal?: AbortSignal, options?: { inline?: boolean }): Promise<GpuLayerTiming | void>
 }
 
 export interface OpenGpuOptions {
@@ -100,7 +101,7 @@ export class GpuExperts implements GpuExpertBackend {
     return this.#gpu.budgetBytes
   }
 
-  async run(work: LayerWork, signal?: AbortSignal): Promise<GpuLayerTiming> {
+  async run(work: LayerWork, signal?: AbortSignal, options: { inline?: boolean } = {}): Promise<GpuLayerTiming> {
     if (signal?.aborted) throw new HetmoeError('ABORTED', 'forward aborted')
     const buf = this.#arena.buffer
     const D = this.#model.manifest.hiddenSize
@@ -114,7 +115,7 @@ export class GpuExperts implements GpuExpertBackend {
         outRows: new Int32Array(buf, w.outRows, w.count),
         ...(w.scales !== undefined ? { scale: new Float32Array(buf, w.scales, w.count) } : {}),
       })),
-    })
+    }, options)
   }
 
   async close(): Promise<void> {

@@ -119,6 +119,15 @@ export interface NativeGpuMatrix {
   select?: { offset: number; bytes: number }
 }
 
+/** What a GPU layer call measured (GpuLayerTiming in runtime/gpu-backend.ts documents each field). */
+export interface NativeGpuLayerTiming {
+  gpuMs: number
+  kernelMs: number
+  staged: boolean
+  hostMs: number
+  prepMs: number
+}
+
 /** One expert's selections for gpuRunLayer: out[outRows[i]] = (scale?.[i] ?? 1) * FFN(hidden[tokenRows[i]]). */
 export interface NativeGpuLayerExpert {
   key: string
@@ -191,13 +200,9 @@ export interface NativeGpuApi {
    * (16-byte aligned) move by DMA / zero-copy, otherwise through a pinned staging buffer.
    * Resolves with the stream time of the call and of its kernels, and the native thread's wall time.
    */
-  gpuRunLayer(
-    handle: number,
-    experts: NativeGpuLayerExpert[],
-    hidden: Float32Array,
-    D: number,
-    out: Float32Array,
-  ): Promise<{ gpuMs: number; kernelMs: number; staged: boolean; hostMs: number; prepMs: number }>
+  gpuRunLayer(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array): Promise<NativeGpuLayerTiming>
+  /** gpuRunLayer on the calling thread, which waits (spinning) for the stream: for decode-size calls. */
+  gpuRunLayerSync(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array): NativeGpuLayerTiming
   /** The GPU bench (native/cuda/gpu_bench.cu), synchronous; returns its results as JSON text. */
   gpuBench(options: {
     preset?: string

@@ -126,6 +126,9 @@ export class Runtime extends EventEmitter {
   readonly #cache: GpuExpertCache | undefined
   readonly #stats: LayerStats[]
   #replacement: Replacement | undefined
+  /** GPU calls with at most this many rows and no CPU work beside them run on this thread (decode,
+   *  small batches: calls well under 1 ms); see GpuBackend.runLayer's `inline`. */
+  readonly #inlineRows = envConfig().gpuInlineRows
   #gpuFailures = 0
   #gpuHealthy = true
   #closed = false
@@ -276,10 +279,15 @@ export class Runtime extends EventEmitter {
       const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
       const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
       // The GPU's share first: it is queued synchronously, before a small CPU job occupies this
-      // thread (the main thread joins small CPU jobs).
+      // thread (the main thread joins small CPU jobs). With no CPU work and few rows (decode) this
+      // thread runs the call itself and waits for the device: it has nothing else to do, and a hop
+      // to a libuv thread and back costs more than the wait saves (gpu-backend.ts: runLayer).
       let gpuDone = 0
       let cpuDone = 0
-      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal).then(() => void (gpuDone = performance.now())))
+      let gpuRows = 0
+      for (const w of gpuWork) gpuRows += w.count
+      const inline = cpuWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
+      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, inline).then(() => void (gpuDone = performance.now())))
       const cpuJobs: Promise<void>[] = []
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
@@ -313,7 +321,7 @@ export class Runtime extends EventEmitter {
       const st = this.#stats[layer]
       st.forwards++
       st.tokens += T
-      for (const w of gpuWork) st.gpuRows += w.count
+      st.gpuRows += gpuRows
       for (const w of cpuWork) st.cpuRows += w.count
       st.ms.route += tRoute - t0
       st.ms.compute += tCompute - tRoute
@@ -329,9 +337,9 @@ export class Runtime extends EventEmitter {
   }
 
   /** GPU experts of one layer; on a GPU failure the same experts rerun on the CPU (same results). */
-  async #runGpu(work: LayerWork, signal?: AbortSignal): Promise<void> {
+  async #runGpu(work: LayerWork, signal: AbortSignal | undefined, inline: boolean): Promise<void> {
     try {
-      const timing = await this.#gpu!.run(work, signal)
+      const timing = await this.#gpu!.run(work, signal, { inline })
       this.#gpuFailures = 0
       if (timing) {
         // The device's own event timings: copies + kernels (stream), and the projection kernels alone.

@@ -110,6 +110,12 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
       if (!writtenRows.has(row)) for (let d = 0; d < D; d++) untouched &&= Number.isNaN(out[row * D + d])
     t.ok(untouched, `round ${round}: rows not selected stay untouched`)
     t.comment(`round ${round} (${useArena ? 'arena' : 'staged'}): ${written} elements checked, worst rel err ${worst.toExponential(2)}, gpu ${timing.gpuMs.toFixed(3)} ms`)
+    // The same call inline (this thread waits for the device): the same bits, rows outside it untouched.
+    const first = Float32Array.from(out)
+    out.fill(NaN)
+    const inline = await gpu.runLayer({ experts: calls, hidden, out }, { inline: true })
+    t.ok(inline.kernelMs > 0 && inline.hostMs >= inline.gpuMs * 0.5, `round ${round}: inline call timed (${inline.hostMs.toFixed(3)} ms on this thread)`)
+    t.ok(new Uint32Array(out.buffer, out.byteOffset, out.length).every((b, i) => b === new Uint32Array(first.buffer)[i]), `round ${round}: inline gives the same bits`)
     if (lease) lease.release()
   }
 
@@ -125,6 +131,11 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
     gpu.runLayer({ experts: [{ key: 's24-a', tokenRows: Int32Array.of(5), outRows: Int32Array.of(0) }], hidden: new Float32Array(D), out: new Float32Array(D) }),
     { code: 'GPU_ERROR' },
     'a token row outside hidden is an error',
+  )
+  await t.rejects(
+    gpu.runLayer({ experts: [{ key: 's24-a', tokenRows: Int32Array.of(5), outRows: Int32Array.of(0) }], hidden: new Float32Array(D), out: new Float32Array(D) }, { inline: true }),
+    { code: 'GPU_ERROR', message: /outside/ },
+    'inline: the same error, as a rejection',
   )
 })
 

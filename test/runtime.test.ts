@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createRuntime, type Runtime } from '../runtime/runtime.js'
+import { envConfig } from '../runtime/config.js'
 import { loadModel, type Model } from '../experts/model.js'
 import { synthModel, PRESETS, type SynthPreset } from '../experts/synth.js'
 import { layerForwardRef } from '../experts/reference.js'
@@ -64,6 +65,28 @@ t.test('hybrid: GPU and CPU experts of a layer agree with CPU-only, and the GPU 
   t.equal(s.layers[0].gpuRows, gpu.rowsComputed)
   await hybrid.close()
   await cpuOnly.close()
+  m.close()
+})
+
+t.test('GPU calls run inline only when they are decode-sized and have no CPU work beside them', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const all = [0, 1, 2, 3, 4, 5, 6, 7]
+  const gpu = new FakeGpu(m, new Map([[0, all], [1, [0, 4]]]))
+  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 64 << 20, _gpuBackend: gpu })
+  gpu.arena = rt.arena
+  const D = m.manifest.hiddenSize
+  const run = async (layer: number, T: number) => {
+    gpu.inlineLog = []
+    await rt.forward(layer, randomHidden(T, D, T), { tokenIds: uniformTokens(T, 32000, T), domain: 1 })
+    return gpu.inlineLog
+  }
+  const GPU_INLINE_MAX_ROWS = envConfig().gpuInlineRows
+  t.same(await run(0, 3), [true], 'every expert on the GPU, 3 rows: inline')
+  t.same(await run(0, GPU_INLINE_MAX_ROWS), [true], `${GPU_INLINE_MAX_ROWS} rows: inline`)
+  t.same(await run(0, GPU_INLINE_MAX_ROWS + 1), [false], 'one row more: on a libuv thread')
+  t.same(await run(1, 64), [false], 'CPU experts in the same layer: the GPU call overlaps them')
+  t.ok(rt.stats().layers[1].cpuRows > 0 && rt.stats().layers[1].gpuRows > 0, 'that layer had work on both sides')
+  await rt.close()
   m.close()
 })
 

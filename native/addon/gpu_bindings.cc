@@ -268,41 +268,19 @@ Napi::Value UnregisterHost(const Napi::CallbackInfo& cb) {
   return cb.Env().Undefined();
 }
 
-// The layer call runs on a libuv thread so JavaScript (and the CPU workers) go on meanwhile.
-class LayerWorker : public Napi::AsyncWorker {
- public:
-  LayerWorker(Napi::Env env, int h) : Napi::AsyncWorker(env), handle(h), deferred(Napi::Promise::Deferred::New(env)) {}
-  void keep(const Napi::Value& v) { refs.push_back(Napi::Persistent(v.As<Napi::Object>())); }
-  void Execute() override {
-    if (auto err = coded(code, [&] { timing = gpu::runLayer(handle, experts, hidden, T, D, out, outRows); })) SetError(*err);
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("gpuMs", timing.gpuMs);
-    o.Set("kernelMs", timing.kernelMs);
-    o.Set("staged", timing.staged);
-    o.Set("hostMs", timing.hostMs);
-    o.Set("prepMs", timing.prepMs);
-    deferred.Resolve(o);
-  }
-  void OnError(const Napi::Error& e) override { deferred.Reject(codedError(Env(), code, e.Message()).Value()); }
-
-  int handle;
-  Napi::Promise::Deferred deferred;
-  std::vector<Napi::ObjectReference> refs;
+// A layer call's arguments: experts[{key, tokenRows, outRows, scale?}], hidden, D, out. The pointers
+// are into the caller's typed arrays; `keep` is called with each array an asynchronous call must
+// keep alive until it is done.
+struct LayerArgs {
   std::vector<gpu::LayerExpert> experts;
   const float* hidden = nullptr;
   float* out = nullptr;
   int T = 0, D = 0, outRows = 0;
-  gpu::LayerTiming timing;
-  std::string code = "GPU_ERROR";
 };
 
-// gpuRunLayer(handle, experts[{key, tokenRows, outRows, scale?}], hidden, D, out) -> Promise
-Napi::Value RunLayer(const Napi::CallbackInfo& cb) {
+template <typename Keep>
+LayerArgs layerArgs(const Napi::CallbackInfo& cb, Keep&& keep) {
   Napi::Env env = cb.Env();
-  int h = handleArg(cb);
   if (!cb[1].IsArray()) throw Napi::TypeError::New(env, "experts must be an array");
   Napi::Array arr = cb[1].As<Napi::Array>();
   int D = static_cast<int>(intArg(cb[3], "D"));
@@ -310,45 +288,97 @@ Napi::Value RunLayer(const Napi::CallbackInfo& cb) {
   Span<float> hid = typedSpan<float>(cb[2], napi_float32_array, "hidden");
   Span<float> out = typedSpan<float>(cb[4], napi_float32_array, "out");
   if (hid.length % D || out.length % D) throw Napi::RangeError::New(env, "hidden and out lengths must be multiples of D");
-  auto* w = new LayerWorker(env, h);
-  try {
-    w->keep(cb[2]);
-    w->keep(cb[4]);
-    for (uint32_t i = 0; i < arr.Length(); ++i) {
-      Napi::Value ev = arr.Get(i);
-      if (!ev.IsObject()) throw Napi::TypeError::New(env, "experts[i] must be an object");
-      Napi::Object e = ev.As<Napi::Object>();
-      gpu::LayerExpert le;
-      le.key = strArg(e.Get("key"), "experts[i].key");
-      Span<int32_t> tr = typedSpan<int32_t>(e.Get("tokenRows"), napi_int32_array, "experts[i].tokenRows");
-      Span<int32_t> orr = typedSpan<int32_t>(e.Get("outRows"), napi_int32_array, "experts[i].outRows");
-      if (tr.length != orr.length) throw Napi::RangeError::New(env, "experts[i]: tokenRows and outRows differ in length");
-      le.tokenRows = tr.data;
-      le.outRows = orr.data;
-      le.n = static_cast<int>(tr.length);
-      w->keep(e.Get("tokenRows"));
-      w->keep(e.Get("outRows"));
-      Napi::Value sv = e.Get("scale");
-      if (!sv.IsUndefined() && !sv.IsNull()) {
-        Span<float> sc = typedSpan<float>(sv, napi_float32_array, "experts[i].scale");
-        if (sc.length != tr.length) throw Napi::RangeError::New(env, "experts[i]: scale and tokenRows differ in length");
-        le.scale = sc.data;
-        w->keep(sv);
-      }
-      w->experts.push_back(le);
+  LayerArgs a;
+  keep(cb[2]);
+  keep(cb[4]);
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value ev = arr.Get(i);
+    if (!ev.IsObject()) throw Napi::TypeError::New(env, "experts[i] must be an object");
+    Napi::Object e = ev.As<Napi::Object>();
+    gpu::LayerExpert le;
+    le.key = strArg(e.Get("key"), "experts[i].key");
+    Napi::Value trv = e.Get("tokenRows"), orv = e.Get("outRows");
+    Span<int32_t> tr = typedSpan<int32_t>(trv, napi_int32_array, "experts[i].tokenRows");
+    Span<int32_t> orr = typedSpan<int32_t>(orv, napi_int32_array, "experts[i].outRows");
+    if (tr.length != orr.length) throw Napi::RangeError::New(env, "experts[i]: tokenRows and outRows differ in length");
+    le.tokenRows = tr.data;
+    le.outRows = orr.data;
+    le.n = static_cast<int>(tr.length);
+    keep(trv);
+    keep(orv);
+    Napi::Value sv = e.Get("scale");
+    if (!sv.IsUndefined() && !sv.IsNull()) {
+      Span<float> sc = typedSpan<float>(sv, napi_float32_array, "experts[i].scale");
+      if (sc.length != tr.length) throw Napi::RangeError::New(env, "experts[i]: scale and tokenRows differ in length");
+      le.scale = sc.data;
+      keep(sv);
     }
+    a.experts.push_back(le);
+  }
+  a.hidden = hid.data;
+  a.out = out.data;
+  a.T = static_cast<int>(hid.length / D);
+  a.D = D;
+  a.outRows = static_cast<int>(out.length / D);
+  return a;
+}
+
+Napi::Object timingObject(Napi::Env env, const gpu::LayerTiming& t) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("gpuMs", t.gpuMs);
+  o.Set("kernelMs", t.kernelMs);
+  o.Set("staged", t.staged);
+  o.Set("hostMs", t.hostMs);
+  o.Set("prepMs", t.prepMs);
+  return o;
+}
+
+gpu::LayerTiming runLayerWith(int handle, const LayerArgs& a) {
+  return gpu::runLayer(handle, a.experts, a.hidden, a.T, a.D, a.out, a.outRows);
+}
+
+// The layer call runs on a libuv thread so JavaScript (and the CPU workers) go on meanwhile.
+class LayerWorker : public Napi::AsyncWorker {
+ public:
+  LayerWorker(Napi::Env env, int h) : Napi::AsyncWorker(env), handle(h), deferred(Napi::Promise::Deferred::New(env)) {}
+  void Execute() override {
+    if (auto err = coded(code, [&] { timing = runLayerWith(handle, args); })) SetError(*err);
+  }
+  void OnOK() override { deferred.Resolve(timingObject(Env(), timing)); }
+  void OnError(const Napi::Error& e) override { deferred.Reject(codedError(Env(), code, e.Message()).Value()); }
+
+  int handle;
+  Napi::Promise::Deferred deferred;
+  std::vector<Napi::ObjectReference> refs;
+  LayerArgs args;
+  gpu::LayerTiming timing;
+  std::string code = "GPU_ERROR";
+};
+
+// gpuRunLayer(handle, experts[{key, tokenRows, outRows, scale?}], hidden, D, out) -> Promise<timing>
+Napi::Value RunLayer(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  auto* w = new LayerWorker(env, handleArg(cb));
+  try {
+    w->args = layerArgs(cb, [w](const Napi::Value& v) { w->refs.push_back(Napi::Persistent(v.As<Napi::Object>())); });
   } catch (...) {
     delete w;
     throw;
   }
-  w->hidden = hid.data;
-  w->out = out.data;
-  w->T = static_cast<int>(hid.length / D);
-  w->D = D;
-  w->outRows = static_cast<int>(out.length / D);
   Napi::Promise p = w->deferred.Promise();
   w->Queue();
   return p;
+}
+
+// gpuRunLayerSync(same arguments) -> timing: the same call on this thread, which waits for the stream
+// (CUDA spins while it waits, with fewer contexts than cores). For decode-size calls with nothing
+// else to do meanwhile: no thread-pool hop and no event-loop wake-up, each of which cost a sleeping
+// core of a virtual machine tens of microseconds.
+Napi::Value RunLayerSync(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  const int h = handleArg(cb);
+  LayerArgs a = layerArgs(cb, [](const Napi::Value&) {});
+  return guarded(env, [&] { return timingObject(env, runLayerWith(h, a)); });
 }
 
 // gpuBench({preset, E, D, F, topK, tokensPerExpert[], formats[], baselines, minReps, seconds, device}) -> JSON text
@@ -389,7 +419,7 @@ void registerGpu(Napi::Env env, Napi::Object exports) {
 #ifndef HETMOE_HAVE_CUDA
   for (const char* name : {"gpuOpen", "gpuClose", "gpuDeviceName", "gpuUpload", "gpuUploadAsync", "gpuEvict", "gpuResident", "gpuBytesUsed",
                            "gpuBudget", "gpuResidentExperts", "gpuRegisterHost", "gpuUnregisterHost", "gpuRunLayer",
-                           "gpuBench"})
+                           "gpuRunLayerSync", "gpuBench"})
     exports.Set(name, Napi::Function::New(env, NoCuda, name));
 #else
   exports.Set("gpuOpen", Napi::Function::New(env, Open, "gpuOpen"));
@@ -405,6 +435,7 @@ void registerGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuRegisterHost", Napi::Function::New(env, RegisterHost, "gpuRegisterHost"));
   exports.Set("gpuUnregisterHost", Napi::Function::New(env, UnregisterHost, "gpuUnregisterHost"));
   exports.Set("gpuRunLayer", Napi::Function::New(env, RunLayer, "gpuRunLayer"));
+  exports.Set("gpuRunLayerSync", Napi::Function::New(env, RunLayerSync, "gpuRunLayerSync"));
   exports.Set("gpuBench", Napi::Function::New(env, Bench, "gpuBench"));
 #endif
 }

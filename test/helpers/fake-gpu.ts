@@ -93,9 +93,13 @@ export class FakeGpu implements GpuExpertBackend {
   /** The last layer work it was given. */
   lastWork?: LayerWork
 
-  async run(work: LayerWork): Promise<void> {
+  /** The `inline` flag of each run, in order. */
+  inlineLog: boolean[] = []
+
+  async run(work: LayerWork, _signal?: AbortSignal, options: { inline?: boolean } = {}): Promise<void> {
     this.runs++
     this.lastWork = work
+    this.inlineLog.push(options.inline === true)
     if (this.uploadsInFlight > 0) this.runsDuringUpload++
     await new Promise((r) => setTimeout(r, 1)) // asynchronous, like the real device
     if (this.failNext > 0) {
