@@ -116,20 +116,26 @@ export class GpuExpertCache {
     const onGpu = new Set<number>()
     const temporary: number[] = []
     const want: number[] = []
+    let cold = 0
     for (let e = 0; e < counts.length; e++) {
       const n = counts[e]
       if (n === 0) continue
       if (this.#leaving.has(key(layer, e))) continue // on its way out: the CPU computes it
-      if (this.isResident(layer, e)) onGpu.add(e)
-      else if (this.strategy === 'on-demand-lru' || (this.strategy === 'fiddler-rule' && n >= 10)) want.push(e)
+      if (this.isResident(layer, e)) {
+        onGpu.add(e)
+        continue
+      }
+      cold++
+      if (this.strategy === 'on-demand-lru' || (this.strategy === 'fiddler-rule' && n >= 10)) want.push(e)
       else if (this.strategy === 'stream-at-32' && batchTokens >= 32) {
         want.push(e)
         temporary.push(e)
       }
     }
     // While a re-placement copies an expert in, streaming (a synchronous copy) would wait for that
-    // copy on this thread: this batch's cold experts stay on the CPU instead.
-    if (this.strategy === 'hetmoe' && this.#cost && !this.#uploadInFlight) {
+    // copy on this thread: this batch's cold experts stay on the CPU instead. With none cold there
+    // is nothing to decide (the common case at decode with a good placement).
+    if (this.strategy === 'hetmoe' && this.#cost && cold > 0 && !this.#uploadInFlight) {
       const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
       want.push(...s.stream)
       temporary.push(...s.stream)
