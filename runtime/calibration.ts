@@ -14,11 +14,12 @@ import { native } from './native.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { cacheDir } from './model-cache.js'
 import { randomHidden } from './token-stream.js'
+import { createRuntime } from './runtime.js'
 import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
 import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, loadCalibration, readCalibration, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { calibrationCachePath, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -112,6 +113,60 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
   }
 }
 
+interface GpuForwardProbe {
+  /** Median seconds over decode forwards of what a GPU layer costs outside its routing and kernels. */
+  median(): Promise<number>
+  close(): Promise<void>
+}
+
+const FORWARD_WARMUP = 50
+const FORWARD_RUNS = 100
+
+/**
+ * The GPU's fixed cost of a layer as forward() pays it: a runtime over the dense probe model with all
+ * its experts resident, one token a forward, timed by the runtime's own stage clocks (its total less
+ * routing and the kernels' device time). That covers choosing the experts, building the call, the
+ * native call's host work and copies, waiting for the device, and handing the rows back; a probe of
+ * the backend alone missed ~0.1-0.25 ms a layer of them (sigma-lite, `hetmoe run`, d1ee830).
+ */
+function gpuForwardProbe(model: Model): GpuForwardProbe {
+  const opened = (async () => {
+    const all = model.manifest.layers[0].experts.map((_, e) => e)
+    // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
+    // model; these placeholder rates decide nothing here: every expert is resident, so no batch has
+    // a cold expert to stream or to weigh against the CPU.
+    const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
+    const D = model.manifest.hiddenSize
+    const h = rt.arena.lease(D * 4)
+    const o = rt.arena.lease(D * 4)
+    return { rt, h, o, D, seed: 1 }
+  })()
+  return {
+    async median() {
+      const p = await opened
+      const { rt, D } = p
+      const ts: number[] = []
+      const layer = () => rt.stats().layers[0]
+      for (let i = 0; i < FORWARD_WARMUP + FORWARD_RUNS; i++) {
+        p.h.f32(D).set(randomHidden(1, D, p.seed++)) // a fresh route each forward
+        const before = layer()
+        await rt.forward(0, p.h.f32(D), { out: p.o.f32(D) })
+        const after = layer()
+        const ms = after.ms.total - before.ms.total - (after.ms.route - before.ms.route) - (after.ms.gpuKernel - before.ms.gpuKernel)
+        if (i >= FORWARD_WARMUP && after.gpuRows > before.gpuRows) ts.push(ms / 1000)
+      }
+      if (ts.length === 0) throw new Error('calibration: the forward probe ran nothing on the GPU')
+      return ts.sort((a, b) => a - b)[ts.length >> 1]
+    },
+    async close() {
+      const { rt, h, o } = await opened
+      h.release()
+      o.release()
+      await rt.close()
+    },
+  }
+}
+
 /** Median seconds of a layer call whose arithmetic is negligible (one token through a 64 × 128 expert):
  *  the fixed cost of dispatching a layer to a backend and hearing back. */
 function layerOverheadProbe(run: () => Promise<unknown>): () => Promise<number> {
@@ -155,6 +210,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
   const crew = new CpuCrew({ arena, threads: options.threads ?? envConfig().cpuThreads })
   const models: Model[] = []
   let gpu: GpuBackend | undefined
+  let forwardProbe: GpuForwardProbe | undefined
   try {
     let denseBytes = 0 // one dense probe expert: the probe sizes are multiples of it
     const gpuProbes: Partial<Record<FormatKey, Probe>> = {}
@@ -175,8 +231,10 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const cpuExpertOverhead = async () => ((await cpuManyOverhead()) - (await cpuOverhead())) / (TINY_K - 1)
     // The GPU's fixed costs come from real-size calls (the dense probe model, set below): a call's
     // wall time less its kernels' device time. Tiny experts showed 96 µs a call and 2.6 µs an expert,
-    // while sigma-lite's calls spent ~0.3 ms a layer outside their kernels at 16 tokens.
-    let denseGpu: { g: GpuExperts; r: ProbeRig } | undefined
+    // while sigma-lite's calls spent ~0.3 ms a layer outside their kernels at 16 tokens. The per-layer
+    // cost is measured through forward() itself (gpuForwardProbe); the per-expert one from calls of
+    // 8 experts against calls of 1, inline like the runtime's decode calls.
+    let denseGpu: { g: GpuExperts; r: ProbeRig; m: Model } | undefined
     const outsideKernels = async (k: number): Promise<number> => {
       const { g, r } = denseGpu!
       for (let e = 0; e < k; e++) g.upload(0, e)
@@ -184,7 +242,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         const ts: number[] = []
         for (let i = 0; i < OVERHEAD_RUNS / 10 + 5; i++) {
           const t0 = performance.now()
-          const timing = await g.run(r.work(k, 1))
+          const timing = await g.run(r.work(k, 1), undefined, { inline: true })
           if (i >= 5) ts.push((performance.now() - t0 - timing.kernelMs) / 1000)
         }
         return ts.sort((a, b) => a - b)[ts.length >> 1]
@@ -192,7 +250,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         for (let e = 0; e < k; e++) g.evict(0, e)
       }
     }
-    const gpuOverhead = () => outsideKernels(1)
+    const gpuOverhead = () => (forwardProbe ??= gpuForwardProbe(denseGpu!.m)).median()
     const gpuExpertOverhead = async () => ((await outsideKernels(TINY_K)) - (await outsideKernels(1))) / (TINY_K - 1)
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
@@ -204,26 +262,29 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
-        if (f === 'dense') denseGpu = { g, r }
+        if (f === 'dense') denseGpu = { g, r, m }
         gpuProbes[key] = async ({ bytes, tokens }) => {
-          // Two sets of k experts: warm on one, time the other, so the timed weights are not in the
-          // 50 MB L2 from the warm-up (a 48 MB expert fits there).
+          // k timed experts, then at least 3 others (≥ 144 MB) run between the timed call and its
+          // warm-up, so that none of the timed weights is still in the 50 MB L2 (a 48 MB expert fits
+          // there: with one expert of warm-up between, the fitted read rate came out at 3.8 TB/s,
+          // above the HBM's 3.35, where 64 MiB experts in the runtime's calls reached 2.9).
           const k = Math.min(EXPERTS / 2, Math.max(1, Math.round(bytes / r.expertBytes)))
+          const w = Math.max(k, 3)
           const n = Math.min(tokens, MAX_TOKENS)
-          for (let e = 0; e < 2 * k; e++) g.upload(0, e)
+          for (let e = 0; e < k + w; e++) g.upload(0, e)
           try {
-            const work = r.work(2 * k, n)
-            const warm = { ...work, experts: work.experts.slice(0, k) }
-            const timed = { ...work, experts: work.experts.slice(k) }
+            const work = r.work(k + w, n)
+            const timed = { ...work, experts: work.experts.slice(0, k) }
+            const flush = { ...work, experts: work.experts.slice(k) }
             await g.run(timed)
-            await g.run(warm)
+            await g.run(flush)
             // The kernels alone, by the device's events: the call's fixed cost is the layer overhead
             // probe's, and its activation copies are the activation probe's (charged per row and per
             // batch by the cost model, not per FLOP).
             const s = (await g.run(timed)).kernelMs / 1000
             return ((s * bytes) / (k * r.expertBytes)) * (tokens / n)
           } finally {
-            for (let e = 0; e < 2 * k; e++) g.evict(0, e)
+            for (let e = 0; e < k + w; e++) g.evict(0, e)
           }
         }
         if (f === 'dense') pcie = (bytes) => {
@@ -256,6 +317,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     log(`calibration: measuring (${probes.source})`)
     return await loadCalibration(probes, { refresh: true })
   } finally {
+    await forwardProbe?.close()
     gpu?.close()
     await crew.close()
     for (const m of models) m.close()
