@@ -5,7 +5,7 @@ import { HetmoeError } from './errors.js'
 import { RreRouter } from '../scheduler/route-rre.js'
 import { GateRouter } from '../scheduler/route-gate.js'
 import { selectionBytes, selectionViews } from '../scheduler/selection.js'
-import type { Model } from '../experts/model.js'
+import type { ModelFile } from '../scheduler/model-file.js'
 import type { GateRouting } from '../experts/manifest.js'
 import { native } from './native.js'
 import { crewOf, GATE_PARALLEL_MIN_PRODUCTS } from './cpu-crew.js'
@@ -20,15 +20,20 @@ export interface Selection {
   scalesOffset?: number
 }
 
-const routers = new WeakMap<Model, (RreRouter | GateRouter | undefined)[]>()
+/** What routing reads of a model: its manifest and routing blobs (a loaded Model, or the scheduler's
+ *  ModelFile, which reads no expert weights); `weightsId` (a mapped Model) lets large gate GEMMs be
+ *  shared with the runtime's CPU crew. */
+export type RoutingModel = Pick<ModelFile, 'manifest' | 'rreTable' | 'gateWeight'> & { readonly weightsId?: number }
 
-function routerOf(model: Model, layer: number): RreRouter | GateRouter {
+const routers = new WeakMap<RoutingModel, (RreRouter | GateRouter | undefined)[]>()
+
+function routerOf(model: RoutingModel, layer: number): RreRouter | GateRouter {
   let perLayer = routers.get(model)
   if (!perLayer) routers.set(model, (perLayer = []))
   let r = perLayer[layer]
   if (!r) {
-    const l = model.layer(layer)
     const m = model.manifest
+    const l = m.layers[layer]
     r =
       l.routing.kind === 'rre'
         ? new RreRouter(l.routing, model.rreTable(layer), m.vocabSize, l.experts.length)
@@ -48,7 +53,7 @@ function notFinite(h: Float32Array, i: number, D: number): HetmoeError {
 let logitsScratch: Float64Array = new Float64Array(0)
 
 export function routeLayer(
-  model: Model,
+  model: RoutingModel,
   layer: number,
   hidden: Float32Array,
   T: number,
@@ -72,14 +77,14 @@ export function routeLayer(
     // The gate GEMM natively, the same bits as router.route(hidden, T, sel) (test/router-math.test.ts):
     // large ones shared with the runtime's idle CPU crew, others on this thread.
     const D = model.manifest.hiddenSize
-    const crew = T * E * D >= GATE_PARALLEL_MIN_PRODUCTS ? crewOf(l.arena) : undefined
+    const crew = T * E * D >= GATE_PARALLEL_MIN_PRODUCTS && model.weightsId !== undefined ? crewOf(l.arena) : undefined
     let logits = logitsScratch
     let bad: number | undefined
     if (crew) {
-      const routing = model.layer(layer).routing as GateRouting
+      const routing = model.manifest.layers[layer].routing as GateRouting
       const out = lease(T * E * 8)
       logits = out.f64(T * E)
-      bad = crew.gateLogits(hidden, { weightsId: model.weightsId, offset: routing.weight.offset }, T, D, E, logits)
+      bad = crew.gateLogits(hidden, { weightsId: model.weightsId!, offset: routing.weight.offset }, T, D, E, logits)
     }
     if (bad === undefined) {
       if (logitsScratch.length < T * E) logitsScratch = new Float64Array(T * E)

@@ -1,5 +1,6 @@
 // A placement for a model, a load profile and a GPU budget, with the figures an operator needs:
-// what `hetmoe place` prints and writes. Predictions cover the expert (FFN) layers only.
+// what `hetmoe place` prints and writes. Predictions cover the MoE layers as forward() runs them:
+// routing (when measured, PlanOptions.routeS) and the experts; not the model's attention or embeddings.
 import type { ModelManifest } from '../experts/manifest.js'
 import { CostModel, expertShape, type ExpertShape } from './cost-model.js'
 import { layerModels, planPlacement, predictBatchTime, type PlacementProblem } from './planner.js'
@@ -26,12 +27,13 @@ export interface PlanDocument {
     gpuExperts: number[]
     gpuBytes: number
     gpuTokenShare: number
-    /** Expected milliseconds per batch of batchTokens: each side's work (its overhead included) and
-     *  the layer (the sides overlap); comparable with `hetmoe run`'s per-layer times. */
-    predictedMs: { cpu: number; gpu: number; layer: number }
+    /** Expected milliseconds per batch of batchTokens: routing, each side's work (its overhead
+     *  included), and the layer (routing, then the sides overlapping); comparable with `hetmoe run`'s
+     *  per-layer times. */
+    predictedMs: { route: number; cpu: number; gpu: number; layer: number }
   }[]
   predicted: {
-    /** Tokens/s of decode steps carrying `batchTokens` tokens each, expert layers only. */
+    /** Tokens/s of decode steps carrying `batchTokens` tokens each, MoE layers only. */
     decodeTokensPerS: number
     /** Tokens/s of a prefill batch of `prefillTokens`, streaming cold experts where that pays. */
     prefillTokensPerS: number
@@ -39,6 +41,9 @@ export interface PlanDocument {
     /** The same two with every expert on the CPU, for comparison. */
     cpuOnlyDecodeTokensPerS: number
     cpuOnlyPrefillTokensPerS: number
+    /** Routing one layer's batch, as measured on this machine (0: not measured): at batchTokens and
+     *  at prefillTokens, µs. */
+    routeUs: { batch: number; prefill: number }
   }
   profile: { source: string; tokens: number }
   calibration: { source: string; machine: string }
@@ -53,6 +58,9 @@ export interface PlanOptions {
    *  none, or two of the largest experts (double buffering, when the budget holds at least eight),
    *  and keeps the one predicted faster — at decode, reserving only leaves experts on the CPU. */
   streamBytes?: number
+  /** Seconds routing one layer's batch takes at batchTokens and at prefillTokens (runtime/route-cost.ts
+   *  measures it on the model); added to every layer. Default 0. */
+  routeS?: { batch: number; prefill: number }
 }
 
 export function modelShapes(m: ModelManifest): ExpertShape[][] {
@@ -90,9 +98,12 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamed(sets, options.batchTokens, (p) => Math.floor(p * options.batchTokens), streamBytes).gainS }
   })
   const { streamBytes, problem, placement, sets, batchS: chosenBatchS } = choices.reduce((a, b) => (b.batchS < a.batchS ? b : a))
-  const prefillS = (resident: number[][]) => streamed(resident, prefillTokens, (p) => p * prefillTokens, streamBytes).layerS
+  const route = options.routeS ?? { batch: 0, prefill: 0 }
+  const L = experts.length
+  const prefillS = (resident: number[][]) => streamed(resident, prefillTokens, (p) => p * prefillTokens, streamBytes).layerS + L * route.prefill
   const none = experts.map(() => [] as number[])
-  const cpuOnlyDecodeS = predictBatchTime(problem, none)
+  const cpuOnlyDecodeS = predictBatchTime(problem, none) + L * route.batch
+  const decodeS = chosenBatchS + L * route.batch
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
   const models = layerModels(problem)
   const layers = placement.layers.map((l) => {
@@ -100,7 +111,7 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     const all = share[l.layer].reduce((a, b) => a + b, 0)
     const on = new Set(l.gpuExperts)
     const side = models[l.layer].sides((e) => on.has(e))
-    const predictedMs = { cpu: 1e3 * side.cpuS, gpu: 1e3 * side.gpuS, layer: 1e3 * models[l.layer].timeOf((e) => on.has(e)) }
+    const predictedMs = { route: 1e3 * route.batch, cpu: 1e3 * side.cpuS, gpu: 1e3 * side.gpuS, layer: 1e3 * (route.batch + models[l.layer].timeOf((e) => on.has(e))) }
     return { layer: l.layer, gpuExperts: l.gpuExperts, gpuBytes: l.gpuBytes, gpuTokenShare: all > 0 ? served / all : 0, predictedMs, served }
   })
   return {
@@ -115,11 +126,12 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     exact: placement.exact,
     layers: layers.map(({ served: _, ...l }) => l),
     predicted: {
-      decodeTokensPerS: options.batchTokens / chosenBatchS,
+      decodeTokensPerS: options.batchTokens / decodeS,
       prefillTokensPerS: prefillTokens / prefillS(sets),
       prefillTokens,
       cpuOnlyDecodeTokensPerS: options.batchTokens / cpuOnlyDecodeS,
       cpuOnlyPrefillTokensPerS: prefillTokens / prefillS(none),
+      routeUs: { batch: 1e6 * route.batch, prefill: 1e6 * route.prefill },
     },
     profile: { source: profile.source, tokens: profile.tokens },
     calibration: { source: cost.calibration.source, machine: `${cost.calibration.machine.cpu}${cost.calibration.machine.gpu ? ` + ${cost.calibration.machine.gpu}` : ''}` },

@@ -12,6 +12,7 @@ import { LoadTracker, profileFromTokens } from '../scheduler/profile.js'
 import { GateRouter } from '../scheduler/route-gate.js'
 import { allocSelection } from '../scheduler/selection.js'
 import { checkTokenIds, readTokenFile } from '../scheduler/token-file.js'
+import { measureRouteS } from '../runtime/route-cost.js'
 import { testCalibration } from './helpers/calibration.js'
 import { SIGMA_LITE, tempDir, writeTestModel, zipfTokens } from './helpers/model-dir.js'
 
@@ -33,6 +34,10 @@ function hetmoe(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env })
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
 }
+
+
+/** A plan's layers less what depends on the routing time `place` measures in each run. */
+const placementOf = (p: PlanDocument) => p.layers.map(({ predictedMs: { cpu, gpu }, ...l }) => ({ ...l, predictedMs: { cpu, gpu } }))
 
 t.test('hetmoe place on sigma-lite with a Zipf(1.1) token file', async (t) => {
   for (const file of [i32, txt]) {
@@ -59,12 +64,33 @@ t.test("place's work (read tokens, profile, plan, predictions) takes well under 
     const start = performance.now()
     const tok = readTokenFile(file)
     checkTokenIds(tok, m.manifest.vocabSize, file)
-    const plan = makePlan(m.manifest, profileFromTokens(m, tok, domain), cost, { budgetBytes: 4 * 2 ** 30, batchTokens: 1 })
+    const routeS = { batch: measureRouteS(m, 1, domain), prefill: measureRouteS(m, 4096, domain) }
+    const plan = makePlan(m.manifest, profileFromTokens(m, tok, domain), cost, { budgetBytes: 4 * 2 ** 30, batchTokens: 1, routeS })
     const used = process.cpuUsage(before)
     const cpuMs = (used.user + used.system) / 1000
     t.comment(`${file.endsWith('.i32') ? '.i32' : 'text'}, ${domain ?? 'all domains'}: ${cpuMs.toFixed(0)} ms CPU, ${(performance.now() - start).toFixed(0)} ms wall, exact ${plan.exact}`)
     t.ok(cpuMs < 1000, 'under a second')
   }
+})
+
+t.test('routing time is measured on the model and added to every layer of the prediction', async (t) => {
+  const m = readModelFile(model)
+  const cost = new CostModel(testCalibration())
+  const profile = profileFromTokens(m, tokens, 'd0')
+  const batch = measureRouteS(m, 16, 'd0')
+  const prefill = measureRouteS(m, 4096, 'd0')
+  t.ok(batch > 0 && batch < 0.01, `16 tokens: ${(1e6 * batch).toFixed(1)} µs a layer`)
+  t.ok(prefill > batch, `4096 tokens: ${(1e6 * prefill).toFixed(1)} µs a layer`)
+  const without = makePlan(m.manifest, profile, cost, { budgetBytes: 4 * 2 ** 30, batchTokens: 16 })
+  const withRoute = makePlan(m.manifest, profile, cost, { budgetBytes: 4 * 2 ** 30, batchTokens: 16, routeS: { batch, prefill } })
+  const L = m.manifest.layers.length
+  t.same(withRoute.layers.map((l) => l.gpuExperts), without.layers.map((l) => l.gpuExperts), 'the placement does not depend on it')
+  const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b))
+  t.ok(close(16 / withRoute.predicted.decodeTokensPerS, 16 / without.predicted.decodeTokensPerS + L * batch), 'decode: L × route more per batch')
+  t.ok(close(4096 / withRoute.predicted.prefillTokensPerS, 4096 / without.predicted.prefillTokensPerS + L * prefill), 'prefill: L × route more per batch')
+  t.ok(close(withRoute.layers[0].predictedMs.layer, without.layers[0].predictedMs.layer + 1e3 * batch), 'per layer, too')
+  t.same(withRoute.predicted.routeUs, { batch: 1e6 * batch, prefill: 1e6 * prefill })
+  t.same(without.predicted.routeUs, { batch: 0, prefill: 0 }, 'not measured: 0')
 })
 
 t.test('the table, the plan file (JSON or msgpack), and profiles round-trip through place', async (t) => {
@@ -82,7 +108,7 @@ t.test('the table, the plan file (JSON or msgpack), and profiles round-trip thro
   t.equal(fromJson.batchTokens, 16)
   t.equal(hetmoe('place', '--model', model, '--tokens', i32, '--gpu-mem', '6GiB', '--domain', '1', '--batch', '16', '--calibration', calibration, '--out', pack).status, 0)
   const fromPack = unpack(readFileSync(pack)) as PlanDocument
-  t.same(fromPack.layers, fromJson.layers, 'msgpack holds the same plan; a domain index equals its name')
+  t.same(placementOf(fromPack), placementOf(fromJson), 'msgpack holds the same plan; a domain index equals its name')
 
   const profile = join(dir, 'profile.msgpack')
   const p = hetmoe('profile', '--model', model, '--tokens', txt, '--domain', 'd1', '--out', profile)
@@ -91,7 +117,7 @@ t.test('the table, the plan file (JSON or msgpack), and profiles round-trip thro
   t.match(p.stdout, /layer +active +busiest experts/)
   const viaProfile = hetmoe('place', '--model', model, '--profile', profile, '--gpu-mem', '6GiB', '--batch', '16', '--calibration', calibration, '--json')
   t.equal(viaProfile.status, 0, viaProfile.stderr)
-  t.same((JSON.parse(viaProfile.stdout) as PlanDocument).layers, fromJson.layers, 'a profile gives the plan its token file gives')
+  t.same(placementOf(JSON.parse(viaProfile.stdout) as PlanDocument), placementOf(fromJson), 'a profile gives the plan its token file gives')
   const pj = hetmoe('profile', '--model', model, '--tokens', i32, '--json')
   t.equal(JSON.parse(pj.stdout).format, 'hetmoe-profile')
 })

@@ -1,7 +1,7 @@
 // `hetmoe place`: which experts go on the GPU for a model, a workload and a GPU memory budget.
 import { parseBytes, parseFlags, parseIntFlag } from '../args.js'
 import { UsageError, type Command } from '../command.js'
-import { forFlag, modelFromFlag, profileFromFlags } from '../../../scheduler/cli-support.js'
+import { domainFromFlag, forFlag, modelFromFlag, profileFromFlags } from '../../../scheduler/cli-support.js'
 import { CostModel, type Calibration } from '../../../scheduler/cost-model.js'
 import { describeCalibration } from '../../../scheduler/calibrate.js'
 import { cachedCalibration, measureCalibration } from '../../calibration.js'
@@ -9,6 +9,9 @@ import { machineCalibration, withReferenceGpu } from '../../placement.js'
 import { writeDocument, readDocument } from '../../../scheduler/document.js'
 import { makePlan, type PlanDocument } from '../../../scheduler/plan-report.js'
 import { HetmoeError } from '../../errors.js'
+import { measureRouteS } from '../../route-cost.js'
+
+const PREFILL_TOKENS = 4096
 
 export const command: Command = {
   summary: 'choose GPU-resident experts for a GPU memory budget and predict throughput',
@@ -47,7 +50,10 @@ DESIGN.md, and the report says so.`,
     const model = modelFromFlag(values.model)
     const profile = profileFromFlags(model, values)
     const calibration = await calibrationFor(values.calibration, values.recalibrate ?? false)
-    const plan = makePlan(model.manifest, profile, new CostModel(calibration), { budgetBytes, batchTokens, streamBytes })
+    // Routing is timed on the model itself (tens of ms), so that the prediction covers it too.
+    const domain = domainFromFlag(values.domain)
+    const routeS = { batch: measureRouteS(model, batchTokens, domain), prefill: measureRouteS(model, PREFILL_TOKENS, domain) }
+    const plan = makePlan(model.manifest, profile, new CostModel(calibration), { budgetBytes, batchTokens, streamBytes, prefillTokens: PREFILL_TOKENS, routeS })
     if (values.out) forFlag('--out', () => writeDocument(values.out!, plan))
     if (values.json) console.log(JSON.stringify(plan, null, 2))
     else console.log(formatPlan(plan, calibration, model.manifest.layers.map((l) => l.experts.length)) + (values.out ? `\nplan written to ${values.out}` : ''))
@@ -70,6 +76,7 @@ async function calibrationFor(file: string | undefined, refresh: boolean): Promi
 }
 
 const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`)
+const us = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${x.toFixed(1)} µs`)
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`
 const rate = (x: number) => (x >= 1e4 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(1))
 
@@ -96,7 +103,7 @@ export function formatPlan(p: PlanDocument, c: Calibration, expertsPerLayer: num
     ...rows,
     `${'total'.padEnd(7)}${String(n).padEnd(49)}${gib(p.gpuBytes).padStart(11)}${pct(p.gpuTokenShare).padStart(9)}`,
     '',
-    `predicted, expert layers only:`,
+    `predicted, MoE layers only (routing ${us(p.predicted.routeUs.batch)} a layer at batch ${p.batchTokens}, ${us(p.predicted.routeUs.prefill)} at ${p.predicted.prefillTokens}, measured here):`,
     `  decode  (batch ${p.batchTokens})`.padEnd(24) + `${rate(p.predicted.decodeTokensPerS)} tokens/s   (CPU only ${rate(p.predicted.cpuOnlyDecodeTokensPerS)})`,
     `  prefill (batch ${p.predicted.prefillTokens})`.padEnd(24) + `${rate(p.predicted.prefillTokensPerS)} tokens/s   (CPU only ${rate(p.predicted.cpuOnlyPrefillTokensPerS)})`,
     '',

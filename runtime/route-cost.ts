@@ -1,0 +1,60 @@
+// What routing one layer's batch costs on this machine, measured on the model itself through the
+// runtime's own routing (route-layer.ts): the planner's predictions add it to every layer. It depends
+// on the model (RRE table lookups, or a gate GEMM of T × E × D) and the batch, not on the placement,
+// so no calibration constant stands in for it; at decode on sigma-lite it is ~10% of a layer.
+import { Arena } from './arena.js'
+import { routeLayer, type RoutingModel } from './route-layer.js'
+import { randomHidden, uniformTokens } from './token-stream.js'
+import { selectionBytes } from '../scheduler/selection.js'
+
+/** Wall time spent measuring one batch size, roughly (at least 3 timed runs a layer either way). */
+const BUDGET_S = 0.05
+
+/**
+ * Median seconds routing a batch of `tokens` random hidden states (random token ids, `domain` or the
+ * first for RRE) takes, over the model's layers; the first call of each layer is not timed. Gated
+ * layers are measured on this thread alone (a runtime shares gate GEMMs of ≥ 1M products with its
+ * idle CPU workers, so at prefill sizes this is an upper bound).
+ */
+export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0): number {
+  const m = model.manifest
+  const D = m.hiddenSize
+  const rows = Math.max(...m.layers.map((l) => tokens * (l.routing.kind === 'gate' ? l.routing.topK : 1)))
+  const E = Math.max(...m.layers.map((l) => l.experts.length))
+  const arena = new Arena({ bytes: tokens * D * 4 + 2 * (selectionBytes(E, rows) + tokens * E * 8) + (1 << 20) })
+  try {
+    const h = arena.lease(tokens * D * 4)
+    // 64 random rows, repeated: what routing costs does not depend on the values (generating 4096
+    // rows of 2048 in JavaScript took longer than measuring).
+    const block = randomHidden(Math.min(tokens, 64), D, 11)
+    const hv = h.f32(tokens * D)
+    for (let r = 0; r < tokens; r += 64) hv.set(block.subarray(0, Math.min(64, tokens - r) * D), r * D)
+    const options = { tokenIds: uniformTokens(tokens, m.vocabSize, 11), domain }
+    const samples: number[] = []
+    const once = (layer: number): number => {
+      const leases: ReturnType<Arena['lease']>[] = []
+      const t0 = performance.now()
+      routeLayer(model, layer, h.f32(tokens * D), tokens, options, (bytes) => {
+        const l = arena.lease(bytes)
+        leases.push(l)
+        return l
+      })
+      const s = (performance.now() - t0) / 1000
+      for (const l of leases) l.release()
+      return s
+    }
+    for (let layer = 0; layer < m.layers.length; layer++) {
+      // Untimed calls first, as a running runtime's routing is warm (compiled, caches filled): in a
+      // fresh process the first ~100 calls ran at 2-3x the steady time.
+      const perLayer = BUDGET_S / m.layers.length
+      let warm = 0
+      let last = 0
+      for (const t0 = performance.now(); warm < 200 && performance.now() - t0 < 500 * perLayer; warm++) last = once(layer)
+      const runs = Math.max(3, Math.min(100, Math.floor(perLayer / 2 / Math.max(last, 1e-6))))
+      for (let i = 0; i < runs; i++) samples.push(once(layer))
+    }
+    return samples.sort((a, b) => a - b)[samples.length >> 1]
+  } finally {
+    arena.close()
+  }
+}
