@@ -3,7 +3,8 @@
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 1        (part 1: info, overhead, calibration, demo)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 2        (part 2: sigma-lite place vs run, hybrid bench)
 #   source .gpu/enter.sh && bash bench/gpu-machine.sh 3        (part 3: agreement of CPU, GPU and hybrid with float64)
-#   PART 2 takes BUDGETS, BATCHES, STREAMS and STRATEGIES (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf / all), SKIP_PLACE=1
+#   PART 2 takes BUDGETS, BATCHES, STREAMS and STRATEGIES (defaults 0,0.1,0.25,0.5,1 / 1,16,256 / zipf / all), SKIP_PLACE=1,
+#   PLACE_CASES (place vs run cases, batch:budget-fraction, default 16:0.25), SKIP_HYBRID=1
 #   and HYBRID_NAME (the hybrid bench's output files, default hybrid).
 # Each part fits one device call (10 minutes); everything is written under $OUT. Pass the commit you built
 # (HETMOE_COMMIT=$(git rev-parse --short HEAD) here, written into the command): the device's .git is stale.
@@ -51,18 +52,24 @@ import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileS
 writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
 
 if [ -z "${SKIP_PLACE:-}" ]; then
-step place vs run, $PRESET, 25% of expert bytes, decode batch 16
-BUDGET=$(node --input-type=module -e "
+TOTAL=$(node --input-type=module -e "
 import {loadModel} from './dist/experts/model.js'; import {expertShape} from './dist/scheduler/cost-model.js';
-const m=await loadModel('/tmp/sl'); let b=0; for (const l of m.manifest.layers) for (const e of l.experts) b+=expertShape(e).bytes; console.log(Math.floor(b/4))")
-echo "budget bytes: $BUDGET"
-$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 --out "$OUT/plan.json" --json > "$OUT/place.json"
-$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch 16 | head -20
-$H run --model /tmp/sl --plan "$OUT/plan.json" --tokens /tmp/zipf.txt --domain 0 --batch 16 --gpu-mem "$BUDGET" --json > "$OUT/run.json"
-node -e "const p=require('$OUT/place.json'), r=require('$OUT/run.json'); console.log('predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3))"
+const m=await loadModel('/tmp/sl'); let b=0; for (const l of m.manifest.layers) for (const e of l.experts) b+=expertShape(e).bytes; console.log(b)")
+# PLACE_CASES: batch:budget-fraction pairs; each is planned by \`hetmoe place\`, then run by \`hetmoe run\` with that plan.
+for CASE in ${PLACE_CASES:-16:0.25}; do
+B=${CASE%%:*}; F=${CASE##*:}; TAG="b$B-$F"
+BUDGET=$(node -e "console.log(Math.floor($TOTAL*$F))")
+step "place vs run, $PRESET, batch $B, $F of expert bytes ($BUDGET bytes)"
+TIMEFORMAT="place wall %R s"; time $H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch $B --out "$OUT/plan-$TAG.json" --json > "$OUT/place-$TAG.json"
+$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch $B | tail -4
+$H run --model /tmp/sl --plan "$OUT/plan-$TAG.json" --tokens /tmp/zipf.txt --domain 0 --batch $B --gpu-mem "$BUDGET" --json > "$OUT/run-$TAG.json"
+node -e "const p=require('$OUT/place-$TAG.json'), r=require('$OUT/run-$TAG.json'); console.log('$TAG predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3)); for (const [i,l] of r.report.perLayer.entries()) console.log('  layer', i, 'predicted', JSON.stringify(p.layers[i].predictedMs), 'measured ms', l.msPerBatch.toFixed(3), 'route', l.routeMs.toFixed(3), 'gpu', (l.gpuMs??0).toFixed(3), 'host', (l.gpuHostMs??0).toFixed(3), 'kernel', (l.gpuKernelMs??0).toFixed(3), 'cpu', (l.cpuMs??0).toFixed(3))"
+done
 fi
 
+if [ -z "${SKIP_HYBRID:-}" ]; then
 step hybrid bench, $PRESET
 $H bench hybrid --model /tmp/sl --batches ${BATCHES:-1,16,256} --streams ${STREAMS:-zipf} --budgets ${BUDGETS:-0,0.1,0.25,0.5,1} ${STRATEGIES:+--strategies $STRATEGIES} --seconds 1 --json "$OUT/${HYBRID_NAME:-hybrid}.json" --md "$OUT/${HYBRID_NAME:-hybrid}.md" --chart "$OUT/${HYBRID_NAME:-hybrid}.svg"
+fi
 fi
 echo; echo "=== done ($(date +%T))"
