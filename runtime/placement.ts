@@ -94,6 +94,9 @@ export function readPlanFile(path: string, model: Model): PlacementPlan {
   if (d.model !== model.manifest.name) throw new HetmoeError('BAD_INPUT', `${path} was planned for model "${d.model}", not "${model.manifest.name}"`)
   return {
     layers: d.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })),
+    // The load it was planned for: re-placement measures drift from it (a plan without it is taken
+    // to assume an even load, and a skewed stream would then look like drift from the first batch).
+    ...(Array.isArray(d.share) ? { share: d.share } : {}),
     ...(typeof d.batchTokens === 'number' ? { batchTokens: d.batchTokens } : {}),
     ...(typeof d.streamBytes === 'number' ? { streamBytes: d.streamBytes } : {}),
   }

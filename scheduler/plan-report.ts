@@ -22,6 +22,9 @@ export interface PlanDocument {
   batchTokens: number
   /** True when the planner provably found the optimum of its cost model. */
   exact: boolean
+  /** [layer][expert] share of tokens routed to each expert that the plan assumed (the profile's): a
+   *  runtime given the plan measures re-placement drift from it. */
+  share: number[][]
   layers: {
     layer: number
     gpuExperts: number[]
@@ -124,6 +127,7 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     gpuTokenShare: total > 0 ? layers.reduce((s, l) => s + l.served, 0) / total : 0,
     batchTokens: options.batchTokens,
     exact: placement.exact,
+    share: share.map((s) => Array.from(s)),
     layers: layers.map(({ served: _, ...l }) => l),
     predicted: {
       decodeTokensPerS: options.batchTokens / decodeS,
