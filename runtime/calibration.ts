@@ -19,7 +19,7 @@ import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
 import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -114,49 +114,52 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
 }
 
 interface GpuForwardProbe {
-  /** Median seconds over decode forwards of what a GPU layer costs outside its routing and kernels. */
-  median(): Promise<number>
+  /** What a GPU layer costs forward() outside its routing and kernels: seconds per layer, and per expert. */
+  fit(): Promise<{ layerS: number; expertS: number }>
   close(): Promise<void>
 }
 
 const FORWARD_WARMUP = 50
-const FORWARD_RUNS = 100
+const FORWARD_RUNS = 250
+/** Tokens per probe forward: 1 to 16 experts of the probe model's 16 a forward (top-1, random routes). */
+const FORWARD_TOKENS = [1, 2, 4, 8, 16]
 
 /**
- * The GPU's fixed cost of a layer as forward() pays it: a runtime over the dense probe model with all
- * its experts resident, one token a forward, timed by the runtime's own stage clocks (its total less
- * routing and the kernels' device time). That covers choosing the experts, building the call, the
- * native call's host work and copies, waiting for the device, and handing the rows back; a probe of
- * the backend alone missed ~0.1-0.25 ms a layer of them (sigma-lite, `hetmoe run`, d1ee830).
+ * The GPU's fixed costs as forward() pays them: a runtime over the dense probe model with all its
+ * experts resident, forwards of 1-16 tokens, timed by the runtime's own stage clocks (a forward's total
+ * less its routing and its kernels' device time), fitted against the experts each forward ran: the
+ * intercept is the per-layer cost, the slope the per-expert one. That covers choosing the experts,
+ * building the call, the native call's host work and copies, waiting for the device, and handing the
+ * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
  */
 function gpuForwardProbe(model: Model): GpuForwardProbe {
+  const D = model.manifest.hiddenSize
+  const T = Math.max(...FORWARD_TOKENS)
   const opened = (async () => {
     const all = model.manifest.layers[0].experts.map((_, e) => e)
     // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
     // model; these placeholder rates decide nothing here: every expert is resident, so no batch has
     // a cold expert to stream or to weigh against the CPU.
     const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
-    const D = model.manifest.hiddenSize
-    const h = rt.arena.lease(D * 4)
-    const o = rt.arena.lease(D * 4)
-    return { rt, h, o, D, seed: 1 }
+    return { rt, h: rt.arena.lease(T * D * 4), o: rt.arena.lease(T * D * 4) }
   })()
+  let seed = 1
   return {
-    async median() {
-      const p = await opened
-      const { rt, D } = p
-      const ts: number[] = []
+    async fit() {
+      const { rt, h, o } = await opened
+      const samples: [number, number][] = []
       const layer = () => rt.stats().layers[0]
       for (let i = 0; i < FORWARD_WARMUP + FORWARD_RUNS; i++) {
-        p.h.f32(D).set(randomHidden(1, D, p.seed++)) // a fresh route each forward
+        const n = FORWARD_TOKENS[i % FORWARD_TOKENS.length]
+        h.f32(n * D).set(randomHidden(n, D, seed++)) // fresh routes each forward
         const before = layer()
-        await rt.forward(0, p.h.f32(D), { out: p.o.f32(D) })
+        await rt.forward(0, h.f32(n * D), { out: o.f32(n * D) })
         const after = layer()
         const ms = after.ms.total - before.ms.total - (after.ms.route - before.ms.route) - (after.ms.gpuKernel - before.ms.gpuKernel)
-        if (i >= FORWARD_WARMUP && after.gpuRows > before.gpuRows) ts.push(ms / 1000)
+        if (i >= FORWARD_WARMUP) samples.push([after.gpuExperts - before.gpuExperts, ms / 1000])
       }
-      if (ts.length === 0) throw new Error('calibration: the forward probe ran nothing on the GPU')
-      return ts.sort((a, b) => a - b)[ts.length >> 1]
+      const { intercept, slope } = fitLine(samples)
+      return { layerS: intercept, expertS: slope }
     },
     async close() {
       const { rt, h, o } = await opened
@@ -229,29 +232,14 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const cpuOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(1, 1)))
     const cpuManyOverhead = layerOverheadProbe(() => tinyCpu.run(tinyRig.work(TINY_K, 1)))
     const cpuExpertOverhead = async () => ((await cpuManyOverhead()) - (await cpuOverhead())) / (TINY_K - 1)
-    // The GPU's fixed costs come from real-size calls (the dense probe model, set below): a call's
-    // wall time less its kernels' device time. Tiny experts showed 96 µs a call and 2.6 µs an expert,
-    // while sigma-lite's calls spent ~0.3 ms a layer outside their kernels at 16 tokens. The per-layer
-    // cost is measured through forward() itself (gpuForwardProbe); the per-expert one from calls of
-    // 8 experts against calls of 1, inline like the runtime's decode calls.
-    let denseGpu: { g: GpuExperts; r: ProbeRig; m: Model } | undefined
-    const outsideKernels = async (k: number): Promise<number> => {
-      const { g, r } = denseGpu!
-      for (let e = 0; e < k; e++) g.upload(0, e)
-      try {
-        const ts: number[] = []
-        for (let i = 0; i < OVERHEAD_RUNS / 10 + 5; i++) {
-          const t0 = performance.now()
-          const timing = await g.run(r.work(k, 1), undefined, { inline: true })
-          if (i >= 5) ts.push((performance.now() - t0 - timing.kernelMs) / 1000)
-        }
-        return ts.sort((a, b) => a - b)[ts.length >> 1]
-      } finally {
-        for (let e = 0; e < k; e++) g.evict(0, e)
-      }
-    }
-    const gpuOverhead = () => (forwardProbe ??= gpuForwardProbe(denseGpu!.m)).median()
-    const gpuExpertOverhead = async () => ((await outsideKernels(TINY_K)) - (await outsideKernels(1))) / (TINY_K - 1)
+    // The GPU's fixed costs come from real-size calls through forward() (gpuForwardProbe, on the dense
+    // probe model set below). Tiny experts showed 96 µs a call and 2.6 µs an expert, while sigma-lite's
+    // calls spent ~0.3 ms a layer outside their kernels at 16 tokens.
+    let denseModel: Model | undefined
+    let forwardFit: Promise<{ layerS: number; expertS: number }> | undefined
+    const forwardCosts = () => (forwardFit ??= (forwardProbe ??= gpuForwardProbe(denseModel!)).fit())
+    const gpuOverhead = async () => (await forwardCosts()).layerS
+    const gpuExpertOverhead = async () => (await forwardCosts()).expertS
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
@@ -262,7 +250,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
-        if (f === 'dense') denseGpu = { g, r, m }
+        if (f === 'dense') denseModel = m
         gpuProbes[key] = async ({ bytes, tokens }) => {
           // k timed experts, then at least 3 others (≥ 144 MB) run between the timed call and its
           // warm-up, so that none of the timed weights is still in the 50 MB L2 (a 48 MB expert fits

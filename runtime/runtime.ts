@@ -77,6 +77,9 @@ export interface LayerStats {
   tokens: number
   gpuRows: number
   cpuRows: number
+  /** Experts run on each side, summed over forwards. */
+  gpuExperts: number
+  cpuExperts: number
   /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
    *  to its completion (they overlap; a side's time counts only in forwards where it had work);
    *  gpuStream / gpuKernel: the device's event timings of its layer calls (copies in, kernels, copies
@@ -142,7 +145,7 @@ export class Runtime extends EventEmitter {
     this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
-    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0, gpuHost: 0, gpuPlace: 0 } }))
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, gpuExperts: 0, cpuExperts: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0, gpuHost: 0, gpuPlace: 0 } }))
   }
 
   /** @internal use createRuntime() */
@@ -322,6 +325,8 @@ export class Runtime extends EventEmitter {
       st.forwards++
       st.tokens += T
       st.gpuRows += gpuRows
+      st.gpuExperts += gpuWork.length
+      st.cpuExperts += cpuWork.length
       for (const w of cpuWork) st.cpuRows += w.count
       st.ms.route += tRoute - t0
       st.ms.compute += tCompute - tRoute
