@@ -43,16 +43,15 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
       for (const l of leases) l.release()
       return s
     }
-    for (let layer = 0; layer < m.layers.length; layer++) {
-      // Untimed calls first, as a running runtime's routing is warm (compiled, caches filled): in a
-      // fresh process the first ~100 calls ran at 2-3x the steady time.
-      const perLayer = BUDGET_S / m.layers.length
-      let warm = 0
-      let last = 0
-      for (const t0 = performance.now(); warm < 200 && performance.now() - t0 < 500 * perLayer; warm++) last = once(layer)
-      const runs = Math.max(3, Math.min(100, Math.floor(perLayer / 2 / Math.max(last, 1e-6))))
-      for (let i = 0; i < runs; i++) samples.push(once(layer))
-    }
+    // Untimed calls first, over every layer, as a running runtime's routing is warm (compiled, caches
+    // filled): in a fresh process the first ~100 calls ran at 2-3x the steady time, and warming one
+    // layer just before timing it still left its first samples slow (place predicted 72 µs a layer
+    // at 16 tokens on the Xeon where the runtime then routed in 22-34).
+    const L = m.layers.length
+    let last = 0
+    for (let i = 0, t0 = performance.now(); i < 200 * L && (i < 2 * L || performance.now() - t0 < 500 * BUDGET_S); i++) last = once(i % L)
+    const runs = Math.max(3, Math.min(100, Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))))
+    for (let i = 0; i < runs; i++) for (let layer = 0; layer < L; layer++) samples.push(once(layer))
     return samples.sort((a, b) => a - b)[samples.length >> 1]
   } finally {
     arena.close()
