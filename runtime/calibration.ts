@@ -305,7 +305,8 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     log(`calibration: measuring (${probes.source})`)
     return await loadCalibration(probes, { refresh: true })
   } finally {
-    await forwardProbe?.close()
+    // A probe runtime that failed to open has nothing to close (its error is the one to report).
+    await forwardProbe?.close().catch(() => {})
     gpu?.close()
     await crew.close()
     for (const m of models) m.close()
