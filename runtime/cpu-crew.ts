@@ -3,6 +3,7 @@
 // a message to every worker and one back (100-300 µs a layer at decode sizes). The main thread joins
 // small jobs itself — by the time it has posted one, it is the readiest thread there is — and
 // waits for large ones on a libuv thread, so the event loop goes on (and learns of dying workers).
+// The tiniest jobs it runs alone, without posting them at all (SOLO_MAX_WEIGHT_BYTES).
 // Protocol and board layout: native/cpu/crew.h. Jobs run one at a time, in call order.
 import { CpuPool } from './pool.js'
 import { HetmoeError } from './errors.js'
@@ -15,6 +16,22 @@ import type { WorkerResult } from './worker-protocol.js'
  *  the main thread's share of the work: on the 2-core VM, small's batch-1 decode (17 MB a layer) ran
  *  at 227 tokens/s waiting and 363 joining. */
 export const JOIN_MAX_WEIGHT_BYTES = 64 << 20
+/** Jobs whose weights are at most this many bytes run on the calling thread alone: no post, no
+ *  worker, no retire. HETMOE_CREW_SOLO_BYTES overrides it (0: every job goes to the crew). */
+export let SOLO_MAX_WEIGHT_BYTES = envBytes('HETMOE_CREW_SOLO_BYTES', 0)
+/** @internal For tests and benches: sets the solo threshold (read per job). */
+export function setSoloMaxWeightBytes(bytes: number): void {
+  SOLO_MAX_WEIGHT_BYTES = bytes
+}
+function envBytes(name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer number of bytes (got "${raw}")`)
+  return n
+}
+/** Bytes of weights per worker that enters a job (the rest of the crew leaves it alone); 0: all. */
+export let WORKER_MIN_WEIGHT_BYTES = envBytes('HETMOE_CREW_WIDTH_BYTES', 0)
 /** After its own blocks, the main thread spins this long for the workers' last ones before it sleeps. */
 const JOIN_SPIN_MICROS = 1000
 /** A worker that gets no job for this long goes back to its event loop: an idle worker there does not
@@ -55,11 +72,16 @@ export interface CrewRunOptions {
   signal?: AbortSignal
   /** Run blocks on the calling thread too. Defaults to weightBytes ≤ JOIN_MAX_WEIGHT_BYTES. */
   join?: boolean
+  /** Run the whole job on the calling thread, posting nothing. Defaults to weightBytes ≤
+   *  SOLO_MAX_WEIGHT_BYTES unless `join` is false. */
+  solo?: boolean
 }
 
 export interface CrewRunResult {
   /** The main thread ran blocks of the job. */
   joined: boolean
+  /** The main thread ran the whole job alone; no worker saw it. */
+  solo: boolean
   /** The job was run again after a worker died. */
   retried: boolean
 }
@@ -123,6 +145,13 @@ export class CpuCrew {
     const a = native()
     if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
       throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+    if (options.solo ?? (options.join !== false && job.weightBytes <= SOLO_MAX_WEIGHT_BYTES)) {
+      // Synchronous: no abort can arrive meanwhile, and no worker is ever inside the job. A tiny
+      // job is done here before a posted one would have reached a worker that was asleep.
+      const mine = a.cpuLayerRun(this.#u8, job.descOffset, false)
+      if (mine.status !== 'done') throw aborted()
+      return { joined: true, solo: true, retried: false }
+    }
     const abortWord = job.descOffset / 4 + JOB_ABORT
     const words = this.#words
     const stop = () => void Atomics.store(words, abortWord, 1)
@@ -132,7 +161,8 @@ export class CpuCrew {
       for (let attempt = 0; ; attempt++) {
         const deaths = this.#deaths
         this.#serveAll()
-        a.crewPost(this.#u8, this.#board.offset, job.descOffset)
+        const width = WORKER_MIN_WEIGHT_BYTES > 0 ? Math.min(this.threads, Math.max(join ? 0 : 1, Math.ceil(job.weightBytes / WORKER_MIN_WEIGHT_BYTES) - (join ? 1 : 0))) : -1
+        a.crewPost(this.#u8, this.#board.offset, job.descOffset, width)
         let state: 'done' | 'aborted' | 'pending' = 'pending'
         try {
           if (join) {
@@ -146,7 +176,7 @@ export class CpuCrew {
           if (!a.crewRetire(this.#u8, this.#board.offset, 200)) await this.#retire()
         }
         if (signal?.aborted) throw aborted()
-        if (state === 'done') return { joined: join, retried: attempt > 0 }
+        if (state === 'done') return { joined: join, solo: false, retried: attempt > 0 }
         if (this.#deaths === deaths)
           throw new HetmoeError('CPU_JOB_FAILED', 'a CPU worker could not run the layer job (its descriptor was rejected); the weights may have been closed while it ran')
         if (attempt > 0)

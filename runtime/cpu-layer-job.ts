@@ -54,6 +54,8 @@ export interface CpuLayerStats {
   blocks: number
   /** The calling (main) thread ran blocks too (small jobs). */
   joined: boolean
+  /** The calling thread ran the whole job alone, posting nothing (the tiniest jobs). */
+  solo: boolean
   /** The job was run again after a worker died. */
   retried: boolean
   ms: number
@@ -64,6 +66,9 @@ export interface RunCpuLayerOptions {
   signal?: AbortSignal
   /** Whether the calling thread runs blocks too; defaults to small jobs only (runtime/cpu-crew.ts). */
   join?: boolean
+  /** Whether the calling thread runs the whole job alone, without the crew; defaults to the tiniest
+   *  jobs only (runtime/cpu-crew.ts), never with `join: false` or testDieCount. */
+  solo?: boolean
   /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
   testDieCount?: number
 }
@@ -238,9 +243,15 @@ export async function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob,
   if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
   const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount })
   try {
-    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, retried: false, ms: performance.now() - t0 }
-    const r = await crew.run(enc, { signal: options.signal, ...(options.join !== undefined ? { join: options.join } : {}) })
-    return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, retried: r.retried, ms: performance.now() - t0 }
+    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 }
+    // A test death needs a worker to die in the job.
+    const solo = options.testDieCount ? false : options.solo
+    const r = await crew.run(enc, {
+      signal: options.signal,
+      ...(options.join !== undefined ? { join: options.join } : {}),
+      ...(solo !== undefined ? { solo } : {}),
+    })
+    return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, solo: r.solo, retried: r.retried, ms: performance.now() - t0 }
   } finally {
     enc.release()
   }

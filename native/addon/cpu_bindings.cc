@@ -120,7 +120,8 @@ Napi::Value CrewServe(const Napi::CallbackInfo& cb) {
 Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
-  nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc); });
+  const int64_t width = cb.Length() > 3 && !cb[3].IsUndefined() ? intArg(cb[3], "width") : -1;
+  nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc, static_cast<int>(width < -1 ? -1 : width > 64 ? 64 : width)); });
   return cb.Env().Undefined();
 }
 

@@ -3,6 +3,8 @@
 
 #include <sched.h>
 
+#include <cstdlib>
+
 #include <stdexcept>
 #include <string>
 
@@ -18,8 +20,15 @@ namespace {
 // yielding: with a worker per core, a spinning worker shares a core with the main thread, whose
 // routing ran 2.5x slower on the 16-core Xeon while workers spun with pause.
 constexpr int64_t kIdleSpinMicros = 100;
+int64_t idleSpinMicros() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("HETMOE_CREW_IDLE_SPIN_US");
+    return e && *e ? std::atoll(e) : kIdleSpinMicros;
+  }();
+  return v;
+}
 
-enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots };
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bTickets, bWidth };
 
 int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
   if (board > arenaBytes || arenaBytes - board < crewBoardBytes(0) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
@@ -39,7 +48,7 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   for (int i = 0;; ++i) {
     const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
     if (g != seen) return g;
-    if ((i & 7) == 0 && nowMicros() - start >= kIdleSpinMicros) break;
+    if ((i & 7) == 0 && nowMicros() - start >= idleSpinMicros()) break;
     sched_yield();
   }
   for (;;) {
@@ -53,9 +62,9 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   }
 }
 
-void bump(int32_t* w) {
+void bump(int32_t* w, int wake = INT32_MAX) {
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWakeAll(w + bGen);
+  if (wake > 0 && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, wake);
 }
 
 }  // namespace
@@ -80,6 +89,10 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
     if (at(w, bQuit).load(std::memory_order_seq_cst)) return ServeStatus::Quit;
     if (g == seen) return ServeStatus::Idle;
     seen = g;
+    // A job for fewer workers than the crew: the first `width` to arrive take it, the others wait
+    // for the next one without marking their slot (so the retire never waits for them).
+    const int32_t width = at(w, bWidth).load(std::memory_order_seq_cst);
+    if (width < w[bSlots] && at(w, bTickets).fetch_add(1, std::memory_order_seq_cst) >= width) continue;
     atomicAt(mine).store(1, std::memory_order_seq_cst);
     JobRunResult r;
     if (at(w, bOpen).load(std::memory_order_seq_cst) && at(w, bGen).load(std::memory_order_seq_cst) == seen) {
@@ -110,7 +123,7 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   }
 }
 
-void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, int width) {
   int32_t* w = boardAt(arena, arenaBytes, board);
   const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
   if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
@@ -120,8 +133,11 @@ void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
   w[bDesc] = int32_t(uint32_t(desc));
   w[bDescHi] = int32_t(uint32_t(desc >> 32));
+  if (width < 0 || width > w[bSlots]) width = w[bSlots];
+  at(w, bTickets).store(0, std::memory_order_seq_cst);
+  at(w, bWidth).store(width, std::memory_order_seq_cst);
   at(w, bOpen).store(1, std::memory_order_seq_cst);
-  bump(w);
+  bump(w, width);
 }
 
 bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {

@@ -38,7 +38,8 @@ void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots);
 ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros);
 // Main side: validates the descriptor (throws std::runtime_error naming what is wrong), then opens it
 // to the workers and wakes the sleeping ones.
-void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+// `width` workers at most enter it (< 0: all); the main thread may join it besides.
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, int width = -1);
 // Main side: closes the posted job and waits (spinning at most `spinMicros`) until no worker is
 // inside it; false if one still is (call again; the lease must not be released before true). The
 // mark of a worker that died inside a job is cleared by whoever learns of the death.
