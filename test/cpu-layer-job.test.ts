@@ -40,6 +40,67 @@ t.test('several experts on the crew, every output row checked, with and without 
   t.ok(p.out.every((x, i) => Object.is(x, first[i]) || x === first[i]), 'a second run overwrites with the same values')
 })
 
+t.test('the tiniest jobs run on the calling thread alone: nothing posted, the same bits as the crew', async (t) => {
+  // D=64, F=128: one expert with one token is 48 KB·token of work (bf16), under SOLO_MAX_WORK.
+  const model = buildModel({ D: 64, F: 128, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: 3, seed: seed + 20 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const tiny = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [1, 0, 1], T: 2, seed: seed + 21, isa })
+  const posts = crew.posts
+  const alone = await runCpuLayer(crew, arena, tiny.job)
+  t.equal(alone.solo, true, 'run alone')
+  t.equal(crew.posts, posts, 'nothing posted to the workers')
+  t.same(tiny.verify(1e-4).failures, [])
+  const soloBits = tiny.out.slice()
+  tiny.out.fill(NaN)
+  const workers = await runCpuLayer(crew, arena, tiny.job, { join: false })
+  t.equal(workers.solo, false)
+  t.equal(crew.posts, posts + 1, 'posted once')
+  t.ok(tiny.out.every((x, i) => Object.is(x, soloBits[i])), 'workers alone give the same bits')
+  // A job of many blocks asked to run alone: the same bits as the crew and the main thread together.
+  const big = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [9, 5, 17], T: 20, seed: seed + 22, isa })
+  const crewRun = await runCpuLayer(crew, arena, big.job, { solo: false })
+  t.equal(crewRun.solo, false)
+  t.same(big.verify(1e-4).failures, [])
+  const crewBits = big.out.slice()
+  big.out.fill(NaN)
+  const forced = await runCpuLayer(crew, arena, big.job, { solo: true })
+  t.equal(forced.solo, true)
+  t.ok(big.out.every((x, i) => Object.is(x, crewBits[i])), 'alone: the same bits')
+  // A test death needs workers: testDieCount never runs alone.
+  const hooked = await runCpuLayer(crew, arena, tiny.job, { testDieCount: 0 })
+  t.equal(hooked.solo, true, 'testDieCount 0 is no death')
+})
+
+t.test('joined jobs with a dying worker: the main thread waits, the job reruns, results are right', async (t) => {
+  // The main thread joins (the path a decode layer takes); a worker may claim a block and die with it,
+  // so the join finds a block it cannot finish: it waits, learns of the death, and the job reruns.
+  const model = buildModel({ D, F, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: COUNTS.length, seed: seed + 23 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  // Scalar kernels and ~140 routed rows: each block takes a millisecond or more, so the workers claim
+  // blocks while the main thread is still on its first ones.
+  const p = prepareJob(arena, model, { D, F, ffn: 'gelu', counts: [40, 0, 30, 50, 20], T: 64, seed: seed + 24, isa: 'scalar' })
+  await runCpuLayer(crew, arena, p.job, { join: false }) // the workers are serving before the timed runs
+  let retried = 0
+  for (let i = 0; i < 3; i++) {
+    p.out.fill(NaN)
+    const stats = await runCpuLayer(crew, arena, p.job, { testDieCount: 1, join: true })
+    t.equal(stats.joined, true)
+    if (stats.retried) retried++
+    t.same(p.verify(1e-4).failures, [], `run ${i}`)
+  }
+  t.ok(retried > 0, `${retried} of 3 joined runs lost a worker and reran`)
+})
+
 t.test('jobs started at once run one after another, each correct', async (t) => {
   const model = buildModel({ D, F, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: COUNTS.length, seed: seed + 8 })
   const arena = new Arena({ bytes: 32 << 20 })

@@ -120,9 +120,21 @@ Napi::Value CrewServe(const Napi::CallbackInfo& cb) {
 Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
-  const int64_t width = cb.Length() > 3 && !cb[3].IsUndefined() ? intArg(cb[3], "width") : -1;
-  nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc, static_cast<int>(width < -1 ? -1 : width > 64 ? 64 : width)); });
+  nativeErrors(cb.Env(), [&] { cpu::crewPost(a.data, a.length, board, desc); });
   return cb.Env().Undefined();
+}
+
+// crewJoin(arena, board, desc, alone, spinMicros, retireMicros) → 'done' | 'unretired' | 'pending' |
+// 'aborted': the layer job run by this thread and the crew (alone: this thread only), see crew.h.
+Napi::Value CrewJoin(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
+  const bool alone = cb[3].ToBoolean();
+  const int64_t spin = intArg(cb[4], "spin microseconds"), retire = intArg(cb[5], "retire microseconds");
+  if (spin < 0 || retire < 0) throw Napi::RangeError::New(cb.Env(), "spin and retire microseconds must be >= 0");
+  const cpu::JoinStatus s = nativeErrors(cb.Env(), [&] { return cpu::crewJoin(a.data, a.length, board, desc, alone, spin, retire); });
+  static const char* const names[] = {"done", "aborted", "pending", "unretired"};
+  return Napi::String::New(cb.Env(), names[static_cast<int>(s)]);
 }
 
 // gateJobRun(arena, board, desc) → index of the first non-finite hidden value (nothing computed),
@@ -291,6 +303,7 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exports.Set("crewInit", Napi::Function::New(env, CrewInit, "crewInit"));
   exports.Set("crewServe", Napi::Function::New(env, CrewServe, "crewServe"));
   exports.Set("crewPost", Napi::Function::New(env, CrewPost, "crewPost"));
+  exports.Set("crewJoin", Napi::Function::New(env, CrewJoin, "crewJoin"));
   exports.Set("gateJobRun", Napi::Function::New(env, GateJobRun, "gateJobRun"));
   exports.Set("crewRetire", Napi::Function::New(env, CrewRetire, "crewRetire"));
   exports.Set("crewQuit", Napi::Function::New(env, CrewQuit, "crewQuit"));

@@ -2,9 +2,12 @@
 #include "cpu/crew.h"
 
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
-
 #include <stdexcept>
 #include <string>
 
@@ -19,16 +22,24 @@ namespace {
 // within tens of microseconds, and a spinning worker joins it without a wake-up. It spins by
 // yielding: with a worker per core, a spinning worker shares a core with the main thread, whose
 // routing ran 2.5x slower on the 16-core Xeon while workers spun with pause.
+// HETMOE_CREW_IDLE_SPIN_US overrides it (0: workers sleep at once, so that every job wakes them: how
+// a decode step with other work between its MoE layers finds them).
 constexpr int64_t kIdleSpinMicros = 100;
+// A post wakes at most this many sleeping workers, and each worker that enters a job wakes as many
+// more while some sleep: a wake-up is an IPI to a halted vCPU, 1-2 µs of the waker's time on the
+// 16-core VM here (20 µs for the main thread to wake all sixteen itself), so the poster pays for
+// two and the rest spread over the workers, a tree of depth log2(workers).
+constexpr int kWakeFanout = 2;
+
 int64_t idleSpinMicros() {
   static const int64_t v = [] {
     const char* e = std::getenv("HETMOE_CREW_IDLE_SPIN_US");
-    return e && *e ? std::atoll(e) : kIdleSpinMicros;
+    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : kIdleSpinMicros;
   }();
   return v;
 }
 
-enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bTickets, bWidth };
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots };
 
 int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
   if (board > arenaBytes || arenaBytes - board < crewBoardBytes(0) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
@@ -62,9 +73,28 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   }
 }
 
-void bump(int32_t* w, int wake = INT32_MAX) {
+// Opens a validated job to the workers and wakes the first of those that sleep.
+void open(uint8_t* arena, int32_t* w, size_t board, size_t desc) {
+  if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
+  int32_t* h = reinterpret_cast<int32_t*>(arena + desc);
+  if (h[0] == kJobMagic) {  // layer jobs: where to look for dead workers (layer_job.h, header words 26-29)
+    h[28] = int32_t(uint32_t(board));
+    h[29] = int32_t(uint32_t(uint64_t(board) >> 32));
+    h[26] = 1;
+  }
+  w[bDesc] = int32_t(uint32_t(desc));
+  w[bDescHi] = int32_t(uint32_t(desc >> 32));
+  at(w, bOpen).store(1, std::memory_order_seq_cst);
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (wake > 0 && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, wake);
+  if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
+}
+
+void validate(uint8_t* arena, size_t arenaBytes, size_t desc) {
+  const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
+  if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
+    checkGateJob(arena, arenaBytes, desc);
+  else
+    checkLayerJob(arena, arenaBytes, desc);
 }
 
 }  // namespace
@@ -83,16 +113,13 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   int32_t* w = boardAt(arena, arenaBytes, board);
   if (slot < 0 || slot >= w[bSlots]) throw std::runtime_error("cpu crew: slot out of range");
   int32_t* mine = slotWord(w, slot);
+  atomicAt(mine + 1).store(static_cast<int32_t>(syscall(SYS_gettid)), std::memory_order_seq_cst);
   int32_t seen = 0;  // a job posted before this worker started is joined too
   for (;;) {
     const int32_t g = awaitPost(w, seen, idleMicros);
     if (at(w, bQuit).load(std::memory_order_seq_cst)) return ServeStatus::Quit;
     if (g == seen) return ServeStatus::Idle;
     seen = g;
-    // A job for fewer workers than the crew: the first `width` to arrive take it, the others wait
-    // for the next one without marking their slot (so the retire never waits for them).
-    const int32_t width = at(w, bWidth).load(std::memory_order_seq_cst);
-    if (width < w[bSlots] && at(w, bTickets).fetch_add(1, std::memory_order_seq_cst) >= width) continue;
     atomicAt(mine).store(1, std::memory_order_seq_cst);
     JobRunResult r;
     if (at(w, bOpen).load(std::memory_order_seq_cst) && at(w, bGen).load(std::memory_order_seq_cst) == seen) {
@@ -101,6 +128,7 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
       // than parse the descriptor, so the retire does not wait on sixteen latecomers.
       const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
       const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
+      if (claimable && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
       if (claimable && jh[0] == kGateMagic) {
         try {
           runGateJob(arena, arenaBytes, desc);
@@ -123,21 +151,33 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   }
 }
 
-void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, int width) {
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   int32_t* w = boardAt(arena, arenaBytes, board);
-  const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
-  if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
-    checkGateJob(arena, arenaBytes, desc);
-  else
-    checkLayerJob(arena, arenaBytes, desc);
-  if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
-  w[bDesc] = int32_t(uint32_t(desc));
-  w[bDescHi] = int32_t(uint32_t(desc >> 32));
-  if (width < 0 || width > w[bSlots]) width = w[bSlots];
-  at(w, bTickets).store(0, std::memory_order_seq_cst);
-  at(w, bWidth).store(width, std::memory_order_seq_cst);
-  at(w, bOpen).store(1, std::memory_order_seq_cst);
-  bump(w, width);
+  validate(arena, arenaBytes, desc);
+  open(arena, w, board, desc);
+}
+
+JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, bool alone, int64_t spinMicros, int64_t retireMicros) {
+  if (alone) return runLayerJob(arena, arenaBytes, desc, false).status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  bool posted = false;
+  JobRunResult mine;
+  try {
+    // Parsed once, posted, and this thread claims its first block right away.
+    mine = runLayerJobOpened(arena, arenaBytes, desc, [&] {
+      open(arena, w, board, desc);
+      posted = true;
+    });
+  } catch (...) {
+    if (!posted) throw;
+    // A block this thread could not run: stop the workers too (the caller retires and reports it).
+    atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
+    return JoinStatus::Aborted;
+  }
+  if (mine.status != JobStatus::Done) return JoinStatus::Aborted;
+  const JobWait s = waitLayerJob(arena, arenaBytes, desc, spinMicros);
+  if (s != JobWait::Done) return s == JobWait::Aborted ? JoinStatus::Aborted : JoinStatus::Pending;
+  return crewRetire(arena, arenaBytes, board, retireMicros) ? JoinStatus::Done : JoinStatus::Unretired;
 }
 
 bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {
@@ -156,10 +196,21 @@ bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMic
   return true;
 }
 
+bool crewWorkerDied(uint8_t* arena, size_t arenaBytes, size_t board) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  const pid_t pid = getpid();
+  for (int s = 0; s < w[bSlots]; ++s) {
+    int32_t* slot = slotWord(w, s);
+    const int32_t tid = atomicAt(slot + 1).load(std::memory_order_seq_cst);
+    if (atomicAt(slot).load(std::memory_order_seq_cst) == 1 && tid > 0 && syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH) return true;
+  }
+  return false;
+}
+
 void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board) {
   int32_t* w = boardAt(arena, arenaBytes, board);
   at(w, bQuit).store(1, std::memory_order_seq_cst);
-  bump(w);
+  at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
   futexWakeAll(w + bGen);
 }
 
