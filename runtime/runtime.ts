@@ -13,7 +13,7 @@ import { routeLayer, type Selection } from './route-layer.js'
 import { CpuBackend } from './cpu-backend.js'
 import { openGpu, type GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
-import { GpuExpertCache, GPU_STRATEGIES, type GpuStrategy } from './gpu-cache.js'
+import { GpuExpertCache, GPU_STRATEGIES, type GpuBatchChoice, type GpuStrategy } from './gpu-cache.js'
 import { machineCalibration } from './placement.js'
 import { CostModel, type Calibration } from '../scheduler/cost-model.js'
 import { Replacement, replaceOptions, type ReplaceOptions } from './replacement.js'
@@ -249,20 +249,24 @@ export class Runtime extends EventEmitter {
 
       const gpuWork: ExpertWork[] = []
       const cpuWork: ExpertWork[] = []
-      const tPlace = performance.now()
-      const choice = this.#gpu && this.#gpuHealthy ? this.#cache!.choose(layer, sel.counts, T) : undefined
-      this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
+      let choice: GpuBatchChoice | undefined
+      if (this.#gpu && this.#gpuHealthy) {
+        const tPlace = performance.now()
+        choice = this.#cache!.choose(layer, sel.counts, T)
+        this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
+      }
       if (choice) releases.push(choice.release)
       if (choice) this.#replacement?.observe(layer, sel.counts, T)
-      for (let e = 0; e < sel.counts.length; e++) {
-        const count = sel.counts[e]
+      const { counts, offsets, scalesOffset } = sel
+      for (let e = 0; e < counts.length; e++) {
+        const count = counts[e]
         if (count === 0) continue
         const w: ExpertWork = {
           expert: e,
           count,
-          tokens: sel.tokenRowsOffset + 4 * sel.offsets[e],
-          outRows: sel.outRowsOffset + 4 * sel.offsets[e],
-          ...(sel.scalesOffset !== undefined ? { scales: sel.scalesOffset + 4 * sel.offsets[e] } : {}),
+          tokens: sel.tokenRowsOffset + 4 * offsets[e],
+          outRows: sel.outRowsOffset + 4 * offsets[e],
+          scales: scalesOffset !== undefined ? scalesOffset + 4 * offsets[e] : undefined,
         }
         ;(choice?.onGpu.has(e) ? gpuWork : cpuWork).push(w)
       }
@@ -280,7 +284,7 @@ export class Runtime extends EventEmitter {
       let gpuDone = 0
       let cpuDone = 0
       if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal).then(() => void (gpuDone = performance.now())))
-      const cpuJobs: Promise<void>[] = []
+      const cpuJobs: Promise<unknown>[] = []
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
