@@ -129,6 +129,11 @@ export class CpuCrew {
     this.#serveAll()
   }
 
+  /** Whether a job of this much work (weight bytes × tokens) runs on the calling thread alone by default. */
+  runsAlone(work: number): boolean {
+    return work <= SOLO_MAX_WORK
+  }
+
   /** Jobs posted to the workers so far (diagnostics and tests; jobs run alone are not posted). */
   get posts(): number {
     return this.#posts

@@ -4,7 +4,7 @@
 import t from 'tap'
 import { Arena } from '../runtime/arena.js'
 import { CpuCrew } from '../runtime/cpu-crew.js'
-import { runCpuLayer } from '../runtime/cpu-layer-job.js'
+import { blockRows, runCpuLayer } from '../runtime/cpu-layer-job.js'
 import { native } from '../runtime/native.js'
 import { buildModel, prepareJob } from './fixtures/cpu-model.js'
 
@@ -27,7 +27,9 @@ t.test('several experts on the crew, every output row checked, with and without 
   })
   const p = prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 23, seed: seed + 1, isa })
   const stats = await runCpuLayer(crew, arena, p.job)
-  t.equal(stats.blocks, COUNTS.length * (Math.ceil(F / 128) + Math.ceil(D / 128)))
+  // 5 experts × (3 + 2) blocks of 128 rows go round a crew of 2 (and the main thread) twice.
+  const rows = Number(process.env.HETMOE_CPU_BLOCK_ROWS || 128)
+  t.equal(stats.blocks, COUNTS.length * (Math.ceil(F / rows) + Math.ceil(D / rows)))
   t.equal(stats.retried, false)
   t.equal(stats.joined, true, 'a small job is joined by the main thread')
   const v = p.verify(1e-4)
@@ -99,6 +101,29 @@ t.test('joined jobs with a dying worker: the main thread waits, the job reruns, 
     t.same(p.verify(1e-4).failures, [], `run ${i}`)
   }
   t.ok(retried > 0, `${retried} of 3 joined runs lost a worker and reran`)
+})
+
+t.test('jobs with too few blocks for the crew are cut into finer blocks, with the same results', async (t) => {
+  const job = (D: number, F: number, experts: number) => ({ hiddenSize: D, ffnSize: F, experts: new Array(experts) }) as unknown as Parameters<typeof blockRows>[0]
+  t.equal(blockRows(job(4096, 14336, 2), 16), 128, 'a real expert has blocks to spare')
+  t.equal(blockRows(job(64, 128, 8), 16), 32, 'the tiny model at 16 tokens: 8 × (1 + 1) blocks of 128 rows for 17 threads')
+  t.equal(blockRows(job(64, 128, 8), 2), 128, 'the same job for 3 threads')
+  t.equal(blockRows(job(256, 512, 2), 8), 64, '2 × (4 + 2) = 12 blocks of 128 rows for 9 threads, 2 × (8 + 4) = 24 of 64')
+  // 32-row blocks on a crew of 16 workers (most of them serving): every output row checked.
+  const model = buildModel({ D: 64, F: 128, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: 8, seed: seed + 25 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 16 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const p = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [4, 4, 3, 5, 4, 4, 2, 6], T: 16, seed: seed + 26, isa })
+  for (let i = 0; i < 3; i++) {
+    p.out.fill(NaN)
+    const stats = await runCpuLayer(crew, arena, p.job)
+    t.equal(stats.blocks, process.env.HETMOE_CPU_BLOCK_ROWS ? stats.blocks : 8 * (4 + 2), '32-row blocks')
+    t.same(p.verify(1e-4).failures, [])
+  }
 })
 
 t.test('jobs started at once run one after another, each correct', async (t) => {
