@@ -35,6 +35,10 @@ function envCount(name: string, fallback: number): number {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer (got "${raw}")`)
   return n
 }
+/** A joined job of at most this many weight bytes wakes sleeping workers only when the main thread,
+ *  having timed its first blocks, finds more work left than a wake-up costs it (native/cpu/crew.cc);
+ *  larger ones wake them at once (their first block alone can take 100 µs). */
+const LAZY_WAKE_MAX_WEIGHT_BYTES = 1 << 20
 /** After its own blocks, the main thread spins this long for the workers' last ones before it sleeps. */
 const JOIN_SPIN_MICROS = 1000
 /** The main thread spins this long for workers to leave a finished job before it yields to the event loop. */
@@ -153,7 +157,7 @@ export class CpuCrew {
       const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
       if (options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)) {
         // Synchronous (no abort can arrive meanwhile), and no worker ever sees the job.
-        if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, true, 0, 0) !== 'done')
+        if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
           throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
         return { joined: true, solo: true, retried: false }
       }
@@ -178,6 +182,7 @@ export class CpuCrew {
     const aborted = () => new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
     const a = native()
     const board = this.#board.offset
+    const wake = job.weightBytes > LAZY_WAKE_MAX_WEIGHT_BYTES ? 'wake' : 'lazy'
     const abortWord = job.descOffset / 4 + JOB_ABORT
     const words = this.#words
     const stop = () => void Atomics.store(words, abortWord, 1)
@@ -189,7 +194,7 @@ export class CpuCrew {
         this.#serveAll()
         // Joined: post, run, wait and retire in one native call, which usually finishes the job.
         let state: 'done' | 'unretired' | 'pending' | 'aborted' = 'pending'
-        if (join) state = a.crewJoin(this.#u8, board, job.descOffset, false, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+        if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
         else a.crewPost(this.#u8, board, job.descOffset)
         this.#posts++
         if (state === 'done') return { joined: join, solo: false, retried: attempt > 0 }

@@ -124,15 +124,17 @@ Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
   return cb.Env().Undefined();
 }
 
-// crewJoin(arena, board, desc, alone, spinMicros, retireMicros) → 'done' | 'unretired' | 'pending' |
-// 'aborted': the layer job run by this thread and the crew (alone: this thread only), see crew.h.
+// crewJoin(arena, board, desc, mode, spinMicros, retireMicros) → 'done' | 'unretired' | 'pending' |
+// 'aborted': the layer job run by this thread and the crew; mode 'alone' | 'lazy' | 'wake' (crew.h).
 Napi::Value CrewJoin(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
-  const bool alone = cb[3].ToBoolean();
+  const std::string m = cb[3].IsString() ? cb[3].As<Napi::String>().Utf8Value() : "";
+  if (m != "alone" && m != "lazy" && m != "wake") throw Napi::TypeError::New(cb.Env(), "mode must be 'alone', 'lazy' or 'wake'");
+  const cpu::JoinMode mode = m == "alone" ? cpu::JoinMode::Alone : m == "lazy" ? cpu::JoinMode::WakeLazily : cpu::JoinMode::WakeAtPost;
   const int64_t spin = intArg(cb[4], "spin microseconds"), retire = intArg(cb[5], "retire microseconds");
   if (spin < 0 || retire < 0) throw Napi::RangeError::New(cb.Env(), "spin and retire microseconds must be >= 0");
-  const cpu::JoinStatus s = nativeErrors(cb.Env(), [&] { return cpu::crewJoin(a.data, a.length, board, desc, alone, spin, retire); });
+  const cpu::JoinStatus s = nativeErrors(cb.Env(), [&] { return cpu::crewJoin(a.data, a.length, board, desc, mode, spin, retire); });
   static const char* const names[] = {"done", "aborted", "pending", "unretired"};
   return Napi::String::New(cb.Env(), names[static_cast<int>(s)]);
 }

@@ -25,11 +25,16 @@ namespace {
 // HETMOE_CREW_IDLE_SPIN_US overrides it (0: workers sleep at once, so that every job wakes them: how
 // a decode step with other work between its MoE layers finds them).
 constexpr int64_t kIdleSpinMicros = 100;
-// A post wakes at most this many sleeping workers, and each worker that enters a job wakes as many
-// more while some sleep: a wake-up is an IPI to a halted vCPU, 1-2 µs of the waker's time on the
-// 16-core VM here (20 µs for the main thread to wake all sixteen itself), so the poster pays for
-// two and the rest spread over the workers, a tree of depth log2(workers).
+// Waking a sleeping worker is an IPI to a halted vCPU, and on the VMs here the waker pays for it: 1-2
+// µs per sleeper on the 16-core Xeon (20 µs for the main thread to wake all sixteen), 15 µs or more
+// on the 2-core dev VM. So a wake-up wakes at most this many, and each worker that finds blocks left
+// in a job wakes as many more while some sleep (a tree of depth log2(workers), off the main thread);
+// and a joined job wakes nobody until the main thread, having timed its first blocks, sees more work
+// left than a wake-up costs it (wakeCost below): a small job then finishes alone, with no latecomer
+// taking one of its blocks.
 constexpr int kWakeFanout = 2;
+// The main thread's cost of one wake-up, µs: a running mean of its futexWake calls that woke someone.
+std::atomic<int64_t> wakeCostMicros{10};
 
 int64_t idleSpinMicros() {
   static const int64_t v = [] {
@@ -73,8 +78,17 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   }
 }
 
-// Opens a validated job to the workers and wakes the first of those that sleep.
-void open(uint8_t* arena, int32_t* w, size_t board, size_t desc) {
+// Wakes up to kWakeFanout sleeping workers, timing it (the main thread's share).
+void wakeSome(int32_t* w) {
+  const int64_t t0 = nowMicros();
+  if (futexWake(w + bGen, kWakeFanout) > 0) {
+    const int64_t c = wakeCostMicros.load(std::memory_order_relaxed);
+    wakeCostMicros.store((3 * c + (nowMicros() - t0)) / 4, std::memory_order_relaxed);
+  }
+}
+
+// Opens a validated job to the workers; spinning ones see it at once, sleeping ones only if `wake`.
+void open(uint8_t* arena, int32_t* w, size_t board, size_t desc, bool wake) {
   if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
   int32_t* h = reinterpret_cast<int32_t*>(arena + desc);
   if (h[0] == kJobMagic) {  // layer jobs: where to look for dead workers (layer_job.h, header words 26-29)
@@ -86,7 +100,7 @@ void open(uint8_t* arena, int32_t* w, size_t board, size_t desc) {
   w[bDescHi] = int32_t(uint32_t(desc >> 32));
   at(w, bOpen).store(1, std::memory_order_seq_cst);
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
+  if (wake && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) wakeSome(w);
 }
 
 void validate(uint8_t* arena, size_t arenaBytes, size_t desc) {
@@ -154,27 +168,49 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   int32_t* w = boardAt(arena, arenaBytes, board);
   validate(arena, arenaBytes, desc);
-  open(arena, w, board, desc);
+  open(arena, w, board, desc, true);
 }
 
-JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, bool alone, int64_t spinMicros, int64_t retireMicros) {
-  if (alone) return runLayerJob(arena, arenaBytes, desc, false).status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
+JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros) {
+  if (mode == JoinMode::Alone) return runLayerJob(arena, arenaBytes, desc, false).status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
   int32_t* w = boardAt(arena, arenaBytes, board);
   bool posted = false;
-  JobRunResult mine;
+  bool wakeDecided = mode == JoinMode::WakeAtPost;
+  int64_t start = 0;
+  // Lazy wake: after each of this thread's blocks, until decided, compare the work left (blocks not
+  // yet claimed × this thread's time per block) with twice a wake-up's cost (the waker's share, and
+  // about as long again before the woken one helps).
+  const std::function<void(int32_t, int32_t)> afterBlock = [&](int32_t mine, int32_t claimed) {
+    if (wakeDecided) return;
+    const int32_t total = reinterpret_cast<const int32_t*>(arena + desc)[5];  // header word 5: numBlocks
+    if (claimed >= total || at(w, bSleepers).load(std::memory_order_seq_cst) == 0) {
+      wakeDecided = claimed >= total;
+      return;
+    }
+    const int64_t perBlock = (nowMicros() - start) / mine;
+    if (int64_t(total - claimed) * perBlock > 2 * wakeCostMicros.load(std::memory_order_relaxed)) {
+      wakeDecided = true;
+      wakeSome(w);
+    }
+  };
+  JobRunResult r;
   try {
     // Parsed once, posted, and this thread claims its first block right away.
-    mine = runLayerJobOpened(arena, arenaBytes, desc, [&] {
-      open(arena, w, board, desc);
-      posted = true;
-    });
+    r = runLayerJobOpened(
+        arena, arenaBytes, desc,
+        [&] {
+          open(arena, w, board, desc, mode == JoinMode::WakeAtPost);
+          posted = true;
+          start = nowMicros();
+        },
+        afterBlock);
   } catch (...) {
     if (!posted) throw;
     // A block this thread could not run: stop the workers too (the caller retires and reports it).
     atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
     return JoinStatus::Aborted;
   }
-  if (mine.status != JobStatus::Done) return JoinStatus::Aborted;
+  if (r.status != JobStatus::Done) return JoinStatus::Aborted;
   const JobWait s = waitLayerJob(arena, arenaBytes, desc, spinMicros);
   if (s != JobWait::Done) return s == JobWait::Aborted ? JoinStatus::Aborted : JoinStatus::Pending;
   return crewRetire(arena, arenaBytes, board, retireMicros) ? JoinStatus::Done : JoinStatus::Unretired;

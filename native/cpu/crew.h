@@ -14,8 +14,9 @@
 // slot, and only then reads `open` and the offset: the main thread retires a job by clearing `open`
 // and then waiting for every live slot to be 0, so (all accesses sequentially consistent) a worker
 // either saw `open == 0` or is counted by the retire; the descriptor's lease is released after the
-// retire, never under a worker. Jobs are posted one at a time. A post wakes two sleeping workers at
-// most; a worker that finds blocks left in the job wakes two more while any sleep (crew.cc says why).
+// retire, never under a worker. Jobs are posted one at a time. A wake-up wakes two sleeping workers
+// at most; a worker that finds blocks left in the job wakes two more while any sleep; a joined job
+// may wake none at all (crewJoin; crew.cc says why).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -42,14 +43,18 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
 // to the workers and wakes the first sleeping ones (each worker that enters wakes more).
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
 enum class JoinStatus : int32_t { Done = 0, Aborted = 1, Pending = 2, Unretired = 3 };
-// Main side, for a job the calling thread joins: validates and posts it (nothing, with `alone`: the
-// whole job runs here and no worker ever sees it), runs blocks on this thread until none is left,
-// waits for the workers' last blocks (spinning at most `spinMicros`) and retires the job (spinning at
-// most `retireMicros`). Done: finished and retired. Unretired: finished, a worker still inside (call
-// crewRetire). Pending: workers still run blocks (wait, then retire). Aborted: abort was seen, or this
-// thread could not run a block (abort is then set); retire before anything else. Throws, with nothing
-// posted, for a descriptor that does not validate.
-JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, bool alone, int64_t spinMicros, int64_t retireMicros);
+// Alone: the whole job runs on the calling thread and no worker ever sees it. WakeLazily: workers
+// that spin join at once; sleeping ones are woken only once the calling thread, having timed its
+// first blocks, finds more work left than a wake-up costs it (crew.cc). WakeAtPost: as crewPost.
+enum class JoinMode : int32_t { Alone = 0, WakeLazily = 1, WakeAtPost = 2 };
+// Main side, for a job the calling thread joins: validates and posts it (unless Alone), runs blocks
+// on this thread until none is left, waits for the workers' last blocks (spinning at most
+// `spinMicros`) and retires the job (spinning at most `retireMicros`). Done: finished and retired.
+// Unretired: finished, a worker still inside (call crewRetire). Pending: workers still run blocks
+// (wait, then retire). Aborted: abort was seen, or this thread could not run a block (abort is then
+// set); retire before anything else. Throws, with nothing posted, for a descriptor that does not
+// validate.
+JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros);
 // Main side: closes the posted job and waits (spinning at most `spinMicros`) until no worker is
 // inside it; false if one still is (call again; the lease must not be released before true). The
 // mark of a worker that died inside a job is cleared by whoever learns of the death.

@@ -273,7 +273,7 @@ bool runPhase2(Job& j, Expert& x, int32_t r0) {
   return true;
 }
 
-JobRunResult runParsed(Job& j, bool testHooks) {
+JobRunResult runParsed(Job& j, bool testHooks, const std::function<void(int32_t, int32_t)>* afterBlock = nullptr) {
   JobRunResult res;
   int32_t* h = j.hdr;
   for (;;) {
@@ -311,6 +311,7 @@ JobRunResult runParsed(Job& j, bool testHooks) {
     }
     at(h + hDone).fetch_add(1, std::memory_order_acq_rel);
     if (at(h + hDoneWaiters).load(std::memory_order_acquire) > 0) futexWakeAll(h + hDone);
+    if (afterBlock) (*afterBlock)(res.blocks, at(h + hNext).load(std::memory_order_relaxed));
   }
 }
 
@@ -323,10 +324,11 @@ JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, b
 
 void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset) { parse(arena, arenaBytes, descOffset); }
 
-JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened) {
+JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened,
+                               const std::function<void(int32_t, int32_t)>& afterBlock) {
   Job j = parse(arena, arenaBytes, descOffset);
   opened();
-  return runParsed(j, false);
+  return runParsed(j, false, &afterBlock);
 }
 
 JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spinMicros) {

@@ -75,7 +75,9 @@ JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, b
 void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset);
 // runLayerJob that calls `opened` between parsing (which may throw) and claiming the first block: the
 // crew's join posts the job there, so the descriptor is parsed once and this thread claims at once.
-JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened);
+// After each block it runs, it calls afterBlock(blocks this thread ran, claim counter).
+JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened,
+                               const std::function<void(int32_t, int32_t)>& afterBlock);
 // Puts claimed-but-not-done blocks back to free and clears the claim counter and abort flag
 // (only while no thread runs the job). With `full`, every block, counter and packing state too.
 void resetLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool full);
