@@ -17,12 +17,11 @@ import type { WorkerResult } from './worker-protocol.js'
  *  at 227 tokens/s waiting and 363 joining. */
 export const JOIN_MAX_WEIGHT_BYTES = 64 << 20
 /** Jobs of at most this much work — weight bytes × the tokens they multiply, summed over the job's
- *  experts — run on the calling thread alone: nothing posted, no worker woken, nothing to retire.
- *  On the 16-core Xeon (a VM) the crew path costs the main thread 5-7 µs beyond the kernels with its
- *  workers spinning and 20 µs more with them asleep (a decode step's other work between MoE layers
- *  outlasts their spin), while alone it runs ~50 KB·token per µs: the tiny model's one-token jobs
- *  (48-96 KB) ran 2-4 µs faster alone, its 16-token ones (768 KB-1.5 MB) 10-20 µs slower.
- *  HETMOE_CREW_SOLO_WORK overrides it (0: every job goes to the crew). */
+ *  experts — run on the calling thread alone: nothing posted, nothing to parse twice or retire, and
+ *  no worker arriving late to take one of its few blocks. On the 16-core Xeon (a VM, workers
+ *  spinning) the tiny model's one-token jobs (48-96 KB·token) ran 3-7 µs faster alone, its 4-token
+ *  ones (0.2-0.4 MB·token) within the noise either way, its 16-token ones (0.8-1.5 MB·token) 8-20 µs
+ *  slower. HETMOE_CREW_SOLO_WORK overrides it (0: every job goes to the crew). */
 export let SOLO_MAX_WORK = envCount('HETMOE_CREW_SOLO_WORK', 256 << 10)
 /** @internal For tests and benches: sets the solo threshold (read per job). */
 export function setSoloMaxWork(work: number): void {
