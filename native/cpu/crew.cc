@@ -25,16 +25,18 @@ namespace {
 // HETMOE_CREW_IDLE_SPIN_US overrides it (0: workers sleep at once, so that every job wakes them: how
 // a decode step with other work between its MoE layers finds them).
 constexpr int64_t kIdleSpinMicros = 100;
-// Waking a sleeping worker is an IPI to a halted vCPU, and on the VMs here the waker pays for it: 1-2
-// µs per sleeper on the 16-core Xeon (20 µs for the main thread to wake all sixteen), 15 µs or more
-// on the 2-core dev VM. So a wake-up wakes at most this many, and each worker that finds blocks left
-// in a job wakes as many more while some sleep (a tree of depth log2(workers), off the main thread);
-// and a joined job wakes nobody until the main thread, having timed its first blocks, sees more work
-// left than a wake-up costs it (wakeCost below): a small job then finishes alone, with no latecomer
-// taking one of its blocks.
+// Waking a sleeping worker is an IPI to a halted vCPU, and on the VMs here the waker pays for it: ~1.2
+// µs per sleeper on the 16-core Xeon (18-20 µs for the main thread to wake all sixteen), 15 µs or
+// more on the 2-core dev VM. A post that must have every worker (crewPost, WakeAtPost) still wakes
+// them all. A small joined job (WakeLazily) wakes nobody until the main thread has timed its first
+// blocks, and then as many as the work left pays for (crewJoin): on the Xeon with workers asleep,
+// waking all at post cost the tiny model's 1- and 4-token layers 18 µs each, and waking two then
+// letting each worker wake two more (a tree of depth 3-4) made its 16-token layers 10-14 µs slower
+// than waking all, since every level waits for a vCPU to come out of halt.
+// Workers that find blocks left in a job wake this many more while any sleep.
 constexpr int kWakeFanout = 2;
-// The main thread's cost of one wake-up, µs: a running mean of its futexWake calls that woke someone.
-std::atomic<int64_t> wakeCostMicros{10};
+// The waker's cost per sleeper woken, µs: a running mean over the main thread's timed wake-ups.
+std::atomic<int64_t> wakeCostMicros{5};
 
 int64_t idleSpinMicros() {
   static const int64_t v = [] {
@@ -78,12 +80,14 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   }
 }
 
-// Wakes up to kWakeFanout sleeping workers, timing it (the main thread's share).
-void wakeSome(int32_t* w) {
+// Wakes up to `count` sleeping workers, timing it per worker woken (the waker's share).
+void wakeSome(int32_t* w, int count) {
   const int64_t t0 = nowMicros();
-  if (futexWake(w + bGen, kWakeFanout) > 0) {
+  const int woken = futexWake(w + bGen, count);
+  if (woken > 0) {
     const int64_t c = wakeCostMicros.load(std::memory_order_relaxed);
-    wakeCostMicros.store((3 * c + (nowMicros() - t0)) / 4, std::memory_order_relaxed);
+    const int64_t sample = std::max<int64_t>(1, (nowMicros() - t0 + woken / 2) / woken);
+    wakeCostMicros.store((3 * c + sample) / 4, std::memory_order_relaxed);
   }
 }
 
@@ -100,7 +104,7 @@ void open(uint8_t* arena, int32_t* w, size_t board, size_t desc, bool wake) {
   w[bDescHi] = int32_t(uint32_t(desc >> 32));
   at(w, bOpen).store(1, std::memory_order_seq_cst);
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (wake && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) wakeSome(w);
+  if (wake && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) wakeSome(w, INT32_MAX);
 }
 
 void validate(uint8_t* arena, size_t arenaBytes, size_t desc) {
@@ -177,20 +181,24 @@ JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc
   bool posted = false;
   bool wakeDecided = mode == JoinMode::WakeAtPost;
   int64_t start = 0;
-  // Lazy wake: after each of this thread's blocks, until decided, compare the work left (blocks not
-  // yet claimed × this thread's time per block) with twice a wake-up's cost (the waker's share, and
-  // about as long again before the woken one helps).
+  // Lazy wake: after each of this thread's blocks, until decided, price the work left (blocks not yet
+  // claimed, at this thread's time per block) in wake-ups: a woken worker costs this thread one, and
+  // helps only after about as long again or more (a vCPU coming out of halt), so wake as many as the
+  // work left pays four times over, and none if it does not pay for one.
   const std::function<void(int32_t, int32_t)> afterBlock = [&](int32_t mine, int32_t claimed) {
     if (wakeDecided) return;
     const int32_t total = reinterpret_cast<const int32_t*>(arena + desc)[5];  // header word 5: numBlocks
-    if (claimed >= total || at(w, bSleepers).load(std::memory_order_seq_cst) == 0) {
-      wakeDecided = claimed >= total;
+    if (claimed >= total) {
+      wakeDecided = true;
       return;
     }
-    const int64_t perBlock = (nowMicros() - start) / mine;
-    if (int64_t(total - claimed) * perBlock > 2 * wakeCostMicros.load(std::memory_order_relaxed)) {
+    const int32_t sleepers = at(w, bSleepers).load(std::memory_order_seq_cst);
+    if (sleepers == 0) return;
+    const int64_t left = int64_t(total - claimed) * (nowMicros() - start) / mine;
+    const int64_t n = std::min<int64_t>(sleepers, left / (4 * wakeCostMicros.load(std::memory_order_relaxed)));
+    if (n >= 1) {
       wakeDecided = true;
-      wakeSome(w);
+      wakeSome(w, static_cast<int>(n));
     }
   };
   JobRunResult r;

@@ -14,9 +14,9 @@
 // slot, and only then reads `open` and the offset: the main thread retires a job by clearing `open`
 // and then waiting for every live slot to be 0, so (all accesses sequentially consistent) a worker
 // either saw `open == 0` or is counted by the retire; the descriptor's lease is released after the
-// retire, never under a worker. Jobs are posted one at a time. A wake-up wakes two sleeping workers
-// at most; a worker that finds blocks left in the job wakes two more while any sleep; a joined job
-// may wake none at all (crewJoin; crew.cc says why).
+// retire, never under a worker. Jobs are posted one at a time. crewPost wakes every sleeping worker;
+// a small joined job wakes as many as its work pays for, perhaps none (crewJoin; crew.cc says why);
+// a worker that finds blocks left in a job wakes two more while any sleep.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -40,12 +40,12 @@ void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots);
 // the process alive; the runtime sends it back in before its next job).
 ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros);
 // Main side: validates the descriptor (throws std::runtime_error naming what is wrong), then opens it
-// to the workers and wakes the first sleeping ones (each worker that enters wakes more).
+// to the workers and wakes the sleeping ones.
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
 enum class JoinStatus : int32_t { Done = 0, Aborted = 1, Pending = 2, Unretired = 3 };
 // Alone: the whole job runs on the calling thread and no worker ever sees it. WakeLazily: workers
-// that spin join at once; sleeping ones are woken only once the calling thread, having timed its
-// first blocks, finds more work left than a wake-up costs it (crew.cc). WakeAtPost: as crewPost.
+// that spin join at once; sleeping ones are woken once the calling thread has timed its first
+// blocks, as many as the work left pays for (crew.cc). WakeAtPost: all woken, as by crewPost.
 enum class JoinMode : int32_t { Alone = 0, WakeLazily = 1, WakeAtPost = 2 };
 // Main side, for a job the calling thread joins: validates and posts it (unless Alone), runs blocks
 // on this thread until none is left, waits for the workers' last blocks (spinning at most
