@@ -4,7 +4,9 @@
 // Two parts, because no single model isolates all three:
 //  - dispatch: forwards of the `tiny` model (D=64, F=128: each expert's kernel is a few µs of
 //    arithmetic at most), so a forward's compute stage is almost all dispatch; the kernels are not
-//    subtracted, which makes these upper bounds;
+//    subtracted, which makes these upper bounds. Its smallest jobs (1 token, 4 tokens routed by RRE)
+//    run on the calling thread alone, by design (CpuCrew's SOLO_MAX_WORK); HETMOE_CREW_SOLO_WORK=0
+//    sends them through the crew too;
 //  - routing and combine at real widths (mixtral's gate D=4096 × 8 experts top-2, a fine-grained
 //    gate D=2048 × 64 top-6, sigma-lite's RRE D=2048): those stages scale with D and E, and the
 //    tiny model would hide them. Their experts are shrunk (F=16) since only route/combine are read.

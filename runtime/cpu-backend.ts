@@ -2,8 +2,9 @@
 import type { Arena } from './arena.js'
 import type { CpuCrew } from './cpu-crew.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
-import { runCpuLayer, type CpuLayerJob } from './cpu-layer-job.js'
+import { runCpuLayer, type CpuLayerExpert, type CpuLayerJob } from './cpu-layer-job.js'
 import type { Model } from '../experts/model.js'
+import { native, type CpuIsa } from './native.js'
 
 export class CpuBackend implements ExpertBackend {
   readonly kind = 'cpu' as const
@@ -11,34 +12,48 @@ export class CpuBackend implements ExpertBackend {
   readonly #arena: Arena
   readonly #model: Model
 
+  /** The kernel level, resolved once (HETMOE_ISA is read when the runtime is created). */
+  readonly #isa: CpuIsa
+
   constructor(crew: CpuCrew, arena: Arena, model: Model) {
     this.#crew = crew
     this.#arena = arena
     this.#model = model
+    this.#isa = native().cpuResolveIsa('').name
   }
 
-  async run(work: LayerWork, signal?: AbortSignal): Promise<void> {
-    if (work.experts.length === 0) return
+  /** Not async itself: a decode layer awaits the job's own promise, one trip through the microtask queue fewer. */
+  run(work: LayerWork, signal?: AbortSignal): Promise<unknown> {
+    const n = work.experts.length
+    if (n === 0) return Promise.resolve()
     const m = this.#model.manifest
     const layer = m.layers[work.layer]
-    const experts = work.experts.map((w) => (w.shared ? layer.sharedExperts[w.expert] : layer.experts[w.expert]))
-    // One job has one inner size; shared experts may have their own (Qwen2-MoE), and run as jobs of their own.
-    const ffnSize = experts[0].up.rows
-    if (experts.some((e) => e.up.rows !== ffnSize)) throw new Error(`CpuBackend: experts of one layer job must share their inner size`)
+    // One loop, no spreads: this runs once per layer of every decode step.
+    const experts: CpuLayerExpert[] = new Array(n)
+    let ffnSize = 0
+    for (let i = 0; i < n; i++) {
+      const w = work.experts[i]
+      const matrices = w.shared ? layer.sharedExperts[w.expert] : layer.experts[w.expert]
+      // One job has one inner size; shared experts may have their own (Qwen2-MoE), and run as jobs of their own.
+      if (i === 0) ffnSize = matrices.up.rows
+      else if (matrices.up.rows !== ffnSize) throw new Error(`CpuBackend: experts of one layer job must share their inner size`)
+      experts[i] = {
+        matrices,
+        tokens: { offset: w.tokens, count: w.count },
+        outRows: { offset: w.outRows },
+        scales: w.scales !== undefined ? { offset: w.scales } : undefined,
+      }
+    }
     const job: CpuLayerJob = {
       weightsId: this.#model.weightsId,
       ffn: m.ffn,
       hiddenSize: m.hiddenSize,
       ffnSize,
       hidden: work.hidden,
-      out: { offset: work.out.offset, rows: work.out.rows },
-      experts: work.experts.map((w, i) => ({
-        matrices: experts[i],
-        tokens: { offset: w.tokens, count: w.count },
-        outRows: { offset: w.outRows },
-        ...(w.scales !== undefined ? { scales: { offset: w.scales } } : {}),
-      })),
+      out: work.out,
+      experts,
+      isa: this.#isa,
     }
-    await runCpuLayer(this.#crew, this.#arena, job, { signal })
+    return runCpuLayer(this.#crew, this.#arena, job, { signal })
   }
 }

@@ -3,6 +3,7 @@
 // a message to every worker and one back (100-300 µs a layer at decode sizes). The main thread joins
 // small jobs itself — by the time it has posted one, it is the readiest thread there is — and
 // waits for large ones on a libuv thread, so the event loop goes on (and learns of dying workers).
+// The tiniest jobs it runs alone, without posting them at all (SOLO_MAX_WORK).
 // Protocol and board layout: native/cpu/crew.h. Jobs run one at a time, in call order.
 import { CpuPool } from './pool.js'
 import { HetmoeError } from './errors.js'
@@ -15,8 +16,32 @@ import type { WorkerResult } from './worker-protocol.js'
  *  the main thread's share of the work: on the 2-core VM, small's batch-1 decode (17 MB a layer) ran
  *  at 227 tokens/s waiting and 363 joining. */
 export const JOIN_MAX_WEIGHT_BYTES = 64 << 20
+/** Jobs of at most this much work — weight bytes × the tokens they multiply, summed over the job's
+ *  experts — run on the calling thread alone: nothing posted, nothing to parse twice or retire, and
+ *  no worker arriving late to take one of its few blocks. On the 16-core Xeon (a VM, workers
+ *  spinning) the tiny model's one-token jobs (48-96 KB·token) ran 3-7 µs faster alone, its 4-token
+ *  ones (0.2-0.4 MB·token) within the noise either way, its 16-token ones (0.8-1.5 MB·token) 8-20 µs
+ *  slower. HETMOE_CREW_SOLO_WORK overrides it (0: every job goes to the crew). */
+export let SOLO_MAX_WORK = envCount('HETMOE_CREW_SOLO_WORK', 256 << 10)
+/** @internal For tests and benches: sets the solo threshold (read per job). */
+export function setSoloMaxWork(work: number): void {
+  SOLO_MAX_WORK = work
+}
+function envCount(name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer (got "${raw}")`)
+  return n
+}
+/** A joined job of at most this many weight bytes wakes sleeping workers only when the main thread,
+ *  having timed its first blocks, finds more work left than a wake-up costs it (native/cpu/crew.cc);
+ *  larger ones wake them at once (their first block alone can take 100 µs). */
+const LAZY_WAKE_MAX_WEIGHT_BYTES = 1 << 20
 /** After its own blocks, the main thread spins this long for the workers' last ones before it sleeps. */
 const JOIN_SPIN_MICROS = 1000
+/** The main thread spins this long for workers to leave a finished job before it yields to the event loop. */
+const RETIRE_SPIN_MICROS = 200
 /** A worker that gets no job for this long goes back to its event loop: an idle worker there does not
  *  keep the process alive (one inside crewServe would, in a program that never closes its runtime). */
 const SERVE_IDLE_MS = 1000
@@ -49,17 +74,25 @@ export interface CrewJob {
   descOffset: number
   /** Bytes of weights the job reads (decides whether the main thread joins). */
   weightBytes: number
+  /** Weight bytes × tokens, summed over the job's experts (decides whether the main thread runs it
+   *  alone); absent: never alone unless asked. */
+  work?: number
 }
 
 export interface CrewRunOptions {
   signal?: AbortSignal
   /** Run blocks on the calling thread too. Defaults to weightBytes ≤ JOIN_MAX_WEIGHT_BYTES. */
   join?: boolean
+  /** Run the whole job on the calling thread, posting nothing. Defaults to work ≤ SOLO_MAX_WORK
+   *  unless `join` is false. */
+  solo?: boolean
 }
 
 export interface CrewRunResult {
   /** The main thread ran blocks of the job. */
   joined: boolean
+  /** The main thread ran the whole job alone; no worker saw it. */
+  solo: boolean
   /** The job was run again after a worker died. */
   retried: boolean
 }
@@ -74,12 +107,13 @@ export class CpuCrew {
   readonly #words: Int32Array
   /** Per slot: its serve task while the worker is in (or on its way into) crewServe. */
   readonly #serving: (Promise<unknown> | undefined)[] = []
-  #tail: Promise<void> = Promise.resolve()
-  /** Jobs running or waiting for their turn. */
-  #queued = 0
+  /** A job (or close) holds the turn; the ones that came later wait here, in call order. */
+  #busy = false
+  readonly #waiting: (() => void)[] = []
   /** The abort word (index into #words) of the job running now. */
   #current: number | undefined
   #deaths = 0
+  #posts = 0
   readonly #gateDesc: Lease
   #closing = false
 
@@ -98,31 +132,56 @@ export class CpuCrew {
     this.#serveAll()
   }
 
+  /** Whether a job of this much work (weight bytes × tokens) runs on the calling thread alone by default. */
+  runsAlone(work: number): boolean {
+    return work <= SOLO_MAX_WORK
+  }
+
+  /** Jobs posted to the workers so far (diagnostics and tests; jobs run alone are not posted). */
+  get posts(): number {
+    return this.#posts
+  }
+
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
   async run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
     if (this.#closing) throw new HetmoeError('POOL_CLOSED', 'the CPU worker pool was closed; create a new runtime')
-    const turn = this.#tail
-    let next!: () => void
-    this.#tail = new Promise<void>((r) => (next = r))
-    // Waiting for the turn costs a trip through the microtask queue; with nothing queued the turn
-    // is already ours (the last job's finally released it synchronously).
-    if (this.#queued++ > 0) await turn
+    // With nothing running the turn is taken at once, without a trip through the microtask queue.
+    if (this.#busy) await this.#turn()
+    this.#busy = true
     try {
-      return await this.#runNow(job, options)
+      const { signal } = options
+      if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
+      if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
+        throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+      const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
+      if (options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)) {
+        // Synchronous (no abort can arrive meanwhile), and no worker ever sees the job.
+        if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
+          throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
+        return { joined: true, solo: true, retried: false }
+      }
+      return await this.#runOnCrew(job, join, signal)
     } finally {
-      this.#queued--
-      next()
+      this.#pass()
     }
   }
 
-  async #runNow(job: CrewJob, options: CrewRunOptions): Promise<CrewRunResult> {
-    const { signal } = options
+  /** Resolves when the turn is handed to this caller (#busy stays true across the hand-over). */
+  #turn(): Promise<void> {
+    return new Promise<void>((resolve) => this.#waiting.push(resolve))
+  }
+
+  #pass(): void {
+    const next = this.#waiting.shift()
+    if (next) next()
+    else this.#busy = false
+  }
+
+  async #runOnCrew(job: CrewJob, join: boolean, signal: AbortSignal | undefined): Promise<CrewRunResult> {
     const aborted = () => new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
-    if (signal?.aborted) throw aborted()
-    const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
     const a = native()
-    if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
-      throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+    const board = this.#board.offset
+    const wake = job.weightBytes > LAZY_WAKE_MAX_WEIGHT_BYTES ? 'wake' : 'lazy'
     const abortWord = job.descOffset / 4 + JOB_ABORT
     const words = this.#words
     const stop = () => void Atomics.store(words, abortWord, 1)
@@ -132,21 +191,21 @@ export class CpuCrew {
       for (let attempt = 0; ; attempt++) {
         const deaths = this.#deaths
         this.#serveAll()
-        a.crewPost(this.#u8, this.#board.offset, job.descOffset)
-        let state: 'done' | 'aborted' | 'pending' = 'pending'
+        // Joined: post, run, wait and retire in one native call, which usually finishes the job.
+        let state: 'done' | 'unretired' | 'pending' | 'aborted' = 'pending'
+        if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+        else a.crewPost(this.#u8, board, job.descOffset)
+        this.#posts++
+        if (state === 'done') return { joined: join, solo: false, retried: attempt > 0 }
+        let done = state === 'unretired'
         try {
-          if (join) {
-            const mine = a.cpuLayerRun(this.#u8, job.descOffset, false)
-            state = mine.status === 'done' ? a.cpuLayerWaitSpin(this.#u8, job.descOffset, JOIN_SPIN_MICROS) : 'aborted'
-          }
-          if (state === 'pending') state = await a.cpuLayerWait(this.#u8, job.descOffset)
+          if (state === 'pending') done = (await a.cpuLayerWait(this.#u8, job.descOffset)) === 'done'
         } finally {
-          if (state !== 'done') stop()
-          // Usually no worker is inside any more: retire without a trip through the event loop.
-          if (!a.crewRetire(this.#u8, this.#board.offset, 200)) await this.#retire()
+          if (!done) stop()
+          if (!a.crewRetire(this.#u8, board, RETIRE_SPIN_MICROS)) await this.#retire()
         }
         if (signal?.aborted) throw aborted()
-        if (state === 'done') return { joined: join, retried: attempt > 0 }
+        if (done) return { joined: join, solo: false, retried: attempt > 0 }
         if (this.#deaths === deaths)
           throw new HetmoeError('CPU_JOB_FAILED', 'a CPU worker could not run the layer job (its descriptor was rejected); the weights may have been closed while it ran')
         if (attempt > 0)
@@ -181,7 +240,7 @@ export class CpuCrew {
     logits: Float64Array,
     minProducts = GATE_PARALLEL_MIN_PRODUCTS,
   ): number | undefined {
-    if (this.#closing || this.#queued > 0 || T * E * D < minProducts) return undefined
+    if (this.#closing || this.#busy || T * E * D < minProducts) return undefined
     if (hidden.buffer !== this.#u8.buffer || logits.buffer !== this.#u8.buffer || logits.byteOffset % 8 !== 0) return undefined
     // Blocks of 4 tokens (one register tile) × an expert range: about four blocks per thread.
     const threads = this.threads + 1
@@ -213,7 +272,7 @@ export class CpuCrew {
 
   /** Closes the posted job once no worker is inside it (a dead one is cleared by #serve's handler). */
   async #retire(): Promise<void> {
-    while (!native().crewRetire(this.#u8, this.#board.offset, 200)) await new Promise((r) => setTimeout(r, 1))
+    while (!native().crewRetire(this.#u8, this.#board.offset, RETIRE_SPIN_MICROS)) await new Promise((r) => setTimeout(r, 1))
   }
 
   /** Sends every worker that is not serving (idle, or replaced after a death) into crewServe. */
@@ -247,7 +306,9 @@ export class CpuCrew {
   async close(): Promise<void> {
     if (this.#closing) return
     this.#closing = true
-    await this.#tail
+    // Queued jobs go first; close then keeps the turn.
+    if (this.#busy) await this.#turn()
+    this.#busy = true
     // No job is left, so nothing is lost by stopping the threads rather than waiting for serve tasks
     // to end: a worker still booting (small jobs never needed it) would take its whole start-up to
     // receive its task and see the quit. A serving one leaves crewServe at once and is stopped in JS.

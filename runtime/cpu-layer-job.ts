@@ -14,6 +14,20 @@ import type { CpuCrew } from './cpu-crew.js'
 
 /** Output rows per block (both phases); a multiple of 32 (AMX tiles work on 32-row steps). */
 export const ROWS_PER_BLOCK = 128
+/** The fewest rows per block: a job with too few blocks of ROWS_PER_BLOCK rows to go round the crew
+ *  (two per thread) is cut finer, down to this. A tiny model's expert (F = 128, D = 64) is one block
+ *  per phase at 128 rows, so one thread runs its whole phase 1 while another waits to run phase 2;
+ *  at 32 rows four threads share phase 1. A block costs ~0.4 µs of set-up (2-core VM), which jobs
+ *  with blocks to spare need not pay. */
+export const MIN_ROWS_PER_BLOCK = 32
+// HETMOE_CPU_BLOCK_ROWS: every job's rows per block (measurements); unset: blockRows() below.
+const BLOCK_ROWS_ENV = (() => {
+  const raw = process.env.HETMOE_CPU_BLOCK_ROWS
+  if (raw === undefined || raw === '') return undefined
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 32 || n % 32 !== 0) throw new RangeError(`HETMOE_CPU_BLOCK_ROWS must be a positive multiple of 32 (got "${raw}")`)
+  return n
+})()
 
 const JOB_MAGIC = 0x314a4d48
 const HEADER_WORDS = 32
@@ -54,6 +68,8 @@ export interface CpuLayerStats {
   blocks: number
   /** The calling (main) thread ran blocks too (small jobs). */
   joined: boolean
+  /** The calling thread ran the whole job alone, posting nothing (the tiniest jobs). */
+  solo: boolean
   /** The job was run again after a worker died. */
   retried: boolean
   ms: number
@@ -64,6 +80,9 @@ export interface RunCpuLayerOptions {
   signal?: AbortSignal
   /** Whether the calling thread runs blocks too; defaults to small jobs only (runtime/cpu-crew.ts). */
   join?: boolean
+  /** Whether the calling thread runs the whole job alone, without the crew; defaults to the tiniest
+   *  jobs only (runtime/cpu-crew.ts), never with `join: false` or testDieCount. */
+  solo?: boolean
   /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
   testDieCount?: number
 }
@@ -75,6 +94,8 @@ export interface EncodedCpuLayerJob {
   isa: CpuIsa
   /** Bytes of weights the job reads. */
   weightBytes: number
+  /** Weight bytes × tokens, summed over the experts (the crew runs the smallest jobs on the caller alone). */
+  work: number
   release(): void
 }
 
@@ -117,19 +138,53 @@ function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
 
 const matrixBytes = (m: MatrixRef | undefined): number => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
 
+/** Rows per block for a job on a crew of `threads` workers (the main thread too): the most, up to
+ *  ROWS_PER_BLOCK, that still give every thread two blocks; MIN_ROWS_PER_BLOCK when none does. */
+export function blockRows(job: CpuLayerJob, threads: number): number {
+  const want = 2 * (threads + 1)
+  for (let rows = ROWS_PER_BLOCK; rows > MIN_ROWS_PER_BLOCK; rows /= 2)
+    if (job.experts.length * (Math.ceil(job.ffnSize / rows) + Math.ceil(job.hiddenSize / rows)) >= want) return rows
+  return MIN_ROWS_PER_BLOCK
+}
+
+/** The job's weight bytes, and its work: weight bytes × tokens, summed over its experts. */
+export function jobSize(job: CpuLayerJob): { weightBytes: number; work: number } {
+  let weightBytes = 0
+  let work = 0
+  for (const e of job.experts) {
+    const { gate, up, down } = e.matrices
+    const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+    weightBytes += bytes
+    work += bytes * e.tokens.count
+  }
+  return { weightBytes, work }
+}
+
+// The last level resolved, per request (and HETMOE_ISA value when none is named): resolving asks the
+// addon (about 1 µs on the 16-core Xeon), and a decode forward encodes a job per layer.
+let lastIsa: { requested: string; env: string | undefined; isa: CpuIsa } | undefined
+function resolveIsa(requested: CpuIsa | undefined): CpuIsa {
+  const want = requested ?? ''
+  const env = requested === undefined ? process.env.HETMOE_ISA : undefined
+  if (lastIsa?.requested !== want || lastIsa.env !== env) lastIsa = { requested: want, env, isa: native().cpuResolveIsa(want).name }
+  return lastIsa.isa
+}
+
 /**
  * Writes the job's descriptor and scratch into a fresh lease of `arena` (layout: native/cpu/layer_job.h):
  * header | expert table | block table | per expert: h fp32 [n × F], xPacked, hPacked (AMX only).
  */
-export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number } = {}): EncodedCpuLayerJob {
+export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number; rowsPerBlock?: number } = {}): EncodedCpuLayerJob {
   checkJob(job)
-  const isa = native().cpuResolveIsa(job.isa ?? '').name
+  const isa = resolveIsa(job.isa)
   const D = job.hiddenSize
   const F = job.ffnSize
   const experts = job.experts
   const ne = experts.length
-  const blocks1 = Math.ceil(F / ROWS_PER_BLOCK)
-  const blocks2 = Math.ceil(D / ROWS_PER_BLOCK)
+  const rows = options.rowsPerBlock ?? ROWS_PER_BLOCK
+  if (!Number.isInteger(rows) || rows < 32 || rows % 32 !== 0) throw new HetmoeError('BAD_INPUT', `cpu layer job: rowsPerBlock must be a positive multiple of 32 (got ${rows})`)
+  const blocks1 = Math.ceil(F / rows)
+  const blocks2 = Math.ceil(D / rows)
   const numBlocks = ne * (blocks1 + blocks2)
   const headerBytes = up64(HEADER_WORDS * 4)
   const expertBytes = up64(ne * EXPERT_WORDS * 4)
@@ -160,7 +215,7 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     w[11] = ISA_INDEX[isa]
     w[12] = options.testDieCount ?? 0
     w[13] = job.hidden.rows
-    w[14] = ROWS_PER_BLOCK
+    w[14] = rows
     put64(w, 16, job.hidden.offset)
     put64(w, 18, job.out.offset)
     put64(w, 20, expertTable)
@@ -169,6 +224,7 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     let scratchAt = blockTable + blockBytes
     const blockWord = (blockTable - base) / 4
     let weightBytes = 0
+    let work = 0
     for (let ei = 0; ei < ne; ei++) {
       const e = experts[ei]
       const n = e.tokens.count
@@ -193,24 +249,26 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
       if (gate) putMatrix(w, r + 24, gate)
       putMatrix(w, r + 24 + MATRIX_WORDS, up)
       putMatrix(w, r + 24 + 2 * MATRIX_WORDS, down)
-      weightBytes += matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+      const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+      weightBytes += bytes
+      work += bytes * n
       // Blocks are numbered round-robin over the experts (block k of expert e at k * ne + e), so the
       // first claims spread over all experts: their per-expert set-up (AMX packing) runs in parallel
       // and each expert's phase 1 finishes at about the same time. Block words: state, expert, row0, phase.
       for (let k = 0; k < blocks1; k++) {
         const i = blockWord + (k * ne + ei) * BLOCK_WORDS
         w[i + 1] = ei
-        w[i + 2] = k * ROWS_PER_BLOCK
+        w[i + 2] = k * rows
         w[i + 3] = 1
       }
       for (let k = 0; k < blocks2; k++) {
         const i = blockWord + (ne * blocks1 + k * ne + ei) * BLOCK_WORDS
         w[i + 1] = ei
-        w[i + 2] = k * ROWS_PER_BLOCK
+        w[i + 2] = k * rows
         w[i + 3] = 2
       }
     }
-    return { descOffset: base, numBlocks, isa, weightBytes, release: () => lease.release() }
+    return { descOffset: base, numBlocks, isa, weightBytes, work, release: () => lease.release() }
   } catch (err) {
     lease.release()
     throw err
@@ -236,11 +294,14 @@ export function runCpuLayerSync(arena: Arena, job: CpuLayerJob): { isa: CpuIsa; 
 export async function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
   const t0 = performance.now()
   if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
-  const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount })
+  // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
+  const solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
+  const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
+  const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
   try {
-    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, retried: false, ms: performance.now() - t0 }
-    const r = await crew.run(enc, { signal: options.signal, ...(options.join !== undefined ? { join: options.join } : {}) })
-    return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, retried: r.retried, ms: performance.now() - t0 }
+    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 }
+    const r = await crew.run(enc, { signal: options.signal, join: options.join, solo })
+    return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, solo: r.solo, retried: r.retried, ms: performance.now() - t0 }
   } finally {
     enc.release()
   }

@@ -91,6 +91,15 @@ export interface NativeCpuApi {
   /** Validates the job descriptor (throws naming what is wrong) and opens it to the crew; one job at a time. */
   crewPost(arena: Uint8Array, board: number, descOffset: number): void
   /**
+   * Runs the layer job on this thread and the crew, then waits up to `spinMicros` for the workers' last
+   * blocks and retires it within `retireMicros` (native/cpu/crew.h). Mode 'alone': this thread only, nothing
+   * posted; 'lazy': sleeping workers are woken only if this thread finds more work left than a wake-up
+   * costs; 'wake': woken at once. Returns 'done' (finished, retired), 'unretired' (finished; call crewRetire),
+   * 'pending' (workers still run blocks), 'aborted' (abort seen or a block failed; retire first). Throws,
+   * posting nothing, for a bad descriptor.
+   */
+  crewJoin(arena: Uint8Array, board: number, descOffset: number, mode: 'alone' | 'lazy' | 'wake', spinMicros: number, retireMicros: number): 'done' | 'unretired' | 'pending' | 'aborted'
+  /**
    * Runs the gate job at `descOffset` (native/cpu/gate_job.h) on this thread and the crew: posts it,
    * computes blocks, waits for all of them and for every worker to leave. The board must be free.
    * Returns the index of the first non-finite hidden value (then nothing is computed), else -1.

@@ -100,6 +100,6 @@ export function routeLayer(
     offsets: sel.offsets,
     tokenRowsOffset: base,
     outRowsOffset: sel.outRows.byteOffset,
-    ...(router instanceof GateRouter ? { scalesOffset: sel.scales.byteOffset } : {}),
+    scalesOffset: router instanceof GateRouter ? sel.scales.byteOffset : undefined,
   }
 }

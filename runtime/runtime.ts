@@ -6,14 +6,14 @@ import { Arena, type Lease } from './arena.js'
 import { CpuCrew } from './cpu-crew.js'
 import { HetmoeError, badOption } from './errors.js'
 import { envConfig } from './config.js'
-import { combineTopK, sharedGate } from './combine.js'
+import { combineTopK, copyF32, sharedGate } from './combine.js'
 import type { ExpertBackend, ExpertWork, LayerWork } from './layer-work.js'
 import type { ModelManifest } from '../experts/manifest.js'
 import { routeLayer, type Selection } from './route-layer.js'
 import { CpuBackend } from './cpu-backend.js'
 import { openGpu, type GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
-import { GpuExpertCache, GPU_STRATEGIES, type GpuStrategy } from './gpu-cache.js'
+import { GpuExpertCache, GPU_STRATEGIES, type GpuBatchChoice, type GpuStrategy } from './gpu-cache.js'
 import { machineCalibration } from './placement.js'
 import { CostModel, type Calibration } from '../scheduler/cost-model.js'
 import { Replacement, replaceOptions, type ReplaceOptions } from './replacement.js'
@@ -231,7 +231,7 @@ export class Runtime extends EventEmitter {
         const hiddenLease = lease(T * D * 4)
         hiddenOffset = hiddenLease.offset
         h = hiddenLease.f32(T * D)
-        if (hidden instanceof Float32Array) h.set(hidden)
+        if (hidden instanceof Float32Array) copyF32(h, hidden)
         else bf16ToF32InPlace(h, hidden)
       }
 
@@ -255,20 +255,24 @@ export class Runtime extends EventEmitter {
 
       const gpuWork: ExpertWork[] = []
       const cpuWork: ExpertWork[] = []
-      const tPlace = performance.now()
-      const choice = this.#gpu && this.#gpuHealthy ? this.#cache!.choose(layer, sel.counts, T) : undefined
-      this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
+      let choice: GpuBatchChoice | undefined
+      if (this.#gpu && this.#gpuHealthy) {
+        const tPlace = performance.now()
+        choice = this.#cache!.choose(layer, sel.counts, T)
+        this.#stats[layer].ms.gpuPlace += performance.now() - tPlace
+      }
       if (choice) releases.push(choice.release)
       if (choice) this.#replacement?.observe(layer, sel.counts, T)
-      for (let e = 0; e < sel.counts.length; e++) {
-        const count = sel.counts[e]
+      const { counts, offsets, scalesOffset } = sel
+      for (let e = 0; e < counts.length; e++) {
+        const count = counts[e]
         if (count === 0) continue
         const w: ExpertWork = {
           expert: e,
           count,
-          tokens: sel.tokenRowsOffset + 4 * sel.offsets[e],
-          outRows: sel.outRowsOffset + 4 * sel.offsets[e],
-          ...(sel.scalesOffset !== undefined ? { scales: sel.scalesOffset + 4 * sel.offsets[e] } : {}),
+          tokens: sel.tokenRowsOffset + 4 * offsets[e],
+          outRows: sel.outRowsOffset + 4 * offsets[e],
+          scales: scalesOffset !== undefined ? scalesOffset + 4 * offsets[e] : undefined,
         }
         ;(choice?.onGpu.has(e) ? gpuWork : cpuWork).push(w)
       }
@@ -291,7 +295,7 @@ export class Runtime extends EventEmitter {
       for (const w of gpuWork) gpuRows += w.count
       const inline = cpuWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
       if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, inline).then(() => void (gpuDone = performance.now())))
-      const cpuJobs: Promise<void>[] = []
+      const cpuJobs: Promise<unknown>[] = []
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
@@ -313,7 +317,7 @@ export class Runtime extends EventEmitter {
       const out = options.out ?? new Float32Array(T * D)
       if (outInPlace) {
         // written by the experts
-      } else if (direct) out.set(rowsF32())
+      } else if (direct) copyF32(out, rowsF32())
       else {
         const gate = m.layers[layer].sharedExpertGate
         const scale = gate ? sharedGate(new Float32Array(this.model.view(gate)), h, T, D) : undefined

@@ -136,10 +136,16 @@ export class GateRouter {
     if (this.#logits.length < numTokens * this.numExperts) this.#logits = new Float64Array(numTokens * this.numExperts)
   }
 
-  /** Softmax (float64), top-k with ties to the lower index, then the counting sort into `out`. */
+  /**
+   * Softmax (float64), top-k with ties to the lower index, then the counting sort into `out`. The
+   * top-k of the probabilities is the top-k of the logits, so the k experts are picked on logits;
+   * renormalised weights exp(l_k − max) / Σ_chosen exp(l_j − max) need only the chosen exponentials
+   * (the best one is exp(0) = 1), and the full softmax denominator only when they are not renormalised.
+   */
   #select(logits: Float32Array | Float64Array, numTokens: number, out: Selection): number {
     const E = this.numExperts
     const K = this.topK
+    const normalize = this.normalize
     const taken = this.#taken
     const chosen = this.#chosen
     const chosenWeight = this.#chosenWeight
@@ -147,11 +153,8 @@ export class GateRouter {
     counts.fill(0, 0, E)
     for (let t = 0; t < numTokens; t++) {
       const l = t * E
-      let max = -Infinity
-      for (let e = 0; e < E; e++) if (logits[l + e] > max) max = logits[l + e]
-      let denom = 0
-      for (let e = 0; e < E; e++) denom += Math.exp(logits[l + e] - max)
       taken.fill(0)
+      let max = 0
       let kept = 0
       for (let k = 0; k < K; k++) {
         // Strict '>' over ascending e: on equal logits the lower expert index wins.
@@ -163,13 +166,19 @@ export class GateRouter {
             bestLogit = logits[l + e]
           }
         taken[best] = 1
-        const p = Math.exp(bestLogit - max) / denom
+        if (k === 0) max = bestLogit
+        const p = k === 0 ? 1 : Math.exp(bestLogit - max)
         chosen[t * K + k] = best
         chosenWeight[t * K + k] = p
         kept += p
         counts[best]++
       }
-      if (this.normalize) for (let k = 0; k < K; k++) chosenWeight[t * K + k] /= kept
+      let denom = kept
+      if (!normalize) {
+        denom = 0
+        for (let e = 0; e < E; e++) denom += Math.exp(logits[l + e] - max)
+      }
+      for (let k = 0; k < K; k++) chosenWeight[t * K + k] /= denom
     }
 
     countsToOffsets(counts, offsets, E)

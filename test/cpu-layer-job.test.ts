@@ -4,7 +4,7 @@
 import t from 'tap'
 import { Arena } from '../runtime/arena.js'
 import { CpuCrew } from '../runtime/cpu-crew.js'
-import { runCpuLayer } from '../runtime/cpu-layer-job.js'
+import { blockRows, runCpuLayer } from '../runtime/cpu-layer-job.js'
 import { native } from '../runtime/native.js'
 import { buildModel, prepareJob } from './fixtures/cpu-model.js'
 
@@ -27,7 +27,9 @@ t.test('several experts on the crew, every output row checked, with and without 
   })
   const p = prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 23, seed: seed + 1, isa })
   const stats = await runCpuLayer(crew, arena, p.job)
-  t.equal(stats.blocks, COUNTS.length * (Math.ceil(F / 128) + Math.ceil(D / 128)))
+  // 5 experts × (3 + 2) blocks of 128 rows go round a crew of 2 (and the main thread) twice.
+  const rows = Number(process.env.HETMOE_CPU_BLOCK_ROWS || 128)
+  t.equal(stats.blocks, COUNTS.length * (Math.ceil(F / rows) + Math.ceil(D / rows)))
   t.equal(stats.retried, false)
   t.equal(stats.joined, true, 'a small job is joined by the main thread')
   const v = p.verify(1e-4)
@@ -38,6 +40,90 @@ t.test('several experts on the crew, every output row checked, with and without 
   const alone = await runCpuLayer(crew, arena, p.job, { join: false })
   t.equal(alone.joined, false)
   t.ok(p.out.every((x, i) => Object.is(x, first[i]) || x === first[i]), 'a second run overwrites with the same values')
+})
+
+t.test('the tiniest jobs run on the calling thread alone: nothing posted, the same bits as the crew', async (t) => {
+  // D=64, F=128: one expert with one token is 48 KB·token of work (bf16), under SOLO_MAX_WORK.
+  const model = buildModel({ D: 64, F: 128, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: 3, seed: seed + 20 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const tiny = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [1, 0, 1], T: 2, seed: seed + 21, isa })
+  const posts = crew.posts
+  const alone = await runCpuLayer(crew, arena, tiny.job)
+  t.equal(alone.solo, true, 'run alone')
+  t.equal(crew.posts, posts, 'nothing posted to the workers')
+  t.same(tiny.verify(1e-4).failures, [])
+  const soloBits = tiny.out.slice()
+  tiny.out.fill(NaN)
+  const workers = await runCpuLayer(crew, arena, tiny.job, { join: false })
+  t.equal(workers.solo, false)
+  t.equal(crew.posts, posts + 1, 'posted once')
+  t.ok(tiny.out.every((x, i) => Object.is(x, soloBits[i])), 'workers alone give the same bits')
+  // A job of many blocks asked to run alone: the same bits as the crew and the main thread together.
+  const big = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [9, 5, 17], T: 20, seed: seed + 22, isa })
+  const crewRun = await runCpuLayer(crew, arena, big.job, { solo: false })
+  t.equal(crewRun.solo, false)
+  t.same(big.verify(1e-4).failures, [])
+  const crewBits = big.out.slice()
+  big.out.fill(NaN)
+  const forced = await runCpuLayer(crew, arena, big.job, { solo: true })
+  t.equal(forced.solo, true)
+  t.ok(big.out.every((x, i) => Object.is(x, crewBits[i])), 'alone: the same bits')
+  // A test death needs workers: testDieCount never runs alone.
+  const hooked = await runCpuLayer(crew, arena, tiny.job, { testDieCount: 0 })
+  t.equal(hooked.solo, true, 'testDieCount 0 is no death')
+})
+
+t.test('joined jobs with a dying worker: the main thread waits, the job reruns, results are right', async (t) => {
+  // The main thread joins (the path a decode layer takes); a worker may claim a block and die with it,
+  // so the join finds a block it cannot finish: it waits, learns of the death, and the job reruns.
+  const model = buildModel({ D, F, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: COUNTS.length, seed: seed + 23 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  // Scalar kernels and ~140 routed rows: each block takes a millisecond or more, so the workers claim
+  // blocks while the main thread is still on its first ones.
+  const p = prepareJob(arena, model, { D, F, ffn: 'gelu', counts: [40, 0, 30, 50, 20], T: 64, seed: seed + 24, isa: 'scalar' })
+  await runCpuLayer(crew, arena, p.job, { join: false }) // the workers are serving before the timed runs
+  let retried = 0
+  for (let i = 0; i < 3; i++) {
+    p.out.fill(NaN)
+    const stats = await runCpuLayer(crew, arena, p.job, { testDieCount: 1, join: true })
+    t.equal(stats.joined, true)
+    if (stats.retried) retried++
+    t.same(p.verify(1e-4).failures, [], `run ${i}`)
+  }
+  t.ok(retried > 0, `${retried} of 3 joined runs lost a worker and reran`)
+})
+
+t.test('jobs with too few blocks for the crew are cut into finer blocks, with the same results', async (t) => {
+  const job = (D: number, F: number, experts: number) => ({ hiddenSize: D, ffnSize: F, experts: new Array(experts) }) as unknown as Parameters<typeof blockRows>[0]
+  t.equal(blockRows(job(4096, 14336, 2), 16), 128, 'a real expert has blocks to spare')
+  t.equal(blockRows(job(64, 128, 8), 16), 32, 'the tiny model at 16 tokens: 8 × (1 + 1) blocks of 128 rows for 17 threads')
+  t.equal(blockRows(job(64, 128, 8), 2), 128, 'the same job for 3 threads')
+  t.equal(blockRows(job(256, 512, 2), 8), 64, '2 × (4 + 2) = 12 blocks of 128 rows for 9 threads, 2 × (8 + 4) = 24 of 64')
+  // 32-row blocks on a crew of 16 workers (most of them serving): every output row checked.
+  const model = buildModel({ D: 64, F: 128, ffn: 'swiglu', format: 'dense', dtype: 'bf16', count: 8, seed: seed + 25 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 16 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const p = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [4, 4, 3, 5, 4, 4, 2, 6], T: 16, seed: seed + 26, isa })
+  for (let i = 0; i < 3; i++) {
+    p.out.fill(NaN)
+    const stats = await runCpuLayer(crew, arena, p.job)
+    t.equal(stats.blocks, process.env.HETMOE_CPU_BLOCK_ROWS ? stats.blocks : 8 * (4 + 2), '32-row blocks')
+    t.same(p.verify(1e-4).failures, [])
+  }
 })
 
 t.test('jobs started at once run one after another, each correct', async (t) => {

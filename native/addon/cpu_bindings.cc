@@ -124,6 +124,21 @@ Napi::Value CrewPost(const Napi::CallbackInfo& cb) {
   return cb.Env().Undefined();
 }
 
+// crewJoin(arena, board, desc, mode, spinMicros, retireMicros) → 'done' | 'unretired' | 'pending' |
+// 'aborted': the layer job run by this thread and the crew; mode 'alone' | 'lazy' | 'wake' (crew.h).
+Napi::Value CrewJoin(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
+  const std::string m = cb[3].IsString() ? cb[3].As<Napi::String>().Utf8Value() : "";
+  if (m != "alone" && m != "lazy" && m != "wake") throw Napi::TypeError::New(cb.Env(), "mode must be 'alone', 'lazy' or 'wake'");
+  const cpu::JoinMode mode = m == "alone" ? cpu::JoinMode::Alone : m == "lazy" ? cpu::JoinMode::WakeLazily : cpu::JoinMode::WakeAtPost;
+  const int64_t spin = intArg(cb[4], "spin microseconds"), retire = intArg(cb[5], "retire microseconds");
+  if (spin < 0 || retire < 0) throw Napi::RangeError::New(cb.Env(), "spin and retire microseconds must be >= 0");
+  const cpu::JoinStatus s = nativeErrors(cb.Env(), [&] { return cpu::crewJoin(a.data, a.length, board, desc, mode, spin, retire); });
+  static const char* const names[] = {"done", "aborted", "pending", "unretired"};
+  return Napi::String::New(cb.Env(), names[static_cast<int>(s)]);
+}
+
 // gateJobRun(arena, board, desc) → index of the first non-finite hidden value (nothing computed),
 // else -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed by this thread and the crew.
 Napi::Value GateJobRun(const Napi::CallbackInfo& cb) {
@@ -290,6 +305,7 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exports.Set("crewInit", Napi::Function::New(env, CrewInit, "crewInit"));
   exports.Set("crewServe", Napi::Function::New(env, CrewServe, "crewServe"));
   exports.Set("crewPost", Napi::Function::New(env, CrewPost, "crewPost"));
+  exports.Set("crewJoin", Napi::Function::New(env, CrewJoin, "crewJoin"));
   exports.Set("gateJobRun", Napi::Function::New(env, GateJobRun, "gateJobRun"));
   exports.Set("crewRetire", Napi::Function::New(env, CrewRetire, "crewRetire"));
   exports.Set("crewQuit", Napi::Function::New(env, CrewQuit, "crewQuit"));

@@ -2,7 +2,12 @@
 #include "cpu/crew.h"
 
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -17,7 +22,29 @@ namespace {
 // within tens of microseconds, and a spinning worker joins it without a wake-up. It spins by
 // yielding: with a worker per core, a spinning worker shares a core with the main thread, whose
 // routing ran 2.5x slower on the 16-core Xeon while workers spun with pause.
+// HETMOE_CREW_IDLE_SPIN_US overrides it (0: workers sleep at once, so that every job wakes them: how
+// a decode step with other work between its MoE layers finds them).
 constexpr int64_t kIdleSpinMicros = 100;
+// Waking a sleeping worker is an IPI to a halted vCPU, and on the VMs here the waker pays for it: ~1.2
+// µs per sleeper on the 16-core Xeon (18-20 µs for the main thread to wake all sixteen), 15 µs or
+// more on the 2-core dev VM. A post that must have every worker (crewPost, WakeAtPost) still wakes
+// them all. A small joined job (WakeLazily) wakes nobody until the main thread has timed its first
+// blocks, and then as many as the work left pays for (crewJoin): on the Xeon with workers asleep,
+// waking all at post cost the tiny model's 1- and 4-token layers 18 µs each, and waking two then
+// letting each worker wake two more (a tree of depth 3-4) made its 16-token layers 10-14 µs slower
+// than waking all, since every level waits for a vCPU to come out of halt.
+// Workers that find blocks left in a job wake this many more while any sleep.
+constexpr int kWakeFanout = 2;
+// The waker's cost per sleeper woken, µs: a running mean over the main thread's timed wake-ups.
+std::atomic<int64_t> wakeCostMicros{5};
+
+int64_t idleSpinMicros() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("HETMOE_CREW_IDLE_SPIN_US");
+    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : kIdleSpinMicros;
+  }();
+  return v;
+}
 
 enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots };
 
@@ -39,7 +66,7 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   for (int i = 0;; ++i) {
     const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
     if (g != seen) return g;
-    if ((i & 7) == 0 && nowMicros() - start >= kIdleSpinMicros) break;
+    if ((i & 7) == 0 && nowMicros() - start >= idleSpinMicros()) break;
     sched_yield();
   }
   for (;;) {
@@ -53,9 +80,39 @@ int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
   }
 }
 
-void bump(int32_t* w) {
+// Wakes up to `count` sleeping workers, timing it per worker woken (the waker's share).
+void wakeSome(int32_t* w, int count) {
+  const int64_t t0 = nowMicros();
+  const int woken = futexWake(w + bGen, count);
+  if (woken > 0) {
+    const int64_t c = wakeCostMicros.load(std::memory_order_relaxed);
+    const int64_t sample = std::max<int64_t>(1, (nowMicros() - t0 + woken / 2) / woken);
+    wakeCostMicros.store((3 * c + sample) / 4, std::memory_order_relaxed);
+  }
+}
+
+// Opens a validated job to the workers; spinning ones see it at once, sleeping ones only if `wake`.
+void open(uint8_t* arena, int32_t* w, size_t board, size_t desc, bool wake) {
+  if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
+  int32_t* h = reinterpret_cast<int32_t*>(arena + desc);
+  if (h[0] == kJobMagic) {  // layer jobs: where to look for dead workers (layer_job.h, header words 26-29)
+    h[28] = int32_t(uint32_t(board));
+    h[29] = int32_t(uint32_t(uint64_t(board) >> 32));
+    h[26] = 1;
+  }
+  w[bDesc] = int32_t(uint32_t(desc));
+  w[bDescHi] = int32_t(uint32_t(desc >> 32));
+  at(w, bOpen).store(1, std::memory_order_seq_cst);
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWakeAll(w + bGen);
+  if (wake && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) wakeSome(w, INT32_MAX);
+}
+
+void validate(uint8_t* arena, size_t arenaBytes, size_t desc) {
+  const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
+  if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
+    checkGateJob(arena, arenaBytes, desc);
+  else
+    checkLayerJob(arena, arenaBytes, desc);
 }
 
 }  // namespace
@@ -74,6 +131,7 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   int32_t* w = boardAt(arena, arenaBytes, board);
   if (slot < 0 || slot >= w[bSlots]) throw std::runtime_error("cpu crew: slot out of range");
   int32_t* mine = slotWord(w, slot);
+  atomicAt(mine + 1).store(static_cast<int32_t>(syscall(SYS_gettid)), std::memory_order_seq_cst);
   int32_t seen = 0;  // a job posted before this worker started is joined too
   for (;;) {
     const int32_t g = awaitPost(w, seen, idleMicros);
@@ -88,6 +146,7 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
       // than parse the descriptor, so the retire does not wait on sixteen latecomers.
       const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
       const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
+      if (claimable && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
       if (claimable && jh[0] == kGateMagic) {
         try {
           runGateJob(arena, arenaBytes, desc);
@@ -112,16 +171,57 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
 
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   int32_t* w = boardAt(arena, arenaBytes, board);
-  const size_t arenaLeft = desc <= arenaBytes ? arenaBytes - desc : 0;
-  if (arenaLeft >= 4 && *reinterpret_cast<const int32_t*>(arena + desc) == kGateMagic)
-    checkGateJob(arena, arenaBytes, desc);
-  else
-    checkLayerJob(arena, arenaBytes, desc);
-  if (at(w, bOpen).load()) throw std::runtime_error("cpu crew: a job is already posted (jobs run one at a time)");
-  w[bDesc] = int32_t(uint32_t(desc));
-  w[bDescHi] = int32_t(uint32_t(desc >> 32));
-  at(w, bOpen).store(1, std::memory_order_seq_cst);
-  bump(w);
+  validate(arena, arenaBytes, desc);
+  open(arena, w, board, desc, true);
+}
+
+JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros) {
+  if (mode == JoinMode::Alone) return runLayerJob(arena, arenaBytes, desc, false).status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  bool posted = false;
+  bool wakeDecided = mode == JoinMode::WakeAtPost;
+  int64_t start = 0;
+  // Lazy wake: after each of this thread's blocks, until decided, price the work left (blocks not yet
+  // claimed, at this thread's time per block) in wake-ups: a woken worker costs this thread one, and
+  // helps only after about as long again or more (a vCPU coming out of halt), so wake as many as the
+  // work left pays four times over, and none if it does not pay for one.
+  const std::function<void(int32_t, int32_t)> afterBlock = [&](int32_t mine, int32_t claimed) {
+    if (wakeDecided) return;
+    const int32_t total = reinterpret_cast<const int32_t*>(arena + desc)[5];  // header word 5: numBlocks
+    if (claimed >= total) {
+      wakeDecided = true;
+      return;
+    }
+    const int32_t sleepers = at(w, bSleepers).load(std::memory_order_seq_cst);
+    if (sleepers == 0) return;
+    const int64_t left = int64_t(total - claimed) * (nowMicros() - start) / mine;
+    const int64_t n = std::min<int64_t>(sleepers, left / (4 * wakeCostMicros.load(std::memory_order_relaxed)));
+    if (n >= 1) {
+      wakeDecided = true;
+      wakeSome(w, static_cast<int>(n));
+    }
+  };
+  JobRunResult r;
+  try {
+    // Parsed once, posted, and this thread claims its first block right away.
+    r = runLayerJobOpened(
+        arena, arenaBytes, desc,
+        [&] {
+          open(arena, w, board, desc, mode == JoinMode::WakeAtPost);
+          posted = true;
+          start = nowMicros();
+        },
+        afterBlock);
+  } catch (...) {
+    if (!posted) throw;
+    // A block this thread could not run: stop the workers too (the caller retires and reports it).
+    atomicAt(reinterpret_cast<int32_t*>(arena + desc) + 1).store(1, std::memory_order_seq_cst);  // header word 1: abort
+    return JoinStatus::Aborted;
+  }
+  if (r.status != JobStatus::Done) return JoinStatus::Aborted;
+  const JobWait s = waitLayerJob(arena, arenaBytes, desc, spinMicros);
+  if (s != JobWait::Done) return s == JobWait::Aborted ? JoinStatus::Aborted : JoinStatus::Pending;
+  return crewRetire(arena, arenaBytes, board, retireMicros) ? JoinStatus::Done : JoinStatus::Unretired;
 }
 
 bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {
@@ -140,10 +240,21 @@ bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMic
   return true;
 }
 
+bool crewWorkerDied(uint8_t* arena, size_t arenaBytes, size_t board) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  const pid_t pid = getpid();
+  for (int s = 0; s < w[bSlots]; ++s) {
+    int32_t* slot = slotWord(w, s);
+    const int32_t tid = atomicAt(slot + 1).load(std::memory_order_seq_cst);
+    if (atomicAt(slot).load(std::memory_order_seq_cst) == 1 && tid > 0 && syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH) return true;
+  }
+  return false;
+}
+
 void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board) {
   int32_t* w = boardAt(arena, arenaBytes, board);
   at(w, bQuit).store(1, std::memory_order_seq_cst);
-  bump(w);
+  at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
   futexWakeAll(w + bGen);
 }
 

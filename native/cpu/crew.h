@@ -7,13 +7,16 @@
 //   0 magic kCrewMagic   1 gen: bumped by every post (and by quit)   2-3 job descriptor offset
 //   4 open: 1 while the posted job may be joined   5 quit   6 sleepers: workers in futex wait
 //   7 slots
-//   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job
+//   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job; the word
+//   after it: the serving thread's kernel thread id (crewWorkerDied)
 //
 // Protocol. A worker waits for gen to change (spins briefly, then sleeps on the gen word), marks its
 // slot, and only then reads `open` and the offset: the main thread retires a job by clearing `open`
 // and then waiting for every live slot to be 0, so (all accesses sequentially consistent) a worker
 // either saw `open == 0` or is counted by the retire; the descriptor's lease is released after the
-// retire, never under a worker. Jobs are posted one at a time.
+// retire, never under a worker. Jobs are posted one at a time. crewPost wakes every sleeping worker;
+// a small joined job wakes as many as its work pays for, perhaps none (crewJoin; crew.cc says why);
+// a worker that finds blocks left in a job wakes two more while any sleep.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -39,10 +42,27 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
 // Main side: validates the descriptor (throws std::runtime_error naming what is wrong), then opens it
 // to the workers and wakes the sleeping ones.
 void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+enum class JoinStatus : int32_t { Done = 0, Aborted = 1, Pending = 2, Unretired = 3 };
+// Alone: the whole job runs on the calling thread and no worker ever sees it. WakeLazily: workers
+// that spin join at once; sleeping ones are woken once the calling thread has timed its first
+// blocks, as many as the work left pays for (crew.cc). WakeAtPost: all woken, as by crewPost.
+enum class JoinMode : int32_t { Alone = 0, WakeLazily = 1, WakeAtPost = 2 };
+// Main side, for a job the calling thread joins: validates and posts it (unless Alone), runs blocks
+// on this thread until none is left, waits for the workers' last blocks (spinning at most
+// `spinMicros`) and retires the job (spinning at most `retireMicros`). Done: finished and retired.
+// Unretired: finished, a worker still inside (call crewRetire). Pending: workers still run blocks
+// (wait, then retire). Aborted: abort was seen, or this thread could not run a block (abort is then
+// set); retire before anything else. Throws, with nothing posted, for a descriptor that does not
+// validate.
+JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros);
 // Main side: closes the posted job and waits (spinning at most `spinMicros`) until no worker is
 // inside it; false if one still is (call again; the lease must not be released before true). The
 // mark of a worker that died inside a job is cleared by whoever learns of the death.
 bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros);
+// Any thread: whether a worker marked inside the posted job has exited (its thread is gone; the
+// runtime clears its mark later, on its event loop). For waits inside a job that the main thread
+// joined: the abort that a death calls for would otherwise come from the thread that is waiting.
+bool crewWorkerDied(uint8_t* arena, size_t arenaBytes, size_t board);
 // Main side: asks every worker to return from crewServe.
 void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board);
 

@@ -20,7 +20,9 @@ inline void futexWait(int32_t* addr, int32_t expected, int64_t micros) {
   timespec ts{static_cast<time_t>(micros / 1000000), static_cast<long>(micros % 1000000) * 1000L};
   syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, micros < 0 ? nullptr : &ts, nullptr, 0);
 }
-inline void futexWakeAll(int32_t* addr) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
+// Wakes at most `count` threads sleeping on addr; returns how many it woke.
+inline int futexWake(int32_t* addr, int count) { return static_cast<int>(syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0)); }
+inline void futexWakeAll(int32_t* addr) { futexWake(addr, INT_MAX); }
 
 // Monotonic microseconds (spin budgets).
 inline int64_t nowMicros() {

@@ -27,7 +27,7 @@ constexpr int kWaitMicros = 2000;  // a sleeping waiter re-checks abort this oft
 
 enum Hdr { hMagic = 0, hAbort, hNext, hDone, hExperts, hBlocks, hBlocks1, hWeights, hFfn, hD, hF, hIsa, hDie, hT,
            hRowsPerBlock, hGeneration, hHidden = 16, hOut = 18, hExpertTable = 20, hBlockTable = 22, hOutRows = 24,
-           hDoneWaiters = 25 };
+           hDoneWaiters = 25, hCrew = 26, hBoard = 28 };
 enum Exp { eN = 0, eB1, eNb1, eB2, eNb2, eDone1, ePack, eWaiters, eFlags, eTokens = 10, eOutRows = 12, eScales = 14,
            eH = 16, eXPacked = 18, eHPacked = 20, eMatrices = 24 };
 
@@ -51,6 +51,8 @@ struct Expert {
 };
 
 struct Job {
+  uint8_t* arena = nullptr;
+  size_t arenaBytes = 0;
   int32_t* hdr = nullptr;
   int32_t* blocks = nullptr;
   int32_t numBlocks = 0;
@@ -97,6 +99,8 @@ MatrixView matrix(const int32_t* w, const MappedWeights& mw, const char* what) {
 
 Job parse(uint8_t* arena, size_t arenaBytes, size_t descOffset) {
   Job j;
+  j.arena = arena;
+  j.arenaBytes = arenaBytes;
   j.hdr = arenaPtr<int32_t>(arena, arenaBytes, descOffset, kHeaderWords * 4, "the descriptor");
   const int32_t* h = j.hdr;
   if (h[hMagic] != kJobMagic) bad("no job descriptor at offset " + std::to_string(descOffset));
@@ -157,10 +161,17 @@ bool waitFor(Job& j, Expert& x, int32_t* word, int32_t want) {
     if (at(word).load(std::memory_order_acquire) == want) return true;
     __builtin_ia32_pause();
   }
-  for (;;) {
+  for (int round = 1;; ++round) {
     const int32_t v = at(word).load(std::memory_order_acquire);
     if (v == want) return true;
     if (at(j.hdr + hAbort).load(std::memory_order_acquire)) return false;
+    // The runtime sets abort when it learns of a dead worker, on the main thread's event loop; if the
+    // main thread itself waits here (it joined the job), nobody would: every ~10 ms, look for a
+    // worker that died inside the job and abort it from here.
+    if (round % 5 == 0 && j.hdr[hCrew] == 1 && crewWorkerDied(j.arena, j.arenaBytes, u64(j.hdr + hBoard))) {
+      at(j.hdr + hAbort).store(1, std::memory_order_seq_cst);
+      return false;
+    }
     at(x.rec + eWaiters).fetch_add(1, std::memory_order_acq_rel);
     futexWait(word, v, kWaitMicros);
     at(x.rec + eWaiters).fetch_sub(1, std::memory_order_acq_rel);
@@ -262,7 +273,7 @@ bool runPhase2(Job& j, Expert& x, int32_t r0) {
   return true;
 }
 
-JobRunResult runParsed(Job& j, bool testHooks) {
+JobRunResult runParsed(Job& j, bool testHooks, const std::function<void(int32_t, int32_t)>* afterBlock = nullptr) {
   JobRunResult res;
   int32_t* h = j.hdr;
   for (;;) {
@@ -300,6 +311,7 @@ JobRunResult runParsed(Job& j, bool testHooks) {
     }
     at(h + hDone).fetch_add(1, std::memory_order_acq_rel);
     if (at(h + hDoneWaiters).load(std::memory_order_acquire) > 0) futexWakeAll(h + hDone);
+    if (afterBlock) (*afterBlock)(res.blocks, at(h + hNext).load(std::memory_order_relaxed));
   }
 }
 
@@ -311,6 +323,13 @@ JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, b
 }
 
 void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset) { parse(arena, arenaBytes, descOffset); }
+
+JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened,
+                               const std::function<void(int32_t, int32_t)>& afterBlock) {
+  Job j = parse(arena, arenaBytes, descOffset);
+  opened();
+  return runParsed(j, false, &afterBlock);
+}
 
 JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spinMicros) {
   int32_t* h = arenaPtr<int32_t>(arena, arenaBytes, desc, kHeaderWords * 4, "the descriptor");

@@ -21,6 +21,8 @@
 //    20-21 experts table (arena)           22-23 blocks table (arena)
 //    24 outRowsTotal: rows of `out` (bounds checks)
 //    25 doneWaiters: threads sleeping on doneBlocks (waitLayerJob), so finishers skip the wake otherwise
+//    26 crew: 1 once posted to a crew (set by crew.cc, 0 from the encoder)   28-29 the crew's board
+//       offset (arena): a thread waiting long on another's block checks that board for dead workers
 //   expert record e, kExpertWords words at experts + e * 4 * kExpertWords:
 //     0 n tokens    1 first phase-1 block   2 phase-1 blocks   3 first phase-2 block   4 phase-2 blocks
 //       (informational: blocks are numbered round-robin over experts, the block table is what counts)
@@ -47,6 +49,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace hetmoe {
@@ -70,6 +73,11 @@ struct JobRunResult {
 JobRunResult runLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool testHooks);
 // Parses the descriptor as runLayerJob would, running nothing (throws what runLayerJob would throw).
 void checkLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset);
+// runLayerJob that calls `opened` between parsing (which may throw) and claiming the first block: the
+// crew's join posts the job there, so the descriptor is parsed once and this thread claims at once.
+// After each block it runs, it calls afterBlock(blocks this thread ran, claim counter).
+JobRunResult runLayerJobOpened(uint8_t* arena, size_t arenaBytes, size_t descOffset, const std::function<void()>& opened,
+                               const std::function<void(int32_t, int32_t)>& afterBlock);
 // Puts claimed-but-not-done blocks back to free and clears the claim counter and abort flag
 // (only while no thread runs the job). With `full`, every block, counter and packing state too.
 void resetLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool full);
