@@ -36,25 +36,7 @@ GateBlockFn gateBlockFor(Isa isa) {
 
 GateBlockFn gateBlockForEnv() { return gateBlockFor(resolveIsa("")); }
 
-int64_t firstNonFinite(const float* x, int64_t n) {
-  constexpr int64_t kChunk = 1024;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t end = c + kChunk < n ? c + kChunk : n;
-    uint32_t any = 0;  // a branch-free pass the compiler vectorises, then a search only on a hit
-    for (int64_t i = c; i < end; ++i) {
-      uint32_t b;
-      std::memcpy(&b, x + i, 4);
-      any |= (b & 0x7f800000u) == 0x7f800000u;
-    }
-    if (any)
-      for (int64_t i = c; i < end; ++i) {
-        uint32_t b;
-        std::memcpy(&b, x + i, 4);
-        if ((b & 0x7f800000u) == 0x7f800000u) return i;
-      }
-  }
-  return -1;
-}
+// firstNonFinite is in parallel_scan.cc, with the vector clones of its loop.
 
 int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* logits) {
   const int64_t bad = firstNonFiniteParallel(x, int64_t(T) * D);
