@@ -19,7 +19,7 @@ import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
 import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { calibrationCachePath, fitLine, loadCalibration, median, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -114,8 +114,10 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
 }
 
 interface GpuForwardProbe {
-  /** What a GPU layer costs forward() outside its routing and kernels: seconds per layer, and per expert. */
-  fit(): Promise<{ layerS: number; expertS: number }>
+  /** What a GPU layer costs forward() outside its routing and kernels: seconds per layer, and per
+   *  expert; and what a call handed to a libuv thread costs more (asyncS, undefined when the inline
+   *  threshold is too high to probe). */
+  fit(): Promise<{ layerS: number; expertS: number; asyncS: number | undefined }>
   close(): Promise<void>
 }
 
@@ -123,6 +125,9 @@ const FORWARD_WARMUP = 50
 const FORWARD_RUNS = 250
 /** Tokens per probe forward: 1 to 16 experts of the probe model's 16 a forward (top-1, random routes). */
 const FORWARD_TOKENS = [1, 2, 4, 8, 16]
+/** Forwards of one row more than an inline call may have (every sixth), unless that is above this. */
+const ASYNC_RUNS = 60
+const ASYNC_PROBE_MAX_ROWS = 1024
 
 /**
  * The GPU's fixed costs as forward() pays them: a runtime over the dense probe model with all its
@@ -134,7 +139,11 @@ const FORWARD_TOKENS = [1, 2, 4, 8, 16]
  */
 function gpuForwardProbe(model: Model): GpuForwardProbe {
   const D = model.manifest.hiddenSize
-  const T = Math.max(...FORWARD_TOKENS)
+  // The off-thread calls: one row more than an inline call may have (the same code path as a prefill
+  // batch's, or a decode batch's beside CPU work).
+  const inlineRows = envConfig().gpuInlineRows
+  const asyncT = inlineRows < ASYNC_PROBE_MAX_ROWS ? inlineRows + 1 : undefined
+  const T = Math.max(...FORWARD_TOKENS, asyncT ?? 0)
   const opened = (async () => {
     const all = model.manifest.layers[0].experts.map((_, e) => e)
     // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
@@ -149,17 +158,28 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
       const { rt, h, o } = await opened
       const samples: [number, number][] = []
       const layer = () => rt.stats().layers[0]
-      for (let i = 0; i < FORWARD_WARMUP + FORWARD_RUNS; i++) {
-        const n = FORWARD_TOKENS[i % FORWARD_TOKENS.length]
-        h.f32(n * D).set(randomHidden(n, D, seed++)) // fresh routes each forward
+      // The GPU side's time off the device (its JavaScript, the call's host work, the hand-over),
+      // for the largest inline calls and for the off-thread ones: their difference is the hand-over.
+      const offDevice: { inline: number[]; async: number[] } = { inline: [], async: [] }
+      const runs = FORWARD_RUNS + (asyncT ? ASYNC_RUNS : 0)
+      for (let i = 0; i < FORWARD_WARMUP + runs; i++) {
+        const n = i % 6 === 5 ? (asyncT ?? 16) : FORWARD_TOKENS[i % 6]
+        // Fresh routes each forward: 16 random rows (generating more in JavaScript costs ms), repeated.
+        const hv = h.f32(n * D)
+        const fresh = randomHidden(Math.min(n, 16), D, seed++)
+        for (let r = 0; r < n; r += 16) hv.set(fresh.subarray(0, Math.min(16, n - r) * D), r * D)
         const before = layer()
         await rt.forward(0, h.f32(n * D), { out: o.f32(n * D) })
         const after = layer()
-        const ms = after.ms.total - before.ms.total - (after.ms.route - before.ms.route) - (after.ms.gpuKernel - before.ms.gpuKernel)
-        if (i >= FORWARD_WARMUP) samples.push([after.gpuExperts - before.gpuExperts, ms / 1000])
+        if (i < FORWARD_WARMUP) continue
+        const d = (k: 'total' | 'route' | 'gpuKernel' | 'gpu' | 'gpuStream') => after.ms[k] - before.ms[k]
+        if (n <= 16) samples.push([after.gpuExperts - before.gpuExperts, (d('total') - d('route') - d('gpuKernel')) / 1000])
+        if (n === 16) offDevice.inline.push((d('gpu') - d('gpuStream')) / 1000)
+        else if (n > 16) offDevice.async.push((d('gpu') - d('gpuStream')) / 1000)
       }
       const { intercept, slope } = fitLine(samples)
-      return { layerS: intercept, expertS: slope }
+      const asyncS = offDevice.async.length ? median(offDevice.async) - median(offDevice.inline) : undefined
+      return { layerS: intercept, expertS: slope, asyncS }
     },
     async close() {
       const { rt, h, o } = await opened
@@ -236,10 +256,11 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     // probe model set below). Tiny experts showed 96 µs a call and 2.6 µs an expert, while sigma-lite's
     // calls spent ~0.3 ms a layer outside their kernels at 16 tokens.
     let denseModel: Model | undefined
-    let forwardFit: Promise<{ layerS: number; expertS: number }> | undefined
+    let forwardFit: ReturnType<GpuForwardProbe["fit"]> | undefined
     const forwardCosts = () => (forwardFit ??= (forwardProbe ??= gpuForwardProbe(denseModel!)).fit())
     const gpuOverhead = async () => (await forwardCosts()).layerS
     const gpuExpertOverhead = async () => (await forwardCosts()).expertS
+    const gpuAsyncCall = async () => (await forwardCosts()).asyncS ?? 0
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
@@ -299,7 +320,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation, kernelTimed: true }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

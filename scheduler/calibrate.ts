@@ -49,6 +49,10 @@ export interface DeviceProbes {
   streamBytesPerS?: number
   /** GPU: bytes per second of activations a layer call moves (hidden rows in, output rows out). */
   activation?: () => number | Promise<number>
+  /** GPU: seconds a layer call costs more on a libuv thread than inline (DeviceRates.asyncCallS), and
+   *  the most rows an inline call had when it was measured. */
+  asyncCall?: () => number | Promise<number>
+  inlineRows?: number
   /** The format probes time the kernels alone (device events): their fitted fixed time is the
    *  kernels' own per-call cost, which adds to the layer overhead (measured outside the kernels). */
   kernelTimed?: boolean
@@ -141,6 +145,8 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
   if (dev.kernelTimed) rates.layerOverheadS += median(fixed)
   if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
+  if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall())
+  if (dev.inlineRows !== undefined) rates.inlineRows = dev.inlineRows
   return rates
 }
 
@@ -177,7 +183,7 @@ async function medianOf(repeats: number, f: () => number | Promise<number>): Pro
   return median(xs)
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
   return s.length ? s[Math.floor(s.length / 2)] : 0
 }
@@ -307,7 +313,7 @@ export function describeCalibration(c: Calibration): string {
     if (!d) return [`${name.padEnd(5)} none`]
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
-      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}`,
+      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
     ]
   }

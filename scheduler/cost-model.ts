@@ -30,6 +30,12 @@ export interface DeviceRates {
   /** GPU only: bytes per second its layer calls move activations at (hidden rows in, output rows out,
    *  through the registered arena, fp32 conversions included). Absent: not charged (older calibrations). */
   activationBytesPerS?: number
+  /** GPU only: what a layer call costs beyond that when it goes to a libuv thread instead of running on
+   *  the caller's (a call beside CPU work, or of more than `inlineRows` rows): the hand-over and the
+   *  event loop's wake-up. Absent: not charged (older calibrations). */
+  asyncCallS?: number
+  /** GPU only: the most rows a call with no CPU work beside it ran inline with when measured. */
+  inlineRows?: number
 }
 
 export interface Calibration {
@@ -134,11 +140,23 @@ export class CostModel {
   }
 
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's
-   *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load). */
+   *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load).
+   *  A call of more than the inline rows also pays the hand-over to a libuv thread (gpuAsyncS). */
   gpuLayerS(batchTokens: number, hiddenSize = 0): number {
     const g = this.calibration.gpu
     if (!g) return Infinity
-    return g.layerOverheadS + (g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0)
+    const copies = g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0
+    return g.layerOverheadS + copies + (this.gpuCallsInline(batchTokens) ? 0 : (g.asyncCallS ?? 0))
+  }
+
+  /** Whether a GPU call of `rows` rows with no CPU work beside it runs inline (runtime.ts: forward). */
+  gpuCallsInline(rows: number): boolean {
+    return rows <= (this.calibration.gpu?.inlineRows ?? Infinity)
+  }
+
+  /** The extra cost of a GPU layer call handed to a libuv thread (0 when not measured). */
+  gpuAsyncS(): number {
+    return this.calibration.gpu?.asyncCallS ?? 0
   }
 }
 

@@ -20,6 +20,9 @@ export class LayerTimeModel {
   readonly batchTokens: number
   readonly cpuLayerS: number
   readonly gpuLayerS: number
+  /** The hand-over cost of a GPU call that does not run inline: charged whenever the CPU side has
+   *  work too (a batch small enough to run inline otherwise; larger ones have it in gpuLayerS). */
+  readonly gpuBesideCpuS: number
 
   constructor(experts: readonly ExpertShape[], share: ArrayLike<number>, batchTokens: number, cost: CostModel) {
     const E = experts.length
@@ -36,6 +39,7 @@ export class LayerTimeModel {
     }
     this.cpuLayerS = cost.cpuLayerOverheadS()
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
+    this.gpuBesideCpuS = cost.hasGpu && cost.gpuCallsInline(batchTokens) ? cost.gpuAsyncS() : 0
   }
 
   /** Layer seconds from the sums over each side: expert seconds and token shares. */
@@ -46,7 +50,7 @@ export class LayerTimeModel {
     const bothIdle = Math.pow(Math.max(0, 1 - cpuShare - gpuShare), B)
     const bothBusy = Math.min(1, Math.max(0, 1 - cpuIdle - gpuIdle + bothIdle))
     const c = cpuSum + (cpuShare > 0 ? (1 - cpuIdle) * this.cpuLayerS : 0)
-    const g = gpuShare > 0 || gpuSum > 0 ? gpuSum + (1 - gpuIdle) * this.gpuLayerS : 0
+    const g = gpuShare > 0 || gpuSum > 0 ? gpuSum + (1 - gpuIdle) * this.gpuLayerS + bothBusy * this.gpuBesideCpuS : 0
     return c + g - bothBusy * Math.min(c, g)
   }
 
@@ -61,7 +65,8 @@ export class LayerTimeModel {
     const { cs, gs, cp, gp } = this.#sums(onGpu)
     const B = this.batchTokens
     const busy = (share: number) => 1 - Math.pow(1 - Math.min(1, share), B)
-    return { cpuS: cs + (cp > 0 ? busy(cp) * this.cpuLayerS : 0), gpuS: gs + (gp > 0 ? busy(gp) * this.gpuLayerS : 0) }
+    const beside = cp > 0 && gp > 0 ? busy(cp) * busy(gp) * this.gpuBesideCpuS : 0
+    return { cpuS: cs + (cp > 0 ? busy(cp) * this.cpuLayerS : 0), gpuS: gs + (gp > 0 ? busy(gp) * this.gpuLayerS : 0) + beside }
   }
 
   #sums(onGpu: (e: number) => boolean): { cs: number; gs: number; cp: number; gp: number } {

@@ -7,6 +7,7 @@ import {
 import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
 import { testCalibration } from './helpers/calibration.js'
 import { tempDir } from './helpers/model-dir.js'
+import { LayerTimeModel } from '../scheduler/layer-time.js'
 
 t.test('matrix bytes by format follow layout.h: a 75% matrix is ~5/16 of dense bf16', async (t) => {
   const dense = matrixBytes(8192, 2048, 'dense', 'bf16')
@@ -75,7 +76,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
     // Kernel-timed GPU probes: their 5 µs intercept is the kernels' own cost a call, on top of the
     // 20 µs measured outside the kernels.
-    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6 },
+    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
@@ -98,6 +99,29 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   t.match(describeCalibration(c), /CPU .*\n.*dense\/bf16 +weights (79\.\d|80\.\d) GB\/s, compute 2\.0 TFLOP\/s/)
   t.match(describeCalibration(c), /PCIe +24\.0 GB\/s/)
   t.match(describeCalibration(c), /GPU .*activations 21\.0 GB\/s/)
+  t.equal(c.gpu!.asyncCallS, 150e-6)
+  t.equal(c.gpu!.inlineRows, 256)
+  t.match(describeCalibration(c), /off-thread call \+150(\.0)? µs \(inline up to 256 rows\)/)
+})
+
+t.test('a GPU call off the calling thread costs its hand-over: above the inline rows, or beside CPU work', async (t) => {
+  const D = 2048
+  const base = testCalibration().gpu!
+  const bare = new CostModel(testCalibration())
+  const cost = new CostModel(testCalibration({ gpu: { ...base, asyncCallS: 200e-6, inlineRows: 256 } }))
+  t.equal(cost.gpuLayerS(256, D), bare.gpuLayerS(256, D), 'an inline-sized call pays no hand-over')
+  t.ok(Math.abs(cost.gpuLayerS(257, D) - bare.gpuLayerS(257, D) - 200e-6) < 1e-12, 'a larger one does')
+  t.equal(bare.gpuAsyncS(), 0, 'older calibrations charge nothing')
+  const e: ExpertShape = { bytes: 64 * 2 ** 20, flopsPerToken: 64 * 2 ** 20, format: 'dense/bf16', hiddenSize: D }
+  const experts = [e, e, e, e]
+  const share = [0.25, 0.25, 0.25, 0.25]
+  const withAsync = new LayerTimeModel(experts, share, 16, cost)
+  const without = new LayerTimeModel(experts, share, 16, bare)
+  const onGpu = (x: number) => x < 2
+  const a = withAsync.sides(onGpu), b = without.sides(onGpu)
+  t.ok(a.gpuS - b.gpuS > 0.99 * 200e-6 && a.gpuS - b.gpuS <= 200e-6, 'decode beside CPU work: the GPU side pays it (both sides nearly always busy at 16 tokens)')
+  t.equal(a.cpuS, b.cpuS, 'the CPU side is unchanged')
+  t.equal(withAsync.sides(() => true).gpuS, without.sides(() => true).gpuS, 'all on the GPU at 16 tokens: inline, nothing to pay')
 })
 
 t.test('the GPU pays for moving activations: hidden rows in per layer call, output rows back per row', async (t) => {
