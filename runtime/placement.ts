@@ -87,11 +87,26 @@ export async function planForModel(model: Model, o: PlanForModelOptions): Promis
   }
 }
 
-/** A plan written by `hetmoe place --out`, checked against the model. */
-export function readPlanFile(path: string, model: Model): PlacementPlan {
+/** What a plan file says beyond the placement: the budget it was made for and its predictions. */
+export interface PlanFileFacts {
+  budgetBytes?: number
+  batchTokens?: number
+  predicted?: { decodeTokensPerS: number; prefillTokensPerS: number; prefillTokens: number }
+}
+
+/** A plan written by `hetmoe place --out`, checked against the model; `facts` receives its budget
+ *  and predictions (what `hetmoe run --plan` defaults to and compares with). */
+export function readPlanFile(path: string, model: Model, facts?: PlanFileFacts): PlacementPlan {
   const d = readDocument(path, 'plan') as Partial<PlanDocument>
   if (d?.format !== 'hetmoe-plan' || !Array.isArray(d.layers)) throw new HetmoeError('BAD_INPUT', `${path} is not a hetmoe plan (write one with \`hetmoe place --out\`)`)
   if (d.model !== model.manifest.name) throw new HetmoeError('BAD_INPUT', `${path} was planned for model "${d.model}", not "${model.manifest.name}"`)
+  if (facts) {
+    if (typeof d.budgetBytes === 'number') facts.budgetBytes = d.budgetBytes
+    if (typeof d.batchTokens === 'number') facts.batchTokens = d.batchTokens
+    const p = d.predicted
+    if (p && typeof p.decodeTokensPerS === 'number' && typeof p.prefillTokensPerS === 'number' && typeof p.prefillTokens === 'number')
+      facts.predicted = { decodeTokensPerS: p.decodeTokensPerS, prefillTokensPerS: p.prefillTokensPerS, prefillTokens: p.prefillTokens }
+  }
   return {
     layers: d.layers.map((l) => ({ layer: l.layer, gpuExperts: l.gpuExperts })),
     // The load it was planned for: re-placement measures drift from it (a plan without it is taken

@@ -41,3 +41,17 @@ t.test('hetmoe run: bad use exits 2 naming the flag; bad data exits 1 naming the
   await t.rejects(hetmoe('run', '--model', model, '--tokens', bad, '--gpu', 'off'), { code: 1, stderr: /99999/ })
   await t.rejects(hetmoe('run', '--model', join(dir, 'nope'), '--synthetic', '4'), { code: 1, stderr: /nope/ })
 })
+
+t.test('hetmoe run --plan takes the plan batch size unless --batch says otherwise', async (t) => {
+  const model = join(dir, 'tiny')
+  const tokens = join(dir, 'plan-tokens.txt')
+  writeFileSync(tokens, Array.from({ length: 24 }, (_, i) => (i * 37) % 1000).join(' '))
+  const plan = join(dir, 'plan.json')
+  await hetmoe('place', '--model', model, '--tokens', tokens, '--gpu-mem', '1MiB', '--batch', '6', '--out', plan)
+  const planned = JSON.parse((await hetmoe('run', '--model', model, '--tokens', tokens, '--plan', plan, '--gpu', 'off', '--json')).stdout) as { report: { batchSize: number; batches: number }; plan?: unknown }
+  t.equal(planned.report.batchSize, 6, "the plan's batch size")
+  t.equal(planned.report.batches, 4)
+  t.equal(planned.plan, undefined, 'no comparison with a prediction made for a GPU the run did not use')
+  const own = JSON.parse((await hetmoe('run', '--model', model, '--tokens', tokens, '--plan', plan, '--batch', '8', '--gpu', 'off', '--json')).stdout) as { report: { batchSize: number } }
+  t.equal(own.report.batchSize, 8, '--batch wins')
+})
