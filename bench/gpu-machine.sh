@@ -47,9 +47,11 @@ if [ "$PART" = 2 ]; then
 PRESET=${PRESET:-sigma-lite}
 step $PRESET synth
 $H synth --preset $PRESET --out /tmp/sl --force
-node --input-type=module -e "
+# Zipf(1.1) token files, seed 7: /tmp/zipf.txt has 4096 tokens, /tmp/zipf-N.txt N (the same first 4096).
+zipf() { node --input-type=module -e "
 import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
-writeFileSync('/tmp/zipf.txt', Array.from(zipfTokens(4096, 32000, 1.1, 7)).join(' '))"
+writeFileSync('$2', Array.from(zipfTokens($1, 32000, 1.1, 7)).join(' '))"; }
+zipf 4096 /tmp/zipf.txt
 
 if [ -z "${SKIP_PLACE:-}" ]; then
 TOTAL=$(node --input-type=module -e "
@@ -58,11 +60,13 @@ const m=await loadModel('/tmp/sl'); let b=0; for (const l of m.manifest.layers) 
 # PLACE_CASES: batch:budget-fraction pairs; each is planned by \`hetmoe place\`, then run by \`hetmoe run\` with that plan.
 for CASE in ${PLACE_CASES:-16:0.25}; do
 B=${CASE%%:*}; F=${CASE##*:}; TAG="b$B-$F"
+# At least 4096 tokens and 8 batches a case (one batch of 4096 measured one sample a layer).
+TOK=/tmp/zipf.txt; if [ $((8 * B)) -gt 4096 ]; then TOK=/tmp/zipf-$((8 * B)).txt; [ -f $TOK ] || zipf $((8 * B)) $TOK; fi
 BUDGET=$(node -e "console.log(Math.floor($TOTAL*$F))")
 step "place vs run, $PRESET, batch $B, $F of expert bytes ($BUDGET bytes)"
-TIMEFORMAT="place wall %R s"; time $H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch $B --out "$OUT/plan-$TAG.json" --json > "$OUT/place-$TAG.json"
-$H place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem "$BUDGET" --batch $B | tail -4
-$H run --model /tmp/sl --plan "$OUT/plan-$TAG.json" --tokens /tmp/zipf.txt --domain 0 --batch $B --gpu-mem "$BUDGET" --json > "$OUT/run-$TAG.json"
+TIMEFORMAT="place wall %R s"; time $H place --model /tmp/sl --tokens $TOK --domain 0 --gpu-mem "$BUDGET" --batch $B --out "$OUT/plan-$TAG.json" --json > "$OUT/place-$TAG.json"
+$H place --model /tmp/sl --tokens $TOK --domain 0 --gpu-mem "$BUDGET" --batch $B | tail -4
+$H run --model /tmp/sl --plan "$OUT/plan-$TAG.json" --tokens $TOK --domain 0 --json > "$OUT/run-$TAG.json"
 node -e "const p=require('$OUT/place-$TAG.json'), r=require('$OUT/run-$TAG.json'); console.log('$TAG predicted decode', p.predicted.decodeTokensPerS.toFixed(1), 'tokens/s; measured', r.report.tokensPerS.toFixed(1), 'tokens/s; ratio', (r.report.tokensPerS/p.predicted.decodeTokensPerS).toFixed(3), '; GPU share predicted', p.gpuTokenShare.toFixed(3), 'measured', r.report.gpuTokenShare.toFixed(3)); for (const [i,l] of r.report.perLayer.entries()) console.log('  layer', i, 'predicted', JSON.stringify(p.layers[i].predictedMs), 'measured ms', l.msPerBatch.toFixed(3), 'route', l.routeMs.toFixed(3), 'gpu', (l.gpuMs??0).toFixed(3), 'host', (l.gpuHostMs??0).toFixed(3), 'kernel', (l.gpuKernelMs??0).toFixed(3), 'cpu', (l.cpuMs??0).toFixed(3))"
 done
 fi
