@@ -19,7 +19,7 @@ import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
 import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, fitLine, loadCalibration, median, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -115,9 +115,10 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
 
 interface GpuForwardProbe {
   /** What a GPU layer costs forward() outside its routing and kernels: seconds per layer, and per
-   *  expert; and what a call handed to a libuv thread costs more (asyncS, undefined when the inline
-   *  threshold is too high to probe). */
-  fit(): Promise<{ layerS: number; expertS: number; asyncS: number | undefined }>
+   *  expert (decode-size calls); and for prefill-size calls, the seconds each token adds (rowS: its
+   *  hidden row in, its output row back, the host's share) and what a call handed to a libuv thread
+   *  costs more than an inline one (asyncS; undefined when those calls ran inline too). */
+  fit(): Promise<{ layerS: number; expertS: number; rowS: number; asyncS: number | undefined }>
   close(): Promise<void>
 }
 
@@ -125,9 +126,11 @@ const FORWARD_WARMUP = 50
 const FORWARD_RUNS = 250
 /** Tokens per probe forward: 1 to 16 experts of the probe model's 16 a forward (top-1, random routes). */
 const FORWARD_TOKENS = [1, 2, 4, 8, 16]
-/** Forwards of one row more than an inline call may have (every sixth), unless that is above this. */
-const ASYNC_RUNS = 60
-const ASYNC_PROBE_MAX_ROWS = 1024
+/** Prefill-size probe forwards: one row more than an inline call may have (when that is below 1024),
+ *  1024 and 4096 tokens, in turn. */
+const PREFILL_TOKENS = [1024, 4096]
+const PREFILL_WARMUP = 6
+const PREFILL_RUNS = 36
 
 /**
  * The GPU's fixed costs as forward() pays them: a runtime over the dense probe model with all its
@@ -136,14 +139,17 @@ const ASYNC_PROBE_MAX_ROWS = 1024
  * intercept is the per-layer cost, the slope the per-expert one. That covers choosing the experts,
  * building the call, the native call's host work and copies, waiting for the device, and handing the
  * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
+ * Then forwards of prefill sizes, the same residual fitted against their tokens: the activation
+ * copies as the runtime makes them (a separate copy probe predicted 1.3 ms a layer where sigma-lite's
+ * 4096-token batches took 1.8-2.0) and the hand-over of an off-thread call (63360ce).
  */
 function gpuForwardProbe(model: Model): GpuForwardProbe {
   const D = model.manifest.hiddenSize
   // The off-thread calls: one row more than an inline call may have (the same code path as a prefill
   // batch's, or a decode batch's beside CPU work).
   const inlineRows = envConfig().gpuInlineRows
-  const asyncT = inlineRows < ASYNC_PROBE_MAX_ROWS ? inlineRows + 1 : undefined
-  const T = Math.max(...FORWARD_TOKENS, asyncT ?? 0)
+  const prefill = [...new Set([...(inlineRows < PREFILL_TOKENS[0] ? [inlineRows + 1] : []), ...PREFILL_TOKENS])]
+  const T = Math.max(...FORWARD_TOKENS, ...prefill)
   const opened = (async () => {
     const all = model.manifest.layers[0].experts.map((_, e) => e)
     // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
@@ -156,14 +162,9 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
   return {
     async fit() {
       const { rt, h, o } = await opened
-      const samples: [number, number][] = []
       const layer = () => rt.stats().layers[0]
-      // The GPU side's time off the device (its JavaScript, the call's host work, the hand-over),
-      // for the largest inline calls and for the off-thread ones: their difference is the hand-over.
-      const offDevice: { inline: number[]; async: number[] } = { inline: [], async: [] }
-      const runs = FORWARD_RUNS + (asyncT ? ASYNC_RUNS : 0)
-      for (let i = 0; i < FORWARD_WARMUP + runs; i++) {
-        const n = i % 6 === 5 ? (asyncT ?? 16) : FORWARD_TOKENS[i % 6]
+      // One forward of n tokens: its time outside routing and the kernels, and the experts it ran.
+      const forward = async (n: number): Promise<{ s: number; experts: number }> => {
         // Fresh routes each forward: 16 random rows (generating more in JavaScript costs ms), repeated.
         const hv = h.f32(n * D)
         const fresh = randomHidden(Math.min(n, 16), D, seed++)
@@ -171,15 +172,25 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
         const before = layer()
         await rt.forward(0, h.f32(n * D), { out: o.f32(n * D) })
         const after = layer()
-        if (i < FORWARD_WARMUP) continue
-        const d = (k: 'total' | 'route' | 'gpuKernel' | 'gpu' | 'gpuStream') => after.ms[k] - before.ms[k]
-        if (n <= 16) samples.push([after.gpuExperts - before.gpuExperts, (d('total') - d('route') - d('gpuKernel')) / 1000])
-        if (n === 16) offDevice.inline.push((d('gpu') - d('gpuStream')) / 1000)
-        else if (n > 16) offDevice.async.push((d('gpu') - d('gpuStream')) / 1000)
+        const d = (k: 'total' | 'route' | 'gpuKernel') => after.ms[k] - before.ms[k]
+        return { s: (d('total') - d('route') - d('gpuKernel')) / 1000, experts: after.gpuExperts - before.gpuExperts }
       }
-      const { intercept, slope } = fitLine(samples)
-      const asyncS = offDevice.async.length ? median(offDevice.async) - median(offDevice.inline) : undefined
-      return { layerS: intercept, expertS: slope, asyncS }
+      const decode: [number, number][] = []
+      for (let i = 0; i < FORWARD_WARMUP + FORWARD_RUNS; i++) {
+        const f = await forward(FORWARD_TOKENS[i % FORWARD_TOKENS.length])
+        if (i >= FORWARD_WARMUP) decode.push([f.experts, f.s])
+      }
+      const { intercept: layerS, slope: expertS } = fitLine(decode)
+      // Prefill sizes: what is left after the per-expert costs, against the tokens.
+      const rows: [number, number][] = []
+      for (let i = 0; i < PREFILL_WARMUP + PREFILL_RUNS; i++) {
+        const n = prefill[i % prefill.length]
+        const f = await forward(n)
+        if (i >= PREFILL_WARMUP) rows.push([n, f.s - expertS * f.experts])
+      }
+      const { intercept, slope: rowS } = fitLine(rows)
+      const asyncS = prefill[0] > inlineRows ? intercept - layerS : undefined
+      return { layerS, expertS, rowS, asyncS }
     },
     async close() {
       const { rt, h, o } = await opened
@@ -261,6 +272,12 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const gpuOverhead = async () => (await forwardCosts()).layerS
     const gpuExpertOverhead = async () => (await forwardCosts()).expertS
     const gpuAsyncCall = async () => (await forwardCosts()).asyncS ?? 0
+    // Bytes a token's activations move (its hidden row in, its output row back) per second, from the
+    // prefill forwards; the copy probe alone when those gave no positive slope.
+    const gpuActivation = async () => {
+      const { rowS } = await forwardCosts()
+      return rowS > 0 ? (8 * denseModel!.manifest.hiddenSize) / rowS : await activation!()
+    }
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
@@ -320,7 +337,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

@@ -183,7 +183,7 @@ async function medianOf(repeats: number, f: () => number | Promise<number>): Pro
   return median(xs)
 }
 
-export function median(xs: number[]): number {
+function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
   return s.length ? s[Math.floor(s.length / 2)] : 0
 }
