@@ -596,7 +596,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     if (s.le->n > 0) groups[{s.e->format, s.e->ffn, s.e->F}].push_back(&s);
 
   HostLaunchPlan plan;
-  plan.begin(S, b.wg);
+  plan.begin(b.wg);
   for (auto& kv : groups) {
     const int fmt = std::get<0>(kv.first), ffn = std::get<1>(kv.first);
     std::vector<GroupExpert> ge;

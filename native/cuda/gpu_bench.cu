@@ -760,7 +760,7 @@ std::string runBench(const BenchOptions& o) {
         ge[e].n = n;
       }
       HostLaunchPlan plan;
-      plan.begin(int(S), wgOpts);
+      plan.begin(wgOpts);
       plan.addGroup(f.fmt, kSwiGLU, ge);
       char* dPlan = dalloc<char>(plan.bytes(), "launch plan");
       std::vector<char> hPlan(plan.bytes());

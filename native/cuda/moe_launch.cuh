@@ -73,10 +73,13 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 // 32: on the H100 (mixtral shape) it beat the mma kernel at 32 tokens/expert (2:4 0.59 vs 0.62 ms,
 // 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.35 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
 // HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
+// HETMOE_WG_TILES=0 restores one tile width per group, chosen by its largest expert, with every expert
+// of a group that reaches minTokens on the large-batch kernel (to measure wgTiles against it).
 struct WgOptions {
   bool enabled = false;
   int minTokens = 32;
   int numSMs = 1;
+  bool tilePerExpert = true;
 };
 inline WgOptions wgOptionsFor(int device) {
   WgOptions o;
@@ -89,6 +92,7 @@ inline WgOptions wgOptionsFor(int device) {
   o.enabled = p.major == 9 && p.minor == 0;
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
+  if (const char* v = std::getenv("HETMOE_WG_TILES")) o.tilePerExpert = std::atoi(v) != 0;
   return o;
 }
 
@@ -103,12 +107,35 @@ inline void launchWgN(int grid, const LayerArgs& a, cudaStream_t s) {
   }
   moeWgmmaKernel<FMT, MODE, N><<<grid, kWgThreads, C::SMEM, s>>>(a);
 }
+// n: the launch's token tile (64, 128 or 256, at most the format's cap; see wgTiles).
 template <int FMT, int MODE>
 inline void launchWgFmt(int n, int grid, const LayerArgs& a, cudaStream_t s) {
-  constexpr int cap = 256 / wgAccSets(FMT, MODE);
+  constexpr int cap = wgMaxTile(FMT, MODE);
   if (n >= 256 && cap >= 256) launchWgN<FMT, MODE, (cap >= 256 ? 256 : 64)>(grid, a, s);
   else if (n >= 128 && cap >= 128) launchWgN<FMT, MODE, (cap >= 128 ? 128 : 64)>(grid, a, s);
   else launchWgN<FMT, MODE, 64>(grid, a, s);
+}
+
+// The token tiles of one expert of n tokens on the large-batch kernel, whose widest tile for the
+// launch's format and mode is `cap` (64, 128 or 256): as many cap-wide tiles as fit, then the
+// remainder r in the narrowest tile that holds it, except that 128 < r <= 192 (cap 256) takes a
+// 128-wide and a 64-wide tile. A tile does the MMA work of its full width whatever it holds, and
+// one tile width per launch used to be chosen by the group's largest expert: with Zipf-skewed
+// counts an expert of 257 tokens ran 512 columns, one of 40 ran 256. The split of 128 < r <= 192
+// does 25-50% less MMA work than one 256-wide tile, for one more pass over the weight block.
+// `add(nStart, width)` receives the tiles.
+template <typename Add>
+inline void wgTiles(int n, int cap, Add add) {
+  int start = 0;
+  for (; n - start > cap; start += cap) add(start, cap);
+  const int r = n - start;
+  if (r <= 0) return;
+  if (cap >= 256 && r > 128 && r <= 192) {
+    add(start, 128);
+    add(start + 128, 64);
+  } else {
+    add(start, r <= 64 ? 64 : r <= 128 ? 128 : 256);
+  }
 }
 template <int MODE>
 inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s) {
@@ -170,14 +197,13 @@ inline int chooseNT(int maxN, int fmt, bool twoMatrices) {
   return 4;
 }
 
-// The launches of one layer: for every group (one format and FFN kind, one shape), one up/gate
-// launch and one down launch over all its experts.
+// The launches of one layer: for every group (one format and FFN kind, one shape, one kernel), the
+// up/gate launches over all its experts, then the down launches.
 class HostLaunchPlan {
  public:
-  void begin(int totalSelections, const WgOptions& wg = WgOptions()) {
+  void begin(const WgOptions& wg = WgOptions()) {
     groups_.clear();
     blob_.clear();
-    S_ = totalSelections;
     wg_ = wg;
   }
 
@@ -187,82 +213,23 @@ class HostLaunchPlan {
       if (g.large) return true;
     return false;
   }
-  // "wgmma" or "mma" for the first group (the bench has one group).
-  const char* pathName() const { return !groups_.empty() && groups_[0].large ? "wgmma" : "mma"; }
+  // "wgmma" when some group runs the large-batch kernel, else "mma" (the bench has one group).
+  const char* pathName() const { return needsNaturalHidden() ? "wgmma" : "mma"; }
 
+  // Experts of one format, FFN kind and shape. Where the large-batch kernel is enabled, the experts
+  // with at least its minimum of tokens go to it and the others to the mma kernel, one group each
+  // (the mma kernel is the faster below the minimum: moe_launch.cuh, WgOptions).
   void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
-    Group g;
-    g.fmt = fmt;
-    g.ffn = ffn;
-    int maxN = 0;
-    for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-    g.ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU);
-    g.ntDn = chooseNT(maxN, fmt, false);
-    g.large = wg_.enabled && maxN >= wg_.minTokens;
-    const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
-    if (g.large) {
-      g.nUp = wgChooseN(fmt, upMode, maxN);
-      g.nDn = wgChooseN(fmt, kModeDown, maxN);
+    if (!wg_.enabled) return addGroupOn(fmt, ffn, ex, false);
+    if (!wg_.tilePerExpert) {
+      int maxN = 0;
+      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
+      return addGroupOn(fmt, ffn, ex, maxN >= wg_.minTokens);
     }
-    const DevWeights& up0 = *ex[0].up;
-    const DevWeights& dn0 = *ex[0].down;
-    g.upMTiles = up0.mTiles;
-    g.upKSteps = up0.kSteps;
-    g.upChunks = up0.chunks;
-    g.dnMTiles = dn0.mTiles;
-    g.dnKSteps = dn0.kSteps;
-    g.dnChunks = dn0.chunks;
-    g.F = up0.rows;
-    std::vector<ExpDesc> upD, dnD;
-    std::vector<WorkItem> upI, dnI;
-    const int bnUp = g.ntUp * 8, bnDn = g.ntDn * 8;
-    for (size_t i = 0; i < ex.size(); ++i) {
-      const GroupExpert& e = ex[i];
-      ExpDesc u{}, d{};
-      if (ffn == kSwiGLU) {
-        u.vals[0] = e.gate->vals, u.meta[0] = e.gate->meta, u.sel[0] = e.gate->sel;
-        u.vals[1] = e.up->vals, u.meta[1] = e.up->meta, u.sel[1] = e.up->sel;
-      } else {
-        u.vals[0] = e.up->vals, u.meta[0] = e.up->meta, u.sel[0] = e.up->sel;
-      }
-      d.vals[0] = e.down->vals, d.meta[0] = e.down->meta, d.sel[0] = e.down->sel;
-      u.tokOff = d.tokOff = e.tokOff;
-      u.n = d.n = e.n;
-      upD.push_back(u);
-      dnD.push_back(d);
-      if (g.large) {
-        // 128-row blocks x N-token tiles, in groups of kGroup row blocks with the row block innermost:
-        // the CTAs that run together cover a few row blocks by many token tiles, so each weight
-        // block and each token tile comes from DRAM about once and is shared through L2.
-        constexpr int kGroup = 8;
-        auto addLarge = [&](std::vector<WorkItem>& v, int mTiles, int nTile) {
-          const int mb = (mTiles + kWgMTiles - 1) / kWgMTiles;
-          for (int m0 = 0; m0 < mb; m0 += kGroup)
-            for (int n0 = 0; n0 < e.n; n0 += nTile)
-              for (int m = m0; m < std::min(mb, m0 + kGroup); ++m) v.push_back({int(i), m, n0, 0});
-        };
-        if (e.n > 0) {
-          addLarge(upI, g.upMTiles, g.nUp);
-          addLarge(dnI, g.dnMTiles, g.nDn);
-        }
-        continue;
-      }
-      const int wUp = warpsFor(g.ntUp) * mtFor(g.ntUp, fmt, upMode), wDn = warpsFor(g.ntDn) * mtFor(g.ntDn, fmt, kModeDown);
-      const int upMB = (g.upMTiles + wUp - 1) / wUp;
-      const int dnMB = (g.dnMTiles + wDn - 1) / wDn;
-      // n-tiles innermost: CTAs that run together share weight tiles through L2.
-      for (int mb = 0; mb < upMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bnUp) upI.push_back({int(i), mb, n0, 0});
-      for (int mb = 0; mb < dnMB; ++mb)
-        for (int n0 = 0; n0 < e.n; n0 += bnDn) dnI.push_back({int(i), mb, n0, 0});
-    }
-    g.upItems = int(upI.size());
-    g.dnItems = int(dnI.size());
-    g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
-    g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
-    g.offUpI = append(upI.data(), upI.size() * sizeof(WorkItem));
-    g.offDnI = append(dnI.data(), dnI.size() * sizeof(WorkItem));
-    groups_.push_back(g);
+    std::vector<GroupExpert> small, large;
+    for (const GroupExpert& e : ex) (e.n >= wg_.minTokens ? large : small).push_back(e);
+    if (!small.empty()) addGroupOn(fmt, ffn, small, false);
+    if (!large.empty()) addGroupOn(fmt, ffn, large, true);
   }
 
   size_t bytes() const { return blob_.size(); }
@@ -282,31 +249,31 @@ class HostLaunchPlan {
     for (const Group& g : groups_) {
       LayerArgs a{};
       a.exps = reinterpret_cast<const ExpDesc*>(dev_ + g.offUpD);
-      a.items = reinterpret_cast<const WorkItem*>(dev_ + g.offUpI);
-      a.numItems = g.upItems;
       a.mTiles = g.upMTiles;
       a.kSteps = g.upKSteps;
       a.chunks = g.upChunks;
-      a.B = B;
+      a.B = g.large ? Bnat : B;
       a.ldb = ldb;
       a.tokenRows = tokenRows;
       a.H = H;
       a.ldh = ldh;
-      if (g.upItems && g.large) {
-        a.B = Bnat;
-        const int grid = std::min(g.upItems, wg_.numSMs);
-        if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, g.nUp, grid, a, s);
-        else launchWg<kModeGeLU>(g.fmt, g.nUp, grid, a, s);
-      } else if (g.upItems) {
-        if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.ntUp, g.upItems, a, s);
-        else launchProj<kModeGeLU>(g.fmt, g.ntUp, g.upItems, a, s);
+      for (const Launch& l : g.up) {
+        if (!l.items) continue;
+        a.items = reinterpret_cast<const WorkItem*>(dev_ + l.offItems);
+        a.numItems = l.items;
+        if (g.large) {
+          const int grid = std::min(l.items, wg_.numSMs);
+          if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, l.tile, grid, a, s);
+          else launchWg<kModeGeLU>(g.fmt, l.tile, grid, a, s);
+        } else {
+          if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, l.tile, l.items, a, s);
+          else launchProj<kModeGeLU>(g.fmt, l.tile, l.items, a, s);
+        }
       }
     }
     for (const Group& g : groups_) {
       LayerArgs a{};
       a.exps = reinterpret_cast<const ExpDesc*>(dev_ + g.offDnD);
-      a.items = reinterpret_cast<const WorkItem*>(dev_ + g.offDnI);
-      a.numItems = g.dnItems;
       a.mTiles = g.dnMTiles;
       a.kSteps = g.dnKSteps;
       a.chunks = g.dnChunks;
@@ -317,20 +284,121 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      if (g.dnItems && g.large) launchWg<kModeDown>(g.fmt, g.nDn, std::min(g.dnItems, wg_.numSMs), a, s);
-      else if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
+      for (const Launch& l : g.down) {
+        if (!l.items) continue;
+        a.items = reinterpret_cast<const WorkItem*>(dev_ + l.offItems);
+        a.numItems = l.items;
+        if (g.large) launchWg<kModeDown>(g.fmt, l.tile, std::min(l.items, wg_.numSMs), a, s);
+        else launchProj<kModeDown>(g.fmt, l.tile, l.items, a, s);
+      }
     }
   }
 
  private:
-  struct Group {
-    int fmt, ffn, ntUp, ntDn, F;
-    bool large = false;  // the large-batch wgmma kernel (H in natural column order)
-    int nUp = 0, nDn = 0;  // its token tiles
-    int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
-    int upItems, dnItems;
-    size_t offUpD, offDnD, offUpI, offDnI;
+  // One kernel launch of a projection: its work items and its tile (mma: NT, tokens per warp tile / 8;
+  // large-batch kernel: the token tile N).
+  struct Launch {
+    int tile = 0, items = 0;
+    size_t offItems = 0;
   };
+  struct Group {
+    int fmt, ffn;
+    bool large = false;  // the large-batch wgmma kernel (H in natural column order)
+    int upMTiles, upKSteps, upChunks, dnMTiles, dnKSteps, dnChunks;
+    size_t offUpD, offDnD;
+    std::vector<Launch> up, down;  // mma: one each; large: one per token-tile width in use
+  };
+
+  void addGroupOn(int fmt, int ffn, const std::vector<GroupExpert>& ex, bool large) {
+    Group g;
+    g.fmt = fmt;
+    g.ffn = ffn;
+    g.large = large;
+    const DevWeights& up0 = *ex[0].up;
+    const DevWeights& dn0 = *ex[0].down;
+    g.upMTiles = up0.mTiles;
+    g.upKSteps = up0.kSteps;
+    g.upChunks = up0.chunks;
+    g.dnMTiles = dn0.mTiles;
+    g.dnKSteps = dn0.kSteps;
+    g.dnChunks = dn0.chunks;
+    const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+    std::vector<ExpDesc> upD, dnD;
+    for (const GroupExpert& e : ex) {
+      ExpDesc u{}, d{};
+      if (ffn == kSwiGLU) {
+        u.vals[0] = e.gate->vals, u.meta[0] = e.gate->meta, u.sel[0] = e.gate->sel;
+        u.vals[1] = e.up->vals, u.meta[1] = e.up->meta, u.sel[1] = e.up->sel;
+      } else {
+        u.vals[0] = e.up->vals, u.meta[0] = e.up->meta, u.sel[0] = e.up->sel;
+      }
+      d.vals[0] = e.down->vals, d.meta[0] = e.down->meta, d.sel[0] = e.down->sel;
+      u.tokOff = d.tokOff = e.tokOff;
+      u.n = d.n = e.n;
+      upD.push_back(u);
+      dnD.push_back(d);
+    }
+    g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
+    g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
+    if (large) {
+      g.up = largeLaunches(ex, g.upMTiles, wgMaxTile(fmt, upMode));
+      g.down = largeLaunches(ex, g.dnMTiles, wgMaxTile(fmt, kModeDown));
+    } else {
+      int maxN = 0;
+      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
+      const int ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU), ntDn = chooseNT(maxN, fmt, false);
+      g.up = {mmaLaunch(ex, ntUp, g.upMTiles, warpsFor(ntUp) * mtFor(ntUp, fmt, upMode))};
+      g.down = {mmaLaunch(ex, ntDn, g.dnMTiles, warpsFor(ntDn) * mtFor(ntDn, fmt, kModeDown))};
+    }
+    groups_.push_back(g);
+  }
+
+  // The mma kernel: blocks of `mtPerBlock` m16 tiles x (nt * 8)-token tiles, n-tiles innermost (CTAs
+  // that run together share weight tiles through L2).
+  Launch mmaLaunch(const std::vector<GroupExpert>& ex, int nt, int mTiles, int mtPerBlock) {
+    std::vector<WorkItem> items;
+    const int mbs = (mTiles + mtPerBlock - 1) / mtPerBlock;
+    for (size_t i = 0; i < ex.size(); ++i)
+      for (int mb = 0; mb < mbs; ++mb)
+        for (int n0 = 0; n0 < ex[i].n; n0 += nt * 8) items.push_back({int(i), mb, n0, 0});
+    return {nt, int(items.size()), append(items.data(), items.size() * sizeof(WorkItem))};
+  }
+
+  // The large-batch kernel: one launch per token-tile width (wgTiles), each over 128-row blocks x that
+  // width's tiles of every expert, in groups of kGroup row blocks with the row block innermost: the
+  // CTAs that run together cover a few row blocks by many token tiles, so each weight block and each
+  // token tile comes from DRAM about once and is shared through L2.
+  std::vector<Launch> largeLaunches(const std::vector<GroupExpert>& ex, int mTiles, int cap) {
+    constexpr int kGroup = 8;
+    const int mbs = (mTiles + kWgMTiles - 1) / kWgMTiles;
+    std::vector<Launch> launches;
+    std::vector<int> starts;
+    int single = 0;  // HETMOE_WG_TILES=0: the one width the largest expert needs
+    if (!wg_.tilePerExpert) {
+      int maxN = 0;
+      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
+      single = std::min(cap, maxN > 128 ? 256 : maxN > 64 ? 128 : 64);
+    }
+    for (int width = 256; width >= 64; width /= 2) {
+      if (width > cap || (single && width != single)) continue;
+      std::vector<WorkItem> items;
+      for (size_t i = 0; i < ex.size(); ++i) {
+        starts.clear();
+        if (single)
+          for (int n0 = 0; n0 < ex[i].n; n0 += single) starts.push_back(n0);
+        else
+          wgTiles(ex[i].n, cap, [&](int n0, int w) {
+            if (w == width) starts.push_back(n0);
+          });
+        for (int m0 = 0; m0 < mbs; m0 += kGroup)
+          for (int n0 : starts)
+            for (int m = m0; m < std::min(mbs, m0 + kGroup); ++m) items.push_back({int(i), m, n0, 0});
+      }
+      if (!items.empty()) launches.push_back({width, int(items.size()), append(items.data(), items.size() * sizeof(WorkItem))});
+    }
+    return launches;
+  }
+
   size_t append(const void* p, size_t n) {
     const size_t off = (blob_.size() + 255) & ~size_t(255);
     blob_.resize(off + n);
@@ -340,7 +408,6 @@ class HostLaunchPlan {
   std::vector<Group> groups_;
   std::vector<char> blob_;
   char* dev_ = nullptr;
-  int S_ = 0;
   WgOptions wg_;
 };
 

@@ -60,16 +60,12 @@ struct WgCfg {
   static_assert(N % 32 == 0 && N <= 256, "N tile");
 };
 
-// Tokens per tile for a launch: the accumulator budget (128 fp32 registers per thread) divided
-// among the accumulator sets, and no wider than the largest expert needs.
+// The widest token tile of a launch: the accumulator budget (128 fp32 registers per thread) divided
+// among the accumulator sets (moe_launch.cuh: wgTiles cuts each expert's tokens into tiles).
 __host__ __device__ constexpr int wgAccSets(int fmt, int mode) {
   return (mode == kModeSwiGLU ? 2 : 1) * (fmt == kFmt75 ? 2 : 1);
 }
-inline int wgChooseN(int fmt, int mode, int maxN) {
-  const int cap = 256 / wgAccSets(fmt, mode);
-  int n = maxN > 128 ? 256 : maxN > 64 ? 128 : 64;
-  return n < cap ? n : cap;
-}
+__host__ __device__ constexpr int wgMaxTile(int fmt, int mode) { return 256 / wgAccSets(fmt, mode); }
 
 __device__ __forceinline__ uint32_t smemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
