@@ -238,6 +238,8 @@ export interface NativeRouterApi {
   gateLogits(hidden: Float32Array, weight: Float32Array, T: number, D: number, E: number, logits: Float64Array): number
   /** Index of the first NaN or ±Inf among x[0..n), else -1. */
   firstNonFinite(x: Float32Array, n: number): number
+  /** The fewest values firstNonFinite shares with its thread pool, whose threads sleep between scans (0: never). */
+  scanPoolMinFloats(): number
   /** out[t] = Σ_k rows[t·K + k] (+ g[t] · Σ_s shared[s·T + t]), fp32, in that fixed order. */
   combineRows(rows: Float32Array, shared: Float32Array | null, S: number, out: Float32Array, T: number, K: number, D: number, g?: Float32Array | null): void
 }

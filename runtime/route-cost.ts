@@ -6,15 +6,25 @@ import { Arena } from './arena.js'
 import { routeLayer, type RoutingModel } from './route-layer.js'
 import { randomHidden, uniformTokens } from './token-stream.js'
 import { selectionBytes } from '../scheduler/selection.js'
+import { native } from './native.js'
 
 /** Wall time spent measuring one batch size, roughly (at least 3 timed runs a layer either way). */
 const BUDGET_S = 0.05
+/** Idle milliseconds before each timed call of a batch whose finiteness scan goes to the thread pool. */
+const IDLE_GAP_MS = 1
+/** Timed calls a layer at most when each waits out the gap. */
+const GAP_RUNS = 6
 
 /**
  * Median seconds routing a batch of `tokens` random hidden states (random token ids, `domain` or the
  * first for RRE) takes, over the model's layers; the first call of each layer is not timed. Gated
  * layers are measured on this thread alone (a runtime shares gate GEMMs of ≥ 1M products with its
  * idle CPU workers, so at prefill sizes this is an upper bound).
+ * Batches large enough for the finiteness scan's thread pool (native scanPoolMinFloats: from 256
+ * rows at D = 2048) are timed after an idle millisecond each, as a runtime routes them after a layer's
+ * expert work: back to back, the pool's threads were still awake, and `place` predicted 0.03 ms of
+ * routing at 256 tokens and 0.29 at 4096 where sigma-lite's runtime spent 0.16-0.21 and 0.65-0.78
+ * (H100 machine's Xeon, 63360ce); a 2-core VM showed the same, 0.68 back to back and 1.4 after idling.
  */
 export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0): number {
   const m = model.manifest
@@ -50,8 +60,16 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     const L = m.layers.length
     let last = 0
     for (let i = 0, t0 = performance.now(); i < 200 * L && (i < 2 * L || performance.now() - t0 < 500 * BUDGET_S); i++) last = once(i % L)
-    const runs = Math.max(3, Math.min(100, Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))))
-    for (let i = 0; i < runs; i++) for (let layer = 0; layer < L; layer++) samples.push(once(layer))
+    const poolMin = native().scanPoolMinFloats()
+    const idle = poolMin > 0 && tokens * D >= poolMin
+    const fit = Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))
+    const runs = Math.max(3, Math.min(idle ? GAP_RUNS : 100, fit))
+    const sleeper = idle ? new Int32Array(new SharedArrayBuffer(4)) : undefined
+    for (let i = 0; i < runs; i++)
+      for (let layer = 0; layer < L; layer++) {
+        if (sleeper) Atomics.wait(sleeper, 0, 0, IDLE_GAP_MS)
+        samples.push(once(layer))
+      }
     return samples.sort((a, b) => a - b)[samples.length >> 1]
   } finally {
     arena.close()

@@ -38,6 +38,14 @@ t.test('sizes around the pool threshold and a partial last chunk', async (t) => 
   }
 })
 
+t.test('scanPoolMinFloats says from how many values the pool shares a scan', async (t) => {
+  // 1 MiB by default (2 chunks at least); HETMOE_SCAN_PARALLEL_MIN=0 turns the pool off.
+  const min = native().scanPoolMinFloats()
+  if (process.env.HETMOE_SCAN_PARALLEL_MIN === '0') t.equal(min, 0, 'pool off')
+  else if (process.env.HETMOE_SCAN_PARALLEL_MIN) t.ok(min >= 2 * CHUNK, 'at least two chunks')
+  else t.equal(min, 1 << 18, '1 MiB of floats')
+})
+
 t.test('several threads scanning at once all get exact answers', async (t) => {
   // Each worker scans its own 8 MiB array 200 times, moving a NaN around; the main thread does the
   // same meanwhile, so the pool is contended.

@@ -40,6 +40,11 @@ Napi::Value FirstNonFinite(const Napi::CallbackInfo& cb) {
   return Napi::Number::New(cb.Env(), static_cast<double>(cpu::firstNonFiniteParallel(x.data, n)));
 }
 
+// scanPoolMinFloats() → the fewest values firstNonFinite shares with its thread pool (0: never).
+Napi::Value ScanPoolMinFloats(const Napi::CallbackInfo& cb) {
+  return Napi::Number::New(cb.Env(), static_cast<double>(cpu::scanPoolMinFloats()));
+}
+
 // combineRows(rows f32 [T·K×D], shared f32 [S·T×D] | null, S, out f32 [T×D], T, K, D, g f32 [T] | null)
 Napi::Value CombineRows(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
@@ -60,6 +65,7 @@ Napi::Value CombineRows(const Napi::CallbackInfo& cb) {
 void registerRouter(Napi::Env env, Napi::Object exports) {
   exports.Set("gateLogits", Napi::Function::New(env, GateLogits, "gateLogits"));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite, "firstNonFinite"));
+  exports.Set("scanPoolMinFloats", Napi::Function::New(env, ScanPoolMinFloats, "scanPoolMinFloats"));
   exports.Set("combineRows", Napi::Function::New(env, CombineRows, "combineRows"));
 }
 

@@ -146,9 +146,14 @@ class ScanPool {
 
 int64_t firstNonFinite(const float* x, int64_t n) { return scanSerial(x, n); }
 
-int64_t firstNonFiniteParallel(const float* x, int64_t n) {
+int64_t scanPoolMinFloats() {
   const int64_t min = parallelMin();
-  if (min == 0 || n < min || n < 2 * kChunk) return scanSerial(x, n);
+  return min == 0 ? 0 : std::max(min, 2 * kChunk);
+}
+
+int64_t firstNonFiniteParallel(const float* x, int64_t n) {
+  const int64_t min = scanPoolMinFloats();
+  if (min == 0 || n < min) return scanSerial(x, n);
   int64_t r;
   if (ScanPool::get()->tryScan(x, n, &r)) return r;
   return scanSerial(x, n);

@@ -11,5 +11,8 @@ namespace cpu {
 // shared with a pool of threads started on first use (they sleep between scans).
 int64_t firstNonFiniteParallel(const float* x, int64_t n);
 
+// The fewest floats a scan shares with the pool (HETMOE_SCAN_PARALLEL_MIN; 0: never shared).
+int64_t scanPoolMinFloats();
+
 }  // namespace cpu
 }  // namespace hetmoe

@@ -52,7 +52,8 @@ DESIGN.md, and the report says so.`,
     const calibration = await calibrationFor(values.calibration, values.recalibrate ?? false)
     // Routing is timed on the model itself (tens of ms), so that the prediction covers it too.
     const domain = domainFromFlag(values.domain)
-    const routeS = { batch: measureRouteS(model, batchTokens, domain), prefill: measureRouteS(model, PREFILL_TOKENS, domain) }
+    const prefillRouteS = measureRouteS(model, PREFILL_TOKENS, domain)
+    const routeS = { batch: batchTokens === PREFILL_TOKENS ? prefillRouteS : measureRouteS(model, batchTokens, domain), prefill: prefillRouteS }
     const plan = makePlan(model.manifest, profile, new CostModel(calibration), { budgetBytes, batchTokens, streamBytes, prefillTokens: PREFILL_TOKENS, routeS })
     if (values.out) forFlag('--out', () => writeDocument(values.out!, plan))
     if (values.json) console.log(JSON.stringify(plan, null, 2))
