@@ -336,7 +336,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const probes: CalibrationProbes = {
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
-      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'smallest', streamBytesPerS },
+      cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }

@@ -41,10 +41,12 @@ export interface DeviceProbes {
   /** Seconds each further expert adds to a call when its arithmetic is negligible. Without it, the
    *  fitted intercept less the layer overhead stands in (which mixes in per-call costs). */
   expertOverhead?: () => number | Promise<number>
-  /** 'smallest': read and FLOP rates are what one call of the smallest probe size reaches (one expert
-   *  on a device whose threads share it: the runtime's CPU side holds one to three); 'fit' (default):
-   *  the slope over all sizes, FLOPs at the largest (a GPU, whose launch covers every expert of a call). */
-  readRateFrom?: 'fit' | 'smallest'
+  /** 'job' (a device whose threads share each job, the CPU): the read rate is the slope over jobs of
+   *  several experts, and what a job of one expert takes beyond that (and beyond the layer and expert
+   *  overheads) is its tail (DeviceRates.jobTailReads); FLOP rates are what one expert reaches. 'fit'
+   *  (default): the slope over all sizes, FLOPs at the largest (a GPU, whose launch covers every expert
+   *  of a call). */
+  readRateFrom?: 'fit' | 'job'
   /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
   streamBytesPerS?: number
   /** GPU: bytes per second of activations a layer call moves (hidden rows in, output rows out). */
@@ -100,6 +102,7 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   const keys = Object.keys(dev.formats) as FormatKey[]
   if (keys.length === 0) throw new RangeError('calibrate: a device needs at least one format probe')
   const fixed: number[] = []
+  const tails: number[] = []
   const repeats = plan.repeats ?? 5
   rates.layerOverheadS = dev.layerOverhead ? await medianOf(repeats, dev.layerOverhead) : 0
   const perExpert = dev.expertOverhead ? Math.max(0, await medianOf(repeats, dev.expertOverhead)) : undefined
@@ -109,29 +112,29 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     const flopsFor = (bytes: number) => 2 * (bytes / bytesPerParam(format))
     const oneToken: [number, number][] = []
     for (const bytes of plan.bytes) oneToken.push([bytes, await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens: 1 }))])
-    let { intercept, slope } = fitLine(oneToken)
-    if (dev.readRateFrom === 'smallest' && perExpert !== undefined) {
-      // A CPU layer with one expert in it reaches ~60% of the streaming rate (its threads wait for
-      // each other between the expert's two phases): 64 MiB took 0.95 ms on the Xeon, where a fit over
-      // 1-8 experts predicted 0.68. The time left after the fixed costs is what one expert's bytes take.
-      const [b0, t0] = oneToken[0]
-      const left = t0 - rates.layerOverheadS - perExpert
-      if (left > 0.2 * t0) {
-        slope = left / b0
-        intercept = rates.layerOverheadS + perExpert
-      }
-    }
+    // A job of k experts (the sizes are multiples of the first) pays k expert overheads: not bandwidth.
+    const job = dev.readRateFrom === 'job' && perExpert !== undefined
+    const perByteOverhead = job ? perExpert! / oneToken[0][0] : 0
+    let { intercept, slope } = fitLine(oneToken.map(([b, t]) => [b, t - b * perByteOverhead]))
     // Sparse formats read fewer bytes per dense-equivalent byte, but never faster than memory streams.
     if (dev.streamBytesPerS && 1 / slope > dev.streamBytesPerS) {
       slope = 1 / dev.streamBytesPerS
       intercept = Math.max(0, median(oneToken.map(([b, t]) => t - b * slope)))
+    }
+    if (job) {
+      // A CPU job of one expert streams at ~60% of the rate of several (its threads wait for each other
+      // between the expert's two phases: 64 MiB took 0.95 ms on the Xeon where the slope over 1-8 experts
+      // gave 0.68), and a job of several pays that wait once, for its last expert. Charging it per
+      // expert instead (the one-expert rate) predicted sigma-lite's CPU side at 10% GPU budget 1.3x slow.
+      const [b0, t0] = oneToken[0]
+      tails.push(Math.max(0, t0 - rates.layerOverheadS - perExpert! - b0 * slope) / (b0 * slope))
     }
     rates.readBytesPerS[format] = 1 / slope
     fixed.push(intercept)
     // FLOP rates too come from one expert where the device's threads share it: 8 experts of 256
     // tokens kept the Xeon's 16 cores at 4.8 TFLOP/s, one expert of 135 tokens ran at a third of that,
     // and a planner trusting the former left prefill experts on the CPU that made the layer 2x slower.
-    const bytes = dev.readRateFrom === 'smallest' ? plan.bytes[0] : plan.bytes[plan.bytes.length - 1]
+    const bytes = dev.readRateFrom === 'job' ? plan.bytes[0] : plan.bytes[plan.bytes.length - 1]
     let flopRate = 0
     for (const tokens of plan.tokens) {
       const t = await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
@@ -143,6 +146,7 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   }
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
+  if (tails.length) rates.jobTailReads = median(tails)
   if (dev.kernelTimed) rates.layerOverheadS += median(fixed)
   if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
   if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall())
@@ -313,7 +317,7 @@ export function describeCalibration(c: Calibration): string {
     if (!d) return [`${name.padEnd(5)} none`]
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
-      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
+      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
     ]
   }

@@ -27,6 +27,10 @@ export interface DeviceRates {
   expertOverheadS: number
   /** Fixed seconds per layer when this device has any work (pool dispatch + barrier, or a launch + sync). */
   layerOverheadS: number
+  /** CPU only: what a layer job costs once beyond its experts, in read times of one of its experts: the
+   *  crew's threads wait for each other between the last expert's two phases, so one expert alone
+   *  streams at ~60% of the rate that several reach (CostModel.cpuLayerS). Absent: 0 (older calibrations). */
+  jobTailReads?: number
   /** GPU only: bytes per second its layer calls move activations at (hidden rows in, output rows out,
    *  through the registered arena, fp32 conversions included). Absent: not charged (older calibrations). */
   activationBytesPerS?: number
@@ -135,8 +139,15 @@ export class CostModel {
     return p ? p.latencyS + bytes / p.bytesPerS : Infinity
   }
 
-  cpuLayerOverheadS(): number {
-    return this.calibration.cpu.layerOverheadS
+  /** The CPU's fixed cost of a layer job that runs some of `experts` (a layer's, which share a shape in
+   *  practice): its dispatch, and its tail (DeviceRates.jobTailReads) of their mean read time. */
+  cpuLayerS(experts: readonly ExpertShape[]): number {
+    const c = this.calibration.cpu
+    const tail = c.jobTailReads ?? 0
+    if (!(tail > 0) || experts.length === 0) return c.layerOverheadS
+    let readS = 0
+    for (const e of experts) readS += this.cpuRoofline(e).readS
+    return c.layerOverheadS + (tail * readS) / experts.length
   }
 
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's

@@ -37,7 +37,7 @@ export class LayerTimeModel {
       this.cpuS[e] = expectedRooflineTime(cost.cpuRoofline(experts[e]), batchTokens, this.share[e])
       this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e]), batchTokens, this.share[e]) : Infinity
     }
-    this.cpuLayerS = cost.cpuLayerOverheadS()
+    this.cpuLayerS = cost.cpuLayerS(experts)
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
     this.gpuBesideCpuS = cost.hasGpu && cost.gpuCallsInline(batchTokens) ? cost.gpuAsyncS() : 0
   }

@@ -48,7 +48,7 @@ export function planStreaming(
     }
   }
   const side = (sum: number, busy: boolean, overhead: number) => (busy ? sum + overhead : 0)
-  const cpuOv = cost.cpuLayerOverheadS()
+  const cpuOv = cost.cpuLayerS(experts)
   let rows = 0
   for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
   const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0

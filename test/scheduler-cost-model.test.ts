@@ -137,6 +137,33 @@ t.test('the GPU pays for moving activations: hidden rows in per layer call, outp
   t.equal(act.tGpu({ ...e, hiddenSize: undefined }, 1000), bare.tGpu(e, 1000), 'or without the width')
 })
 
+t.test('a CPU job pays its tail once: one expert alone is slower per byte than several', async (t) => {
+  // Truth: 10 µs a layer job, 2 µs an expert, 100 GB/s over the job's bytes, plus the last expert's
+  // phase wait: half of one expert's read time, once a job.
+  const expertBytes = 64 * 2 ** 20
+  const readS = expertBytes / 100e9
+  const jobS = (k: number) => 10e-6 + 2e-6 * k + k * readS + 0.5 * readS
+  const job: Probe = ({ bytes }) => jobS(Math.max(1, Math.round(bytes / expertBytes)))
+  const c = await calibrate({
+    machine: { cpu: 'synthetic', gpu: null },
+    source: 'synthetic',
+    cpu: { formats: { 'dense/bf16': job }, layerOverhead: () => 10e-6, expertOverhead: () => 2e-6, readRateFrom: 'job' },
+    plan: { bytes: [1, 2, 4, 8].map((k) => k * expertBytes), tokens: [1], repeats: 1 },
+  })
+  const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
+  near(c.cpu.readBytesPerS['dense/bf16']!, 100e9, 1e-6, 'the rate of several experts')
+  near(c.cpu.jobTailReads!, 0.5, 1e-6, 'the tail, in expert reads')
+  const cost = new CostModel(c)
+  const e: ExpertShape = { bytes: expertBytes, flopsPerToken: 1, format: 'dense/bf16' }
+  for (const k of [1, 3, 8]) {
+    const model = new LayerTimeModel(Array(8).fill(e), Array(8).fill(1), 1, cost)
+    const predicted = model.sides((x) => x >= k).cpuS
+    near(predicted, jobS(k), 1e-6, `a job of ${k} expert${k > 1 ? 's' : ''}`)
+  }
+  t.equal(new CostModel(testCalibration()).cpuLayerS([e]), testCalibration().cpu.layerOverheadS, 'older calibrations: no tail')
+  t.match(describeCalibration(c), /per-layer 10(\.0)? µs \+ 0\.50 expert reads/)
+})
+
 t.test('fitLine clamps a negative intercept', async (t) => {
   const f = fitLine([[1, 0.5], [2, 2], [3, 3.5]])
   t.equal(f.intercept, 0)
