@@ -73,10 +73,14 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 // 32: on the H100 (mixtral shape) it beat the mma kernel at 32 tokens/expert (2:4 0.59 vs 0.62 ms,
 // 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.35 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
 // HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
+// HETMOE_WG_VARIANT (read once, here) picks experimental variants of the kernel, as bits:
+//   1: A-operand prefetch (moeWgmmaKernel<..., PF = true>), all formats;
+// 0 (the default) is the measured kernel of bench/results/gpu-h100-2026-11-25.md.
 struct WgOptions {
   bool enabled = false;
   int minTokens = 32;
   int numSMs = 1;
+  int variant = 0;
 };
 inline WgOptions wgOptionsFor(int device) {
   WgOptions o;
@@ -89,6 +93,7 @@ inline WgOptions wgOptionsFor(int device) {
   o.enabled = p.major == 9 && p.minor == 0;
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
+  if (const char* v = std::getenv("HETMOE_WG_VARIANT")) o.variant = std::atoi(v) & 1;
   return o;
 }
 
@@ -103,19 +108,44 @@ inline void launchWgN(int grid, const LayerArgs& a, cudaStream_t s) {
   }
   moeWgmmaKernel<FMT, MODE, N><<<grid, kWgThreads, C::SMEM, s>>>(a);
 }
-template <int FMT, int MODE>
+template <int FMT, int MODE, int N, bool PF>
+inline void launchWgNV(int grid, const LayerArgs& a, cudaStream_t s) {
+  if constexpr (!PF) {
+    launchWgN<FMT, MODE, N>(grid, a, s);
+  } else {
+    using C = WgCfg<FMT, MODE, N>;
+    static bool attrSet = false;
+    if (!attrSet) {
+      check(cudaFuncSetAttribute(moeWgmmaKernel<FMT, MODE, N, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+            "raising the shared-memory limit of the large-batch kernel");
+      attrSet = true;
+    }
+    moeWgmmaKernel<FMT, MODE, N, true><<<grid, kWgThreads, C::SMEM, s>>>(a);
+  }
+}
+template <int FMT, int MODE, bool PF>
 inline void launchWgFmt(int n, int grid, const LayerArgs& a, cudaStream_t s) {
   constexpr int cap = 256 / wgAccSets(FMT, MODE);
-  if (n >= 256 && cap >= 256) launchWgN<FMT, MODE, (cap >= 256 ? 256 : 64)>(grid, a, s);
-  else if (n >= 128 && cap >= 128) launchWgN<FMT, MODE, (cap >= 128 ? 128 : 64)>(grid, a, s);
-  else launchWgN<FMT, MODE, 64>(grid, a, s);
+  if (n >= 256 && cap >= 256) launchWgNV<FMT, MODE, (cap >= 256 ? 256 : 64), PF>(grid, a, s);
+  else if (n >= 128 && cap >= 128) launchWgNV<FMT, MODE, (cap >= 128 ? 128 : 64), PF>(grid, a, s);
+  else launchWgNV<FMT, MODE, 64, PF>(grid, a, s);
 }
 template <int MODE>
-inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s) {
+inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s, int variant = 0) {
+  const bool pf = variant & 1;
   switch (fmt) {
-    case kFmtDense: launchWgFmt<kFmtDense, MODE>(n, grid, a, s); break;
-    case kFmt24: launchWgFmt<kFmt24, MODE>(n, grid, a, s); break;
-    default: launchWgFmt<kFmt75, MODE>(n, grid, a, s); break;
+    case kFmtDense:
+      if (pf) launchWgFmt<kFmtDense, MODE, true>(n, grid, a, s);
+      else launchWgFmt<kFmtDense, MODE, false>(n, grid, a, s);
+      break;
+    case kFmt24:
+      if (pf) launchWgFmt<kFmt24, MODE, true>(n, grid, a, s);
+      else launchWgFmt<kFmt24, MODE, false>(n, grid, a, s);
+      break;
+    default:
+      if (pf) launchWgFmt<kFmt75, MODE, true>(n, grid, a, s);
+      else launchWgFmt<kFmt75, MODE, false>(n, grid, a, s);
+      break;
   }
 }
 inline void launchPermuteBf16(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
@@ -188,7 +218,11 @@ class HostLaunchPlan {
     return false;
   }
   // "wgmma" or "mma" for the first group (the bench has one group).
-  const char* pathName() const { return !groups_.empty() && groups_[0].large ? "wgmma" : "mma"; }
+  // (with HETMOE_WG_VARIANT set: "wgmma-v1" .. "wgmma-v3").
+  const char* pathName() const {
+    static const char* const names[4] = {"wgmma", "wgmma-v1", "wgmma-v2", "wgmma-v3"};
+    return !groups_.empty() && groups_[0].large ? names[wg_.variant & 3] : "mma";
+  }
 
   void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
     Group g;
@@ -295,8 +329,8 @@ class HostLaunchPlan {
       if (g.upItems && g.large) {
         a.B = Bnat;
         const int grid = std::min(g.upItems, wg_.numSMs);
-        if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, g.nUp, grid, a, s);
-        else launchWg<kModeGeLU>(g.fmt, g.nUp, grid, a, s);
+        if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, g.nUp, grid, a, s, wg_.variant);
+        else launchWg<kModeGeLU>(g.fmt, g.nUp, grid, a, s, wg_.variant);
       } else if (g.upItems) {
         if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, g.ntUp, g.upItems, a, s);
         else launchProj<kModeGeLU>(g.fmt, g.ntUp, g.upItems, a, s);
@@ -317,7 +351,7 @@ class HostLaunchPlan {
       a.ldo = ldo;
       a.outRows = outRows;
       a.scales = scales;
-      if (g.dnItems && g.large) launchWg<kModeDown>(g.fmt, g.nDn, std::min(g.dnItems, wg_.numSMs), a, s);
+      if (g.dnItems && g.large) launchWg<kModeDown>(g.fmt, g.nDn, std::min(g.dnItems, wg_.numSMs), a, s, wg_.variant);
       else if (g.dnItems) launchProj<kModeDown>(g.fmt, g.ntDn, g.dnItems, a, s);
     }
   }

@@ -138,7 +138,14 @@ __device__ __forceinline__ void wgDense(float (&d)[N / 2], const uint4& a, uint6
 }
 #endif
 
-template <int FMT, int MODE, int N>
+// PF (HETMOE_WG_VARIANT bit 0): A-operand prefetch. The A fragments/metadata of the step after a
+// barrier are read from shared memory into their register set before that barrier (right after the
+// wgmma.wait_group that retired the MMAs which last read the set), so the MMAs issue as soon as the
+// barrier opens. The barrier then has to make one more step visible: syncData waits for one more
+// cp.async group (PFX). Where the ring is too shallow for that to be cheap (DIST < G + 2, except
+// G = 2, DIST = 3, where that group was committed together with the one waited for anyway) PF only
+// reorders nothing and the kernel is the default one.
+template <int FMT, int MODE, int N, bool PF = false>
 static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const LayerArgs args) {
 #if HETMOE_WGMMA_ENABLED
   using C = WgCfg<FMT, MODE, N>;
@@ -149,6 +156,7 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   constexpr int G = S >= 6 ? 2 : 1;
   constexpr int DIST = S - 1 - G;
   static_assert(DIST >= G, "pipeline too shallow");
+  constexpr bool PFX = PF && (DIST >= G + 2 || (G == 2 && DIST == 3));
   constexpr int BCH = N / 32;                    // token rows each thread gathers per step (chunk tid&7 of each)
   constexpr int CH = kWgMTiles * P * 32;         // 16-byte A-value chunks per matrix and step
   constexpr int ACH = NMAT * CH / kWgThreads;    // of those, per thread
@@ -239,7 +247,7 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   // Waits until the data of the next steps has landed and is visible to every thread (and to the
   // tensor cores' async proxy).
   auto syncData = [&]() {
-    cpAsyncWait<DIST - G>();
+    cpAsyncWait<PFX ? DIST - G - 1 : DIST - G>();
     fenceProxyAsync();
     __syncthreads();
   };
@@ -261,12 +269,9 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   uint4 aR[2][NMAT][FMT == kFmt75 ? 4 : P];
   uint32_t mR[2][NMAT];
 
-  auto mmaStep = [&](auto parity, int ks, int loads) {
+  // Reads step `st`'s A fragments and metadata (75%: masked by the select bits) into set PAR.
+  auto loadA = [&](auto parity, uint32_t st) {
     constexpr int PAR = decltype(parity)::value;
-    const uint32_t st = smemBase + cBuf * C::STAGE;
-    if (++cBuf == S) cBuf = 0;
-    const uint64_t desc = descSw128(st);
-    const int scale0 = ks > 0 ? 1 : 0;
     auto& a = aR[PAR];
     auto& m = mR[PAR];
     (void)m;
@@ -290,6 +295,14 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
       }
       if constexpr (FMT != kFmtDense) m[q] = ldShared1(st + C::OFF_META + q * C::META_BYTES + mi * 128 + lane * 4);
     }
+  };
+  // Issues step `st`'s MMAs from register set PAR, then the loads of `loads` later steps, then
+  // waits for all but this step's MMA group (dense: for all).
+  auto mmaRun = [&](auto parity, uint64_t desc, int scale0, int loads) {
+    constexpr int PAR = decltype(parity)::value;
+    auto& a = aR[PAR];
+    auto& m = mR[PAR];
+    (void)m;
     // Operands pinned before the fence: descriptors of the k16 (dense) or k32 (sparse) slices, the
     // scale flag of the first MMA of a tile, the A values and the metadata.
     uint64_t dsc[4];
@@ -331,19 +344,69 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
     // formats keep one group in flight.
     if constexpr (FMT == kFmtDense) wgWait<0>();
     else wgWait<1>();
+  };
+  auto mmaStep = [&](auto parity, int ks, int loads) {
+    const uint32_t st = smemBase + cBuf * C::STAGE;
+    if (++cBuf == S) cBuf = 0;
+    const uint64_t desc = descSw128(st);
+    const int scale0 = ks > 0 ? 1 : 0;
+    loadA(parity, st);
+    mmaRun(parity, desc, scale0, loads);
     ++step;
   };
+  // PF: the next step's stage, without advancing.
+  auto nextStage = [&]() {
+    const uint32_t st = smemBase + cBuf * C::STAGE;
+    if (++cBuf == S) cBuf = 0;
+    return st;
+  };
+  auto peekStage = [&]() { return smemBase + cBuf * C::STAGE; };
 
+  using P0 = std::integral_constant<int, 0>;
+  using P1 = std::integral_constant<int, 1>;
 #pragma unroll 1
   for (int tile = 0; tile < myTiles; ++tile) {
+    if constexpr (!PFX) {
 #pragma unroll 1
-    for (int ks = 0; ks < kSteps; ks += 2) {
-      const bool two = ks + 1 < kSteps;
-      syncData();
-      mmaStep(std::integral_constant<int, 0>{}, ks, G == 2 && two ? 2 : 1);
-      if (two) {
+      for (int ks = 0; ks < kSteps; ks += 2) {
+        const bool two = ks + 1 < kSteps;
+        syncData();
+        mmaStep(P0{}, ks, G == 2 && two ? 2 : 1);
+        if (two) {
+          if constexpr (G == 1) syncData();
+          mmaStep(P1{}, ks + 1, G == 2 ? 0 : 1);
+        }
+      }
+    } else {
+      // Set 0 holds even steps, set 1 odd ones. Step ks's A is in set 0 when the pair starts
+      // (loaded after the previous pair's last wgmma.wait_group, or here for the tile's first
+      // step); step ks+1's is read after step ks's wait (which retired step ks-1, the last reader
+      // of set 1) and, with G = 2, behind the second load group of the pair.
+#pragma unroll 1
+      for (int ks = 0; ks < kSteps; ks += 2) {
+        const bool two = ks + 1 < kSteps;
+        syncData();
+        const uint32_t st0 = nextStage();
+        if (ks == 0) loadA(P0{}, st0);
+        if (!two) {
+          mmaRun(P0{}, descSw128(st0), ks > 0 ? 1 : 0, 1);
+          ++step;
+          continue;
+        }
+        mmaRun(P0{}, descSw128(st0), ks > 0 ? 1 : 0, 1);
+        const uint32_t st1 = nextStage();
+        loadA(P1{}, st1);
+        if constexpr (G == 2) {
+          if (step + 1 + DIST < total) loadNext(lBuf);
+          cpAsyncCommit();
+          if (++lBuf == S) lBuf = 0;
+        }
+        ++step;
         if constexpr (G == 1) syncData();
-        mmaStep(std::integral_constant<int, 1>{}, ks + 1, G == 2 ? 0 : 1);
+        mmaRun(P1{}, descSw128(st1), 1, G == 2 ? 0 : 1);
+        ++step;
+        // Visible: the last barrier waited for step ks+2 too; set 0's last reader (step ks) retired.
+        if (ks + 2 < kSteps) loadA(P0{}, peekStage());
       }
     }
 
