@@ -75,6 +75,7 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 // HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
 // HETMOE_WG_VARIANT (read once, here) picks experimental variants of the kernel, as bits:
 //   1: A-operand prefetch (moeWgmmaKernel<..., PF = true>), all formats;
+//   2: 75% without the masked double MMA (moeWg75sKernel), 75% only.
 // 0 (the default) is the measured kernel of bench/results/gpu-h100-2026-11-25.md.
 struct WgOptions {
   bool enabled = false;
@@ -93,7 +94,7 @@ inline WgOptions wgOptionsFor(int device) {
   o.enabled = p.major == 9 && p.minor == 0;
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
-  if (const char* v = std::getenv("HETMOE_WG_VARIANT")) o.variant = std::atoi(v) & 1;
+  if (const char* v = std::getenv("HETMOE_WG_VARIANT")) o.variant = std::atoi(v) & 3;
   return o;
 }
 
@@ -130,9 +131,35 @@ inline void launchWgFmt(int n, int grid, const LayerArgs& a, cudaStream_t s) {
   else if (n >= 128 && cap >= 128) launchWgNV<FMT, MODE, (cap >= 128 ? 128 : 64), PF>(grid, a, s);
   else launchWgNV<FMT, MODE, 64, PF>(grid, a, s);
 }
+template <int MODE, bool PF>
+inline void launchWg75s(int grid, const LayerArgs& a, cudaStream_t s) {
+  using C = Wg75sCfg<MODE>;
+  static bool attrSet = false;
+  if (!attrSet) {
+    check(cudaFuncSetAttribute(moeWg75sKernel<MODE, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+          "raising the shared-memory limit of the large-batch kernel (75%, variant 2)");
+    attrSet = true;
+  }
+  moeWg75sKernel<MODE, PF><<<grid, kWgThreads, C::SMEM, s>>>(a);
+}
+// Whether a launch of format `fmt` runs moeWg75sKernel (variant bit 2), its token tile, and the m16
+// tiles of stored rows per work item (the host plan's row blocks).
+inline bool wgUses75s(int fmt, int variant) { return fmt == kFmt75 && (variant & 2); }
+inline int wgTileN(int fmt, int mode, int maxN, int variant) {
+  return wgUses75s(fmt, variant) ? Wg75sCfg<kModeDown>::N : wgChooseN(fmt, mode, maxN);
+}
+inline int wgBlockTiles(int fmt, int mode, int variant) {
+  if (!wgUses75s(fmt, variant)) return kWgMTiles;
+  return mode == kModeSwiGLU ? Wg75sCfg<kModeSwiGLU>::BT : Wg75sCfg<kModeDown>::BT;
+}
 template <int MODE>
 inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s, int variant = 0) {
   const bool pf = variant & 1;
+  if (wgUses75s(fmt, variant)) {
+    if (pf) launchWg75s<MODE, true>(grid, a, s);
+    else launchWg75s<MODE, false>(grid, a, s);
+    return;
+  }
   switch (fmt) {
     case kFmtDense:
       if (pf) launchWgFmt<kFmtDense, MODE, true>(n, grid, a, s);
@@ -235,8 +262,8 @@ class HostLaunchPlan {
     g.large = wg_.enabled && maxN >= wg_.minTokens;
     const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
     if (g.large) {
-      g.nUp = wgChooseN(fmt, upMode, maxN);
-      g.nDn = wgChooseN(fmt, kModeDown, maxN);
+      g.nUp = wgTileN(fmt, upMode, maxN, wg_.variant);
+      g.nDn = wgTileN(fmt, kModeDown, maxN, wg_.variant);
     }
     const DevWeights& up0 = *ex[0].up;
     const DevWeights& dn0 = *ex[0].down;
@@ -269,15 +296,15 @@ class HostLaunchPlan {
         // the CTAs that run together cover a few row blocks by many token tiles, so each weight
         // block and each token tile comes from DRAM about once and is shared through L2.
         constexpr int kGroup = 8;
-        auto addLarge = [&](std::vector<WorkItem>& v, int mTiles, int nTile) {
-          const int mb = (mTiles + kWgMTiles - 1) / kWgMTiles;
+        auto addLarge = [&](std::vector<WorkItem>& v, int mTiles, int nTile, int blockTiles) {
+          const int mb = (mTiles + blockTiles - 1) / blockTiles;
           for (int m0 = 0; m0 < mb; m0 += kGroup)
             for (int n0 = 0; n0 < e.n; n0 += nTile)
               for (int m = m0; m < std::min(mb, m0 + kGroup); ++m) v.push_back({int(i), m, n0, 0});
         };
         if (e.n > 0) {
-          addLarge(upI, g.upMTiles, g.nUp);
-          addLarge(dnI, g.dnMTiles, g.nDn);
+          addLarge(upI, g.upMTiles, g.nUp, wgBlockTiles(fmt, upMode, wg_.variant));
+          addLarge(dnI, g.dnMTiles, g.nDn, wgBlockTiles(fmt, kModeDown, wg_.variant));
         }
         continue;
       }
