@@ -139,15 +139,15 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   )
 })
 
-// Long K: the large-batch kernel's K loops run many iterations (pairs of k64 steps; 75% variant 2:
-// four 128-column chunks per iteration), with odd step and chunk counts (D = 1152: 18 steps, 9
-// chunks; F = 1216: 19 steps, 10 chunks, the last one a single step), partial row blocks (F/2 = 608
-// stored rows) and token counts that are not multiples of the 64/128/256-token tiles.
+// Long K: the large-batch kernel's K loops run several iterations (pairs of k64 steps; 75% variant 2:
+// four 128-column chunks per iteration), with odd chunk counts (D = 640: 10 steps, 5 chunks; F = 576:
+// 9 steps, 5 chunks, the last one a single step), partial row blocks (F/2 = 288 and D/2 = 320 stored
+// rows) and token counts that are not multiples of the 64/128/256-token tiles.
 t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'weights.bin')
-  const D = 1152, F = 1216
+  const D = 640, F = 576
   const specs = [
     { key: 'dense-k', ffn: 'swiglu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 21 },
     { key: 's24-k', ffn: 'swiglu' as const, D, F, format: '2:4' as Format, dtype: 'bf16' as Dtype, seed: 22 },
