@@ -21,6 +21,13 @@ T0=$SECONDS
 el() { echo $((SECONDS - T0)); }
 : > "$OUT/tests.log"
 : > "$OUT/bench.log"
+# The test runs under the tap shim where the full runner was not carried (as prepare-device.sh lays it).
+if ! node -e "require.resolve('tap')" 2>/dev/null; then
+  mkdir -p node_modules/tap
+  cp test/gpu-tap-shim.cjs node_modules/tap/index.cjs
+  echo '{"name":"tap","version":"0.0.0-shim","main":"index.cjs"}' > node_modules/tap/package.json
+  echo "tap shim installed"
+fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1
 echo "commit $HETMOE_COMMIT"
 
