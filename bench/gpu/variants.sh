@@ -36,11 +36,12 @@ declare -A BAD  # variant -> 1 when its test hung or crashed (its bench is skipp
 # runtest VARIANT MODE(default|min1)
 runtest() {
   local v=$1 mode=$2 t=$SECONDS rc log
+  if [ -n "${BAD[$v]:-}" ]; then echo "test v$v $mode: skipped (its previous run hung or crashed)"; return; fi
   log=$(mktemp)
   if [ "$mode" = min1 ]; then
-    HETMOE_WG_VARIANT=$v HETMOE_WGMMA_MIN=1 timeout -k 5 150 node dist/test/gpu-layer.test.js > "$log" 2>&1
+    HETMOE_WG_VARIANT=$v HETMOE_WGMMA_MIN=1 timeout -k 5 100 node dist/test/gpu-layer.test.js > "$log" 2>&1
   else
-    HETMOE_WG_VARIANT=$v timeout -k 5 150 node dist/test/gpu-layer.test.js > "$log" 2>&1
+    HETMOE_WG_VARIANT=$v timeout -k 5 100 node dist/test/gpu-layer.test.js > "$log" 2>&1
   fi
   rc=$?
   { echo "===== test variant $v $mode (rc $rc, $((SECONDS - t)) s)"; cat "$log"; } >> "$OUT/tests.log"
@@ -61,7 +62,7 @@ runbench() {
   local name=$1 v=$2 fmts=$3 t=$SECONDS rc log
   shift 3
   log=$(mktemp)
-  HETMOE_WG_VARIANT=$v timeout -k 5 150 node dist/runtime/cli/main.js bench gpu --preset mixtral --tokens "$TOKENS" \
+  HETMOE_WG_VARIANT=$v timeout -k 5 120 node dist/runtime/cli/main.js bench gpu --preset mixtral --tokens "$TOKENS" \
     --formats "$fmts" --json "$OUT/bench-$name.json" "$@" > "$log" 2>&1
   rc=$?
   { echo "===== bench $name (HETMOE_WG_VARIANT=$v, rc $rc, $((SECONDS - t)) s)"; cat "$log"; } >> "$OUT/bench.log"
