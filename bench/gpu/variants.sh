@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the large-batch kernel's variants (HETMOE_WG_VARIANT, native/cuda/moe_launch.cuh)
-# side by side. Builds nothing: run from the package root with the built addon and dist/ carried
-# (and the tap shim in .gpu/node_modules/tap, as bench/gpu/prepare-device.sh lays it out):
+# side by side. Builds nothing: run from the package root with .gpu, build/Release and dist carried
+# (../shared/tools/gpu-bundle; the tap shim is laid into node_modules/tap here if tap is missing):
 #   source .gpu/enter.sh && OUT=$OUT bash bench/gpu/variants.sh
 # Variants (bits): 0 the measured kernel, 1 A-operand prefetch (all formats), 2 75% without the
 # masked double MMA (75% only), 3 both.
