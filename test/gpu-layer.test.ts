@@ -38,7 +38,7 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   const notes: string[] = []
   const gpu = GpuBackend.open({ arena, warn: (l) => notes.push(l) })
   t.teardown(() => gpu.close())
-  t.comment(`device: ${gpu.deviceName}; arena registration: ${gpu.registration || 'ok'}`)
+  t.comment(`device: ${gpu.deviceName}; arena registration: ${gpu.registration || 'ok'}; HETMOE_WG_VARIANT=${process.env.HETMOE_WG_VARIANT ?? '0'}`)
   let total = 0
   for (const e of experts) total += gpu.upload(e.key, id, e.ffn, e.refs)
   t.equal(gpu.bytesUsed, total, 'bytesUsed is the sum of the uploads')
@@ -137,6 +137,63 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
     { code: 'GPU_ERROR', message: /outside/ },
     'inline: the same error, as a rejection',
   )
+})
+
+// Long K: the large-batch kernel's K loops run several iterations (pairs of k64 steps; 75% variant 2:
+// four 128-column chunks per iteration), with odd chunk counts (D = 640: 10 steps, 5 chunks; F = 576:
+// 9 steps, 5 chunks, the last one a single step), partial row blocks (F/2 = 288 and D/2 = 320 stored
+// rows) and token counts that are not multiples of the 64/128/256-token tiles.
+t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'weights.bin')
+  const D = 640, F = 576
+  const specs = [
+    { key: 'dense-k', ffn: 'swiglu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 21 },
+    { key: 's24-k', ffn: 'swiglu' as const, D, F, format: '2:4' as Format, dtype: 'bf16' as Dtype, seed: 22 },
+    { key: 's75-k', ffn: 'swiglu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 23 },
+    { key: 's75-kg', ffn: 'gelu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 24 },
+  ]
+  const cnt = [45, 150, 70, 37]
+  const experts = buildFile(file, specs)
+  const { id } = native().mapWeights(file)
+  t.teardown(() => native().unmapWeights(id))
+  const gpu = GpuBackend.open({})
+  t.teardown(() => gpu.close())
+  for (const e of experts) gpu.upload(e.key, id, e.ffn, e.refs)
+  const r = rng(7)
+  const T = 160
+  const totalSel = cnt.reduce((a, b) => a + b, 0)
+  const outRowsN = totalSel + 5
+  const hidden = new Float32Array(T * D)
+  for (let i = 0; i < hidden.length; i++) hidden[i] = 2 * r() - 1
+  const out = new Float32Array(outRowsN * D).fill(NaN)
+  let next = 0
+  const calls = experts.map((e, k) => ({
+    key: e.key,
+    tokenRows: Int32Array.from({ length: cnt[k] }, () => Math.floor(r() * T)),
+    outRows: Int32Array.from({ length: cnt[k] }, () => next++),
+    scale: Float32Array.from({ length: cnt[k] }, () => 0.1 + r()),
+  }))
+  await gpu.runLayer({ experts: calls, hidden, out })
+  for (let k = 0; k < experts.length; k++) {
+    const c = calls[k]
+    let num = 0, den = 0, finite = true
+    for (let i = 0; i < c.tokenRows.length; i++) {
+      const ref = referenceRow(experts[k], hidden, c.tokenRows[i] * D, c.scale[i])
+      for (let d = 0; d < D; d++) {
+        const v = out[c.outRows[i] * D + d]
+        if (!Number.isFinite(v)) finite = false
+        num += (v - ref[d]) ** 2
+        den += ref[d] ** 2
+      }
+    }
+    const rel = Math.sqrt(num / den)
+    t.ok(finite && rel <= 1e-2, `long K ${experts[k].key} (${specs[k].format}/${specs[k].ffn}) n=${cnt[k]}: rel err ${rel.toExponential(2)}`)
+  }
+  let untouched = true
+  for (let row = totalSel; row < outRowsN; row++) for (let d = 0; d < D; d++) untouched &&= Number.isNaN(out[row * D + d])
+  t.ok(untouched, 'long K: rows not selected stay untouched')
 })
 
 t.test('GPU cache budget: a full cache is GPU_OOM', { skip }, async (t) => {
