@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One device call for all of 2026-12-06's measurements, most needed first, each part under a timeout,
+# everything packed into $OUT/all.tgz after every part (the tool returns at most 8 files):
+#   A. test/gpu-layer.test.ts on the default kernels (the per-expert token tiles are in the default path)
+#   B. issue #6: calibration, place vs run (device-2.sh)
+#   C. issue #7: per-layer overhead on the Xeon (bench/overhead-xeon.sh)
+#   D. issue #5: the large-batch kernel's variants (bench/gpu/variants.sh)
+# PARTS picks parts (default ABCD). From the repo root:
+#   source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-all.sh
+set -u
+HERE=bench/results/h100-xeon16-2026-12-06
+O=/tmp/o; mkdir -p $O
+T0=$SECONDS
+left() { echo $((${LIMIT:-570} - (SECONDS - T0))); }
+pack() { tar czf $OUT/all.tgz -C $O . 2>/dev/null; }
+has() { [[ "${PARTS:-ABCD}" == *$1* ]]; }
+echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+if ! node -e "require.resolve('tap')" 2>/dev/null; then
+  mkdir -p node_modules/tap && cp test/gpu-tap-shim.cjs node_modules/tap/index.cjs
+  echo '{"name":"tap","version":"0.0.0-shim","main":"index.cjs"}' > node_modules/tap/package.json
+fi
+if has A; then
+  mkdir -p $O/A
+  for mode in default min1; do
+    t=$SECONDS
+    if [ $mode = min1 ]; then export HETMOE_WGMMA_MIN=1; fi
+    timeout -k 5 120 node dist/test/gpu-layer.test.js > $O/A/gpu-layer-$mode.log 2>&1; rc=$?
+    unset HETMOE_WGMMA_MIN
+    echo "A gpu-layer $mode: rc $rc, $((SECONDS - t)) s: $(grep -E '^# [0-9]+ assertions' $O/A/gpu-layer-$mode.log | tail -1)"
+    grep -E "^not ok|not ok" $O/A/gpu-layer-$mode.log | head -5
+  done
+  pack
+fi
+if has B && [ "$(left)" -gt 200 ]; then
+  mkdir -p $O/B
+  OUT=$O/B timeout -k 5 $(( $(left) > 330 ? 330 : $(left) - 10 )) bash $HERE/device-2.sh > $O/B/stdout.txt 2>&1
+  echo "B rc $? ($((SECONDS - T0)) s)"; grep -E "ratio|wall|again|TILES|calibration:" $O/B/stdout.txt | tail -24
+  rm -f $O/B/place.tgz; cp -a /tmp/r/. $O/B/ 2>/dev/null; pack
+fi
+if has C && [ "$(left)" -gt 120 ]; then
+  mkdir -p $O/C
+  OUT=$O/C BUDGET=$(( $(left) > 200 ? 150 : $(left) - 60 )) timeout -k 5 $(( $(left) - 5 )) bash bench/overhead-xeon.sh > $O/C/stdout.txt 2>&1
+  echo "C rc $? ($((SECONDS - T0)) s)"; tail -40 $O/C/stdout.txt
+  pack
+fi
+if has D && [ "$(left)" -gt 240 ]; then
+  mkdir -p $O/D
+  OUT=$O/D DEADLINE=$(( $(left) - 150 )) timeout -k 5 $(( $(left) - 5 )) bash bench/gpu/variants.sh > $O/D/stdout.txt 2>&1
+  echo "D rc $? ($((SECONDS - T0)) s)"; tail -30 $O/D/stdout.txt
+  pack
+fi
+echo "done ($((SECONDS - T0)) s)"
