@@ -38,7 +38,7 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   const notes: string[] = []
   const gpu = GpuBackend.open({ arena, warn: (l) => notes.push(l) })
   t.teardown(() => gpu.close())
-  t.comment(`device: ${gpu.deviceName}; arena registration: ${gpu.registration || 'ok'}; HETMOE_WG_VARIANT=${process.env.HETMOE_WG_VARIANT ?? '0'}`)
+  t.comment(`device: ${gpu.deviceName}; arena registration: ${gpu.registration || 'ok'}`)
   let total = 0
   for (const e of experts) total += gpu.upload(e.key, id, e.ffn, e.refs)
   t.equal(gpu.bytesUsed, total, 'bytesUsed is the sum of the uploads')
@@ -139,10 +139,10 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   )
 })
 
-// Long K: the large-batch kernel's K loops run several iterations (pairs of k64 steps; 75% variant 2:
-// four 128-column chunks per iteration), with odd chunk counts (D = 640: 10 steps, 5 chunks; F = 576:
-// 9 steps, 5 chunks, the last one a single step), partial row blocks (F/2 = 288 and D/2 = 320 stored
-// rows) and token counts that are not multiples of the 64/128/256-token tiles.
+// Long K: the large-batch kernel's K loop runs several iterations (pairs of k64 steps), with odd step
+// and chunk counts (D = 640: 10 steps, 5 chunks; F = 576: 9 steps, 5 chunks, the last one a single
+// step), partial row blocks (F/2 = 288 and D/2 = 320 stored rows) and token counts that are not
+// multiples of the 64/128/256-token tiles.
 t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))

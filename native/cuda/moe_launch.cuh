@@ -73,18 +73,13 @@ inline void launchToBf16(const float* src, __nv_bfloat16* dst, long long count, 
 // 32: on the H100 (mixtral shape) it beat the mma kernel at 32 tokens/expert (2:4 0.59 vs 0.62 ms,
 // 75% 0.33 vs 0.40) and lost at 16 (0.62 vs 0.57, 0.35 vs 0.29); bench/results/gpu-h100-2026-11-25.md.
 // HETMOE_WGMMA=0 turns it off; HETMOE_WGMMA_MIN sets minTokens.
-// HETMOE_WG_TILES=0 restores one tile width per group, chosen by its largest expert, with every expert
-// of a group that reaches minTokens on the large-batch kernel (to measure wgTiles against it).
-// HETMOE_WG_VARIANT (read once, here) picks experimental variants of the kernel, as bits:
-//   1: A-operand prefetch (moeWgmmaKernel<..., PF = true>), all formats;
-//   2: 75% without the masked double MMA (moeWg75sKernel), 75% only.
-// 0 (the default) is the measured kernel of bench/results/gpu-h100-2026-11-25.md.
+// HETMOE_WG_TILES=0 restores one token-tile width for every expert of a large-batch launch, chosen
+// by the largest (to measure wgTiles against it).
 struct WgOptions {
   bool enabled = false;
   int minTokens = 32;
   int numSMs = 1;
   bool tilePerExpert = true;
-  int variant = 0;
 };
 inline WgOptions wgOptionsFor(int device) {
   WgOptions o;
@@ -98,7 +93,6 @@ inline WgOptions wgOptionsFor(int device) {
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
   if (const char* v = std::getenv("HETMOE_WG_TILES")) o.tilePerExpert = std::atoi(v) != 0;
-  if (const char* v = std::getenv("HETMOE_WG_VARIANT")) o.variant = std::atoi(v) & 3;
   return o;
 }
 
@@ -113,49 +107,13 @@ inline void launchWgN(int grid, const LayerArgs& a, cudaStream_t s) {
   }
   moeWgmmaKernel<FMT, MODE, N><<<grid, kWgThreads, C::SMEM, s>>>(a);
 }
-template <int FMT, int MODE, int N, bool PF>
-inline void launchWgNV(int grid, const LayerArgs& a, cudaStream_t s) {
-  if constexpr (!PF) {
-    launchWgN<FMT, MODE, N>(grid, a, s);
-  } else {
-    using C = WgCfg<FMT, MODE, N>;
-    static bool attrSet = false;
-    if (!attrSet) {
-      check(cudaFuncSetAttribute(moeWgmmaKernel<FMT, MODE, N, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
-            "raising the shared-memory limit of the large-batch kernel");
-      attrSet = true;
-    }
-    moeWgmmaKernel<FMT, MODE, N, true><<<grid, kWgThreads, C::SMEM, s>>>(a);
-  }
-}
 // n: the launch's token tile (64, 128 or 256, at most the format's cap; see wgTiles).
-template <int FMT, int MODE, bool PF>
+template <int FMT, int MODE>
 inline void launchWgFmt(int n, int grid, const LayerArgs& a, cudaStream_t s) {
   constexpr int cap = wgMaxTile(FMT, MODE);
-  if (n >= 256 && cap >= 256) launchWgNV<FMT, MODE, (cap >= 256 ? 256 : 64), PF>(grid, a, s);
-  else if (n >= 128 && cap >= 128) launchWgNV<FMT, MODE, (cap >= 128 ? 128 : 64), PF>(grid, a, s);
-  else launchWgNV<FMT, MODE, 64, PF>(grid, a, s);
-}
-template <int MODE, bool PF>
-inline void launchWg75s(int grid, const LayerArgs& a, cudaStream_t s) {
-  using C = Wg75sCfg<MODE>;
-  static bool attrSet = false;
-  if (!attrSet) {
-    check(cudaFuncSetAttribute(moeWg75sKernel<MODE, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
-          "raising the shared-memory limit of the large-batch kernel (75%, variant 2)");
-    attrSet = true;
-  }
-  moeWg75sKernel<MODE, PF><<<grid, kWgThreads, C::SMEM, s>>>(a);
-}
-// Whether a launch of format `fmt` runs moeWg75sKernel (variant bit 2), its widest token tile, and
-// the m16 tiles of stored rows per work item (the host plan's row blocks).
-inline bool wgUses75s(int fmt, int variant) { return fmt == kFmt75 && (variant & 2); }
-inline int wgTileCap(int fmt, int mode, int variant) {
-  return wgUses75s(fmt, variant) ? Wg75sCfg<kModeDown>::N : wgMaxTile(fmt, mode);
-}
-inline int wgBlockTiles(int fmt, int mode, int variant) {
-  if (!wgUses75s(fmt, variant)) return kWgMTiles;
-  return mode == kModeSwiGLU ? Wg75sCfg<kModeSwiGLU>::BT : Wg75sCfg<kModeDown>::BT;
+  if (n >= 256 && cap >= 256) launchWgN<FMT, MODE, (cap >= 256 ? 256 : 64)>(grid, a, s);
+  else if (n >= 128 && cap >= 128) launchWgN<FMT, MODE, (cap >= 128 ? 128 : 64)>(grid, a, s);
+  else launchWgN<FMT, MODE, 64>(grid, a, s);
 }
 
 // The token tiles of one expert of n tokens on the large-batch kernel, whose widest tile for the
@@ -180,26 +138,11 @@ inline void wgTiles(int n, int cap, Add add) {
   }
 }
 template <int MODE>
-inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s, int variant = 0) {
-  const bool pf = variant & 1;
-  if (wgUses75s(fmt, variant)) {
-    if (pf) launchWg75s<MODE, true>(grid, a, s);
-    else launchWg75s<MODE, false>(grid, a, s);
-    return;
-  }
+inline void launchWg(int fmt, int n, int grid, const LayerArgs& a, cudaStream_t s) {
   switch (fmt) {
-    case kFmtDense:
-      if (pf) launchWgFmt<kFmtDense, MODE, true>(n, grid, a, s);
-      else launchWgFmt<kFmtDense, MODE, false>(n, grid, a, s);
-      break;
-    case kFmt24:
-      if (pf) launchWgFmt<kFmt24, MODE, true>(n, grid, a, s);
-      else launchWgFmt<kFmt24, MODE, false>(n, grid, a, s);
-      break;
-    default:
-      if (pf) launchWgFmt<kFmt75, MODE, true>(n, grid, a, s);
-      else launchWgFmt<kFmt75, MODE, false>(n, grid, a, s);
-      break;
+    case kFmtDense: launchWgFmt<kFmtDense, MODE>(n, grid, a, s); break;
+    case kFmt24: launchWgFmt<kFmt24, MODE>(n, grid, a, s); break;
+    default: launchWgFmt<kFmt75, MODE>(n, grid, a, s); break;
   }
 }
 inline void launchPermuteBf16(const __nv_bfloat16* src, __nv_bfloat16* dst, long long count, int D, cudaStream_t s) {
@@ -270,27 +213,18 @@ class HostLaunchPlan {
       if (g.large) return true;
     return false;
   }
-  // "wgmma" when some group runs the large-batch kernel, else "mma" (the bench has one group); with
-  // HETMOE_WG_VARIANT set, "wgmma-v1" .. "wgmma-v3".
-  const char* pathName() const {
-    static const char* const names[4] = {"wgmma", "wgmma-v1", "wgmma-v2", "wgmma-v3"};
-    return needsNaturalHidden() ? names[wg_.variant & 3] : "mma";
-  }
+  // "wgmma" when some group runs the large-batch kernel, else "mma" (the bench has one group).
+  const char* pathName() const { return needsNaturalHidden() ? "wgmma" : "mma"; }
 
-  // Experts of one format, FFN kind and shape. Where the large-batch kernel is enabled, the experts
-  // with at least its minimum of tokens go to it and the others to the mma kernel, one group each
-  // (the mma kernel is the faster below the minimum: moe_launch.cuh, WgOptions).
+  // Experts of one format, FFN kind and shape: all on the large-batch kernel when the largest has at
+  // least its minimum of tokens (each expert in token tiles of its own: wgTiles), else all on the mma
+  // kernel. Experts below the minimum stay with the others: sent to the mma kernel in a group of their
+  // own, sigma-lite's 256-token layers got slower (kernels 0.36 against 0.32 ms a layer on the H200:
+  // two more launches, each filling the GPU less; bench/results/h100-xeon16-2026-12-06).
   void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
-    if (!wg_.enabled) return addGroupOn(fmt, ffn, ex, false);
-    if (!wg_.tilePerExpert) {
-      int maxN = 0;
-      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-      return addGroupOn(fmt, ffn, ex, maxN >= wg_.minTokens);
-    }
-    std::vector<GroupExpert> small, large;
-    for (const GroupExpert& e : ex) (e.n >= wg_.minTokens ? large : small).push_back(e);
-    if (!small.empty()) addGroupOn(fmt, ffn, small, false);
-    if (!large.empty()) addGroupOn(fmt, ffn, large, true);
+    int maxN = 0;
+    for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
+    addGroupOn(fmt, ffn, ex, wg_.enabled && maxN >= wg_.minTokens);
   }
 
   size_t bytes() const { return blob_.size(); }
@@ -324,8 +258,8 @@ class HostLaunchPlan {
         a.numItems = l.items;
         if (g.large) {
           const int grid = std::min(l.items, wg_.numSMs);
-          if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, l.tile, grid, a, s, wg_.variant);
-          else launchWg<kModeGeLU>(g.fmt, l.tile, grid, a, s, wg_.variant);
+          if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, l.tile, grid, a, s);
+          else launchWg<kModeGeLU>(g.fmt, l.tile, grid, a, s);
         } else {
           if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, l.tile, l.items, a, s);
           else launchProj<kModeGeLU>(g.fmt, l.tile, l.items, a, s);
@@ -349,7 +283,7 @@ class HostLaunchPlan {
         if (!l.items) continue;
         a.items = reinterpret_cast<const WorkItem*>(dev_ + l.offItems);
         a.numItems = l.items;
-        if (g.large) launchWg<kModeDown>(g.fmt, l.tile, std::min(l.items, wg_.numSMs), a, s, wg_.variant);
+        if (g.large) launchWg<kModeDown>(g.fmt, l.tile, std::min(l.items, wg_.numSMs), a, s);
         else launchProj<kModeDown>(g.fmt, l.tile, l.items, a, s);
       }
     }
@@ -402,8 +336,8 @@ class HostLaunchPlan {
     g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
     g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
     if (large) {
-      g.up = largeLaunches(ex, g.upMTiles, wgTileCap(fmt, upMode, wg_.variant), wgBlockTiles(fmt, upMode, wg_.variant));
-      g.down = largeLaunches(ex, g.dnMTiles, wgTileCap(fmt, kModeDown, wg_.variant), wgBlockTiles(fmt, kModeDown, wg_.variant));
+      g.up = largeLaunches(ex, g.upMTiles, wgMaxTile(fmt, upMode));
+      g.down = largeLaunches(ex, g.dnMTiles, wgMaxTile(fmt, kModeDown));
     } else {
       int maxN = 0;
       for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
@@ -429,9 +363,9 @@ class HostLaunchPlan {
   // width's tiles of every expert, in groups of kGroup row blocks with the row block innermost: the
   // CTAs that run together cover a few row blocks by many token tiles, so each weight block and each
   // token tile comes from DRAM about once and is shared through L2.
-  std::vector<Launch> largeLaunches(const std::vector<GroupExpert>& ex, int mTiles, int cap, int blockTiles) {
+  std::vector<Launch> largeLaunches(const std::vector<GroupExpert>& ex, int mTiles, int cap) {
     constexpr int kGroup = 8;
-    const int mbs = (mTiles + blockTiles - 1) / blockTiles;
+    const int mbs = (mTiles + kWgMTiles - 1) / kWgMTiles;
     std::vector<Launch> launches;
     std::vector<int> starts;
     int single = 0;  // HETMOE_WG_TILES=0: the one width the largest expert needs

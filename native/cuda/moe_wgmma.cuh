@@ -134,14 +134,7 @@ __device__ __forceinline__ void wgDense(float (&d)[N / 2], const uint4& a, uint6
 }
 #endif
 
-// PF (HETMOE_WG_VARIANT bit 0): A-operand prefetch. The A fragments/metadata of the step after a
-// barrier are read from shared memory into their register set before that barrier (right after the
-// wgmma.wait_group that retired the MMAs which last read the set), so the MMAs issue as soon as the
-// barrier opens. The barrier then has to make one more step visible: syncData waits for one more
-// cp.async group (PFX). Where the ring is too shallow for that to be cheap (DIST < G + 2, except
-// G = 2, DIST = 3, where that group was committed together with the one waited for anyway) PF only
-// reorders nothing and the kernel is the default one.
-template <int FMT, int MODE, int N, bool PF = false>
+template <int FMT, int MODE, int N>
 static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const LayerArgs args) {
 #if HETMOE_WGMMA_ENABLED
   using C = WgCfg<FMT, MODE, N>;
@@ -152,7 +145,6 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   constexpr int G = S >= 6 ? 2 : 1;
   constexpr int DIST = S - 1 - G;
   static_assert(DIST >= G, "pipeline too shallow");
-  constexpr bool PFX = PF && (DIST >= G + 2 || (G == 2 && DIST == 3));
   constexpr int BCH = N / 32;                    // token rows each thread gathers per step (chunk tid&7 of each)
   constexpr int CH = kWgMTiles * P * 32;         // 16-byte A-value chunks per matrix and step
   constexpr int ACH = NMAT * CH / kWgThreads;    // of those, per thread
@@ -243,7 +235,7 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   // Waits until the data of the next steps has landed and is visible to every thread (and to the
   // tensor cores' async proxy).
   auto syncData = [&]() {
-    cpAsyncWait<PFX ? DIST - G - 1 : DIST - G>();
+    cpAsyncWait<DIST - G>();
     fenceProxyAsync();
     __syncthreads();
   };
@@ -265,9 +257,12 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   uint4 aR[2][NMAT][FMT == kFmt75 ? 4 : P];
   uint32_t mR[2][NMAT];
 
-  // Reads step `st`'s A fragments and metadata (75%: masked by the select bits) into set PAR.
-  auto loadA = [&](auto parity, uint32_t st) {
+  auto mmaStep = [&](auto parity, int ks, int loads) {
     constexpr int PAR = decltype(parity)::value;
+    const uint32_t st = smemBase + cBuf * C::STAGE;
+    if (++cBuf == S) cBuf = 0;
+    const uint64_t desc = descSw128(st);
+    const int scale0 = ks > 0 ? 1 : 0;
     auto& a = aR[PAR];
     auto& m = mR[PAR];
     (void)m;
@@ -291,14 +286,6 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
       }
       if constexpr (FMT != kFmtDense) m[q] = ldShared1(st + C::OFF_META + q * C::META_BYTES + mi * 128 + lane * 4);
     }
-  };
-  // Issues step `st`'s MMAs from register set PAR, then the loads of `loads` later steps, then
-  // waits for all but this step's MMA group (dense: for all).
-  auto mmaRun = [&](auto parity, uint64_t desc, int scale0, int loads) {
-    constexpr int PAR = decltype(parity)::value;
-    auto& a = aR[PAR];
-    auto& m = mR[PAR];
-    (void)m;
     // Operands pinned before the fence: descriptors of the k16 (dense) or k32 (sparse) slices, the
     // scale flag of the first MMA of a tile, the A values and the metadata.
     uint64_t dsc[4];
@@ -340,69 +327,19 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
     // formats keep one group in flight.
     if constexpr (FMT == kFmtDense) wgWait<0>();
     else wgWait<1>();
-  };
-  auto mmaStep = [&](auto parity, int ks, int loads) {
-    const uint32_t st = smemBase + cBuf * C::STAGE;
-    if (++cBuf == S) cBuf = 0;
-    const uint64_t desc = descSw128(st);
-    const int scale0 = ks > 0 ? 1 : 0;
-    loadA(parity, st);
-    mmaRun(parity, desc, scale0, loads);
     ++step;
   };
-  // PF: the next step's stage, without advancing.
-  auto nextStage = [&]() {
-    const uint32_t st = smemBase + cBuf * C::STAGE;
-    if (++cBuf == S) cBuf = 0;
-    return st;
-  };
-  auto peekStage = [&]() { return smemBase + cBuf * C::STAGE; };
 
-  using P0 = std::integral_constant<int, 0>;
-  using P1 = std::integral_constant<int, 1>;
 #pragma unroll 1
   for (int tile = 0; tile < myTiles; ++tile) {
-    if constexpr (!PFX) {
 #pragma unroll 1
-      for (int ks = 0; ks < kSteps; ks += 2) {
-        const bool two = ks + 1 < kSteps;
-        syncData();
-        mmaStep(P0{}, ks, G == 2 && two ? 2 : 1);
-        if (two) {
-          if constexpr (G == 1) syncData();
-          mmaStep(P1{}, ks + 1, G == 2 ? 0 : 1);
-        }
-      }
-    } else {
-      // Set 0 holds even steps, set 1 odd ones. Step ks's A is in set 0 when the pair starts
-      // (loaded after the previous pair's last wgmma.wait_group, or here for the tile's first
-      // step); step ks+1's is read after step ks's wait (which retired step ks-1, the last reader
-      // of set 1) and, with G = 2, behind the second load group of the pair.
-#pragma unroll 1
-      for (int ks = 0; ks < kSteps; ks += 2) {
-        const bool two = ks + 1 < kSteps;
-        syncData();
-        const uint32_t st0 = nextStage();
-        if (ks == 0) loadA(P0{}, st0);
-        if (!two) {
-          mmaRun(P0{}, descSw128(st0), ks > 0 ? 1 : 0, 1);
-          ++step;
-          continue;
-        }
-        mmaRun(P0{}, descSw128(st0), ks > 0 ? 1 : 0, 1);
-        const uint32_t st1 = nextStage();
-        loadA(P1{}, st1);
-        if constexpr (G == 2) {
-          if (step + 1 + DIST < total) loadNext(lBuf);
-          cpAsyncCommit();
-          if (++lBuf == S) lBuf = 0;
-        }
-        ++step;
+    for (int ks = 0; ks < kSteps; ks += 2) {
+      const bool two = ks + 1 < kSteps;
+      syncData();
+      mmaStep(std::integral_constant<int, 0>{}, ks, G == 2 && two ? 2 : 1);
+      if (two) {
         if constexpr (G == 1) syncData();
-        mmaRun(P1{}, descSw128(st1), 1, G == 2 ? 0 : 1);
-        ++step;
-        // Visible: the last barrier waited for step ks+2 too; set 0's last reader (step ks) retired.
-        if (ks + 2 < kSteps) loadA(P0{}, peekStage());
+        mmaStep(std::integral_constant<int, 1>{}, ks + 1, G == 2 ? 0 : 1);
       }
     }
 
@@ -465,344 +402,6 @@ static __global__ void __launch_bounds__(kWgThreads, 1) moeWgmmaKernel(const Lay
   cpAsyncWait<0>();
 #else
   // Built for a target without wgmma (sm_80): never launched there (the host checks the device).
-  __trap();
-#endif
-}
-
-// ---- 75% without the masked double MMA (HETMOE_WG_VARIANT bit 1) ----
-// The default kernel issues every 75% MMA twice (A masked for the even and for the odd output rows),
-// so it does 2:4's MMA work and reads the token tile twice per stored row. This kernel issues each
-// MMA once: per 128-column chunk (= one pair of k64 steps, one CTA barrier) the stored rows' MMAs
-// accumulate into a scratch accumulator (scale-d = 0 on the chunk's first MMA), which is then added
-// into the even or the odd output accumulator by the row's select bit. Two scratch sets alternate by
-// chunk, so that add (2 FFMA per element) runs while the next chunk's MMAs are in flight.
-// Registers: even + odd + 2 scratch = 4 sets of N/2, so N = 64. Every warp works on one matrix:
-// for SwiGLU the CTA takes 64 stored rows (4 m16 tiles) of gate (warpgroup 0) and of up (warpgroup 1),
-// combined through shared memory in the epilogue; for GeLU-up and down it takes 128 stored rows of
-// the one matrix, as the default kernel does. A stage holds 8 "slots" (matrix, m16 tile), slot = warp.
-// Shared-memory bytes per token and k64 step (writes + tensor-core reads + A register reads):
-//   SwiGLU: default (N=64, 128 stored rows x 2 matrices) 128 + 1024 + 2*288 = 1728 for 256 output rows
-//           x 2 matrices; here 128 + 256 + 2*144 = 672 for 128 output rows x 2 matrices: 0.053 ->
-//           0.041 bytes per dense-equivalent MAC (-22%), and half the MMA work.
-//   down:   default (N=128) 784 -> here (N=64) 672 for 256 output rows: 0.048 -> 0.041 (-14%).
-// L2->SM bytes per dense-equivalent MAC rise (the token tile is re-read per 64 instead of 128 stored
-// rows for SwiGLU, per 64 instead of 128 tokens for down): SwiGLU 0.79 -> 1.04, down 0.76 -> 1.04
-// bytes per token, output row and k64 step.
-template <int MODE>
-struct Wg75sCfg {
-  static constexpr int N = 64;
-  static constexpr bool SPLIT = MODE == kModeSwiGLU;
-  static constexpr int BT = SPLIT ? 4 : 8;  // m16 tiles of stored rows per CTA (per matrix)
-  static constexpr int ACC = N / 2;
-  static constexpr int B_BYTES = N * 128;
-  static constexpr int OFF_VALS = B_BYTES;                   // 8 slots x 2 fragments x 32 lanes x 16 B
-  static constexpr int OFF_META = OFF_VALS + kWgMTiles * 1024;  // 8 slots x 32 lanes x 4 B
-  static constexpr int OFF_SEL = OFF_META + kWgMTiles * 128;    // 8 slots x 4 B
-  static constexpr int STAGE = (OFF_SEL + kWgMTiles * 4 + 1023) / 1024 * 1024;
-  static constexpr int XBUF = SPLIT ? 2 * 2 * (ACC / 2) * 128 * 4 : 0;  // epilogue exchange, gate <-> up
-  static constexpr int STAGES_FIT = (kWgSmemMax - 1024 - XBUF) / STAGE;
-  static constexpr int STAGES = STAGES_FIT > 8 ? 8 : STAGES_FIT;
-  static constexpr int SMEM = STAGES * STAGE + XBUF + 1024;
-  static_assert(STAGES == 8, "the pipeline below assumes 8 stages (two steps per barrier, loads 5 ahead)");
-  static_assert(4 * ACC <= 128, "accumulators must fit the register budget");
-};
-
-template <int MODE, bool PF>
-static __global__ void __launch_bounds__(kWgThreads, 1) moeWg75sKernel(const LayerArgs args) {
-#if HETMOE_WGMMA_ENABLED
-  using C = Wg75sCfg<MODE>;
-  constexpr int N = C::N, S = C::STAGES, ACC = C::ACC, BT = C::BT;
-  constexpr int G = 2;             // steps per CTA barrier = one 128-column chunk
-  constexpr int DIST = S - 1 - G;  // 5: loads run 5 steps ahead
-  // PF: the barrier of a pair also makes the next pair's first step visible. Its load group was
-  // committed together with the pair's second step's (both at the first step of the pair 4 steps
-  // earlier), so the extra wait costs about nothing.
-  constexpr int WAITN = PF ? DIST - G - 1 : DIST - G;
-  constexpr int BCH = N / 32;  // token rows each thread gathers per step
-  constexpr int ACH = 2;       // 16-byte A chunks per thread per step (8 slots x 64 / 256)
-  extern __shared__ unsigned char smemRaw[];
-  const uint32_t smemBase = (smemAddr(smemRaw) + 1023u) & ~1023u;
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wgi = warp >> 2, wq = warp & 3;
-  const int g = lane >> 2, t = lane & 3;
-  const int kSteps = args.kSteps, mTiles = args.mTiles;
-  const int myTiles = (args.numItems - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
-  const int total = myTiles * kSteps;
-  const int mi = warp;  // this warp's slot
-
-  // ---- loader ----
-  int lTile = -1, lKs = kSteps - 1;
-  const __nv_bfloat16* bPtr[BCH];
-  const uint4* aPtr[ACH];
-  const uint4* mPtr = nullptr;
-  const uint32_t* sPtr = nullptr;
-  const int bc = tid & 7;
-  const int bSw = (bc ^ ((tid >> 3) & 7)) << 4;
-
-  auto loadNext = [&](int stageBuf) {
-    if (++lKs == kSteps) {
-      lKs = 0;
-      ++lTile;
-      const WorkItem it = args.items[blockIdx.x + lTile * gridDim.x];
-      const ExpDesc& ex = args.exps[it.e];
-      const int mtBase = it.mBlock * BT;
-#pragma unroll
-      for (int i = 0; i < BCH; ++i) {
-        int j = it.nStart + (tid >> 3) + 32 * i;
-        if (j >= ex.n) j = ex.n - 1;
-        const long long row = args.tokenRows ? args.tokenRows[ex.tokOff + j] : ex.tokOff + j;
-        bPtr[i] = args.B + row * args.ldb + bc * 8;
-      }
-#pragma unroll
-      for (int i = 0; i < ACH; ++i) {
-        const int c = tid + i * kWgThreads;
-        const int slot = c >> 6;
-        const int q = C::SPLIT ? slot >> 2 : 0;
-        const int mt = min(mtBase + (C::SPLIT ? slot & 3 : slot), mTiles - 1);
-        aPtr[i] = ex.vals[q] + (long long)mt * kSteps * 64 + (c & 63);
-      }
-      if (tid < kWgMTiles * 8) {
-        const int slot = tid >> 3;
-        const int q = C::SPLIT ? slot >> 2 : 0;
-        const int mt = min(mtBase + (C::SPLIT ? slot & 3 : slot), mTiles - 1);
-        mPtr = reinterpret_cast<const uint4*>(ex.meta[q] + (long long)mt * kSteps * 32) + (tid & 7);
-      }
-      if (tid < kWgMTiles) {
-        const int q = C::SPLIT ? tid >> 2 : 0;
-        const int mt = min(mtBase + (C::SPLIT ? tid & 3 : tid), mTiles - 1);
-        sPtr = ex.sel[q] + (long long)mt * args.chunks;
-      }
-    }
-    const uint32_t st = smemBase + stageBuf * C::STAGE;
-    const int ks = lKs;
-#pragma unroll
-    for (int i = 0; i < BCH; ++i) cpAsync16(st + ((tid >> 3) + 32 * i) * 128 + bSw, bPtr[i] + ks * 64);
-#pragma unroll
-    for (int i = 0; i < ACH; ++i) cpAsync16(st + C::OFF_VALS + (tid + i * kWgThreads) * 16, aPtr[i] + ks * 64);
-    if (tid < kWgMTiles * 8) cpAsync16(st + C::OFF_META + tid * 16, mPtr + ks * 8);
-    if (tid < kWgMTiles) cpAsync4(st + C::OFF_SEL + tid * 4, sPtr + (ks >> 1));
-  };
-
-  float E[ACC], O[ACC], X[2][ACC];  // even and odd output rows; scratch per chunk parity
-#pragma unroll
-  for (int i = 0; i < ACC; ++i) X[0][i] = X[1][i] = 0.f;
-
-#pragma unroll 1
-  for (int s = 0; s < DIST; ++s) {
-    if (s < total) loadNext(s);
-    cpAsyncCommit();
-  }
-  int cBuf = 0, lBuf = DIST % S, step = 0;
-
-  auto syncData = [&]() {
-    cpAsyncWait<WAITN>();
-    fenceProxyAsync();
-    __syncthreads();
-  };
-  // The load group of global step step+ahead+DIST (an empty group past the end).
-  auto issueOne = [&](int ahead) {
-    if (step + ahead + DIST < total) loadNext(lBuf);
-    cpAsyncCommit();
-    if (++lBuf == S) lBuf = 0;
-  };
-  auto nextStage = [&]() {
-    const uint32_t st = smemBase + cBuf * C::STAGE;
-    if (++cBuf == S) cBuf = 0;
-    return st;
-  };
-
-  // A register sets: set 0 for the first step of a chunk, set 1 for the second; a set is rewritten
-  // only after the wgmma.wait_group that retired the MMAs reading it.
-  uint4 aR[2][2];
-  uint32_t mR[2];
-  auto loadA = [&](auto parity, uint32_t st) {
-    constexpr int PAR = decltype(parity)::value;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) aR[PAR][j] = ldShared4(st + C::OFF_VALS + mi * 1024 + j * 512 + lane * 16);
-    mR[PAR] = ldShared1(st + C::OFF_META + mi * 128 + lane * 4);
-  };
-  // One k64 step: two k32 MMAs into scratch set XP (scale-d 0 on the first when scale0 == 0).
-  auto mmaRun = [&](auto parity, auto xparity, uint32_t st, int scale0, int loads) {
-    constexpr int PAR = decltype(parity)::value;
-    constexpr int XP = decltype(xparity)::value;
-    const uint64_t desc = descSw128(st);
-    uint64_t d0 = desc, d1 = desc + 4;
-    int sc0 = scale0, one = 1;
-    pinReg(d0);
-    pinReg(d1);
-    pinReg(sc0);
-    pinReg(one);
-    pinReg(aR[PAR][0]);
-    pinReg(aR[PAR][1]);
-    pinReg(mR[PAR]);
-    wgFence();
-    wgSp<N, 0>(X[XP], aR[PAR][0], d0, mR[PAR], sc0);
-    wgSp<N, 1>(X[XP], aR[PAR][1], d1, mR[PAR], one);
-    wgCommit();
-#pragma unroll 1
-    for (int i = 0; i < loads; ++i) issueOne(i);
-    wgWait<1>();
-  };
-  // Adds a finished chunk's scratch set into the even or odd rows (select bit 0: even, 1: odd).
-  // The fences keep the reads after the wait that retired the chunk and before the MMAs that
-  // overwrite the set.
-  auto addChunk = [&](auto xparity, uint32_t sel) {
-    constexpr int XP = decltype(xparity)::value;
-    fenceAcc<ACC>(X[XP]);
-    const float o0 = ((sel >> g) & 1u) ? 1.f : 0.f, o1 = ((sel >> (g + 8)) & 1u) ? 1.f : 0.f;
-    const float e0 = 1.f - o0, e1 = 1.f - o1;
-#pragma unroll
-    for (int i = 0; i < ACC; ++i) {
-      const bool hi = (i >> 1) & 1;  // element i is row g + 8 * ((i >> 1) & 1)
-      E[i] = fmaf(hi ? e1 : e0, X[XP][i], E[i]);
-      O[i] = fmaf(hi ? o1 : o0, X[XP][i], O[i]);
-    }
-    fenceAcc<ACC>(E);
-    fenceAcc<ACC>(O);
-  };
-
-  using P0 = std::integral_constant<int, 0>;
-  using P1 = std::integral_constant<int, 1>;
-  uint32_t selw[2] = {0u, 0u};  // select word of the chunk in scratch set 0 / 1
-  // One chunk (steps ks0 and ks0+1 if that exists) into scratch set XP. With HASPREV, the chunk
-  // before it (scratch set XP^1, same loop iteration) is complete after this chunk's first wait
-  // and is added there, while this chunk's MMAs are in flight.
-  auto chunk = [&](auto xparity, auto hasPrev, int ks0) {
-    constexpr int XP = decltype(xparity)::value;
-    const bool two = ks0 + 1 < kSteps;
-    syncData();
-    const uint32_t st0 = nextStage();
-    selw[XP] = ldShared1(st0 + C::OFF_SEL + mi * 4);
-    if (!PF || ks0 == 0) loadA(P0{}, st0);
-    mmaRun(P0{}, xparity, st0, 0, PF ? 1 : (two ? 2 : 1));
-    uint32_t st1 = 0;
-    if (PF && two) {
-      st1 = nextStage();
-      loadA(P1{}, st1);
-      issueOne(1);
-    }
-    if constexpr (decltype(hasPrev)::value) addChunk(std::integral_constant<int, XP ^ 1>{}, selw[XP ^ 1]);
-    ++step;
-    if (two) {
-      if (!PF) {
-        st1 = nextStage();
-        loadA(P1{}, st1);
-      }
-      mmaRun(P1{}, xparity, st1, 1, 0);
-      ++step;
-      if (PF && ks0 + 2 < kSteps) loadA(P0{}, smemBase + cBuf * C::STAGE);
-    }
-  };
-  // The last chunk of a loop iteration: wait for all MMAs, add its scratch set. ptxas serializes
-  // every wgmma of the function (C7514) when an accumulator that is in flight at a loop back-edge is
-  // read inside the loop, even after a wgmma.wait_group has retired it; so nothing is in flight at
-  // the back-edge, and the MMAs are drained once per UNR chunks instead of overlapping there.
-  auto drain = [&](auto xparity) {
-    constexpr int XP = decltype(xparity)::value;
-    wgWait<0>();
-    addChunk(xparity, selw[XP]);
-  };
-  constexpr int UNR = 4;  // chunks per loop iteration
-  // Chunk U of the iteration at ks0, then the next one if it exists, else the drain: every path to
-  // the back-edge goes through a drain.
-  auto body = [&](auto self, auto u, int ks0) -> void {
-    constexpr int U = decltype(u)::value;
-    chunk(std::integral_constant<int, U & 1>{}, std::integral_constant<bool, (U > 0)>{}, ks0 + 2 * U);
-    if constexpr (U + 1 < UNR) {
-      if (ks0 + 2 * (U + 1) < kSteps) self(self, std::integral_constant<int, U + 1>{}, ks0);
-      else drain(std::integral_constant<int, U & 1>{});
-    } else {
-      drain(std::integral_constant<int, U & 1>{});
-    }
-  };
-
-#pragma unroll 1
-  for (int tile = 0; tile < myTiles; ++tile) {
-#pragma unroll
-    for (int i = 0; i < ACC; ++i) E[i] = O[i] = 0.f;
-#pragma unroll 1
-    for (int ks0 = 0; ks0 < kSteps; ks0 += 2 * UNR) body(body, P0{}, ks0);
-
-    // ---- epilogue of the tile ----
-    const WorkItem it = args.items[blockIdx.x + tile * gridDim.x];
-    const ExpDesc& ex = args.exps[it.e];
-    const int n = ex.n;
-    const int mt = it.mBlock * BT + (C::SPLIT ? wq : mi);
-    if constexpr (C::SPLIT) {
-      // Warpgroup 0 holds gate, 1 up, of the same rows and tokens in the same fragment layout.
-      // 0 finishes the first half of the fragment's tokens (i < ACC/2), 1 the second half; each
-      // sends the other the half it does not finish: xb[sender][even/odd][i'][thread].
-      constexpr int HALF = ACC / 2;
-      float* xb = reinterpret_cast<float*>(smemRaw + (smemBase - smemAddr(smemRaw)) + S * C::STAGE);
-      const int tw = tid & 127;
-      float* mine = xb + wgi * 2 * HALF * 128;
-      const float* theirs = xb + (wgi ^ 1) * 2 * HALF * 128;
-      if (wgi == 0) {
-#pragma unroll
-        for (int k = 0; k < HALF; ++k) {
-          mine[k * 128 + tw] = E[HALF + k];
-          mine[(HALF + k) * 128 + tw] = O[HALF + k];
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < HALF; ++k) {
-          mine[k * 128 + tw] = E[k];
-          mine[(HALF + k) * 128 + tw] = O[k];
-        }
-      }
-      __syncthreads();
-      auto store = [&](int i, float he, float ho) {
-        const int nb = i >> 2, h = (i >> 1) & 1, c = i & 1;
-        const int j = it.nStart + nb * 8 + 2 * t + c;
-        if (mt < mTiles && j < n) {
-          const int srow = 16 * mt + g + 8 * h;
-          __nv_bfloat16* hp = args.H + (long long)(ex.tokOff + j) * args.ldh;
-          *reinterpret_cast<__nv_bfloat162*>(hp + 2 * srow) = __floats2bfloat162_rn(he, ho);
-        }
-      };
-      if (wgi == 0) {
-#pragma unroll
-        for (int k = 0; k < HALF; ++k)
-          store(k, siluf(E[k]) * theirs[k * 128 + tw], siluf(O[k]) * theirs[(HALF + k) * 128 + tw]);
-      } else {
-#pragma unroll
-        for (int k = 0; k < HALF; ++k)
-          store(HALF + k, siluf(theirs[k * 128 + tw]) * E[HALF + k], siluf(theirs[(HALF + k) * 128 + tw]) * O[HALF + k]);
-      }
-    } else if (mt < mTiles) {
-#pragma unroll
-      for (int nb = 0; nb < N / 8; ++nb) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int j = it.nStart + nb * 8 + 2 * t + c;
-          if (j >= n) continue;
-          const int sel = ex.tokOff + j;
-          float sc = 1.f;
-          long long orow = sel;
-          if constexpr (MODE == kModeDown) {
-            if (args.scales) sc = args.scales[sel];
-            if (args.outRows) orow = args.outRows[sel];
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int i = nb * 4 + 2 * h + c;
-            const int srow = 16 * mt + g + 8 * h;
-            if constexpr (MODE == kModeDown) {
-              *reinterpret_cast<float2*>(args.out + orow * args.ldo + 2 * srow) = make_float2(sc * E[i], sc * O[i]);
-            } else {
-              __nv_bfloat16* hp = args.H + (long long)sel * args.ldh;
-              *reinterpret_cast<__nv_bfloat162*>(hp + 2 * srow) = __floats2bfloat162_rn(geluTanh(E[i]), geluTanh(O[i]));
-            }
-          }
-        }
-      }
-    }
-    fenceAcc<ACC>(E);
-    fenceAcc<ACC>(O);
-  }
-  cpAsyncWait<0>();
-#else
   __trap();
 #endif
 }
