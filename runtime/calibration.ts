@@ -115,10 +115,9 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
 
 interface GpuForwardProbe {
   /** What a GPU layer costs forward() outside its routing and kernels: seconds per layer, and per
-   *  expert (decode-size calls); and for prefill-size calls, the seconds each token adds (rowS: its
-   *  hidden row in, its output row back, the host's share) and what a call handed to a libuv thread
-   *  costs more than an inline one (asyncS; undefined when those calls ran inline too). */
-  fit(): Promise<{ layerS: number; expertS: number; rowS: number; asyncS: number | undefined }>
+   *  expert (decode-size calls); and what is left of calls one row too large to run inline (offThread:
+   *  [rows, seconds less the per-expert costs]; empty when every call may run inline). */
+  fit(): Promise<{ layerS: number; expertS: number; offThread: [number, number][] }>
   close(): Promise<void>
 }
 
@@ -126,11 +125,8 @@ const FORWARD_WARMUP = 50
 const FORWARD_RUNS = 250
 /** Tokens per probe forward: 1 to 16 experts of the probe model's 16 a forward (top-1, random routes). */
 const FORWARD_TOKENS = [1, 2, 4, 8, 16]
-/** Prefill-size probe forwards: one row more than an inline call may have (when that is below 1024),
- *  1024 and 4096 tokens, in turn. */
-const PREFILL_TOKENS = [1024, 4096]
-const PREFILL_WARMUP = 6
-const PREFILL_RUNS = 36
+const OFF_THREAD_WARMUP = 6
+const OFF_THREAD_RUNS = 36
 
 /**
  * The GPU's fixed costs as forward() pays them: a runtime over the dense probe model with all its
@@ -139,23 +135,25 @@ const PREFILL_RUNS = 36
  * intercept is the per-layer cost, the slope the per-expert one. That covers choosing the experts,
  * building the call, the native call's host work and copies, waiting for the device, and handing the
  * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
- * Then forwards of prefill sizes, the same residual fitted against their tokens: the activation
- * copies as the runtime makes them (a separate copy probe predicted 1.3 ms a layer where sigma-lite's
- * 4096-token batches took 1.8-2.0) and the hand-over of an off-thread call (63360ce).
+ * Then forwards of one row more than an inline call may have, whose residual less their rows' copies
+ * is the hand-over of an off-thread call (63360ce). (Fitting the copies too on forwards of 257-4096
+ * rows gave 11 GB/s on the H200 machine, where sigma-lite's 4096-token layers moved their 64 MiB in
+ * 1.4 ms: the plan then left an expert on the CPU that made every layer 2x slower; 5c8ff4f.)
+ * Re-placement is off: its checks (planning, on prefill-size forwards) are no GPU cost.
  */
 function gpuForwardProbe(model: Model): GpuForwardProbe {
   const D = model.manifest.hiddenSize
   // The off-thread calls: one row more than an inline call may have (the same code path as a prefill
   // batch's, or a decode batch's beside CPU work).
   const inlineRows = envConfig().gpuInlineRows
-  const prefill = [...new Set([...(inlineRows < PREFILL_TOKENS[0] ? [inlineRows + 1] : []), ...PREFILL_TOKENS])]
-  const T = Math.max(...FORWARD_TOKENS, ...prefill)
+  const offThreadRows = inlineRows + 1
+  const T = Math.max(...FORWARD_TOKENS, offThreadRows)
   const opened = (async () => {
     const all = model.manifest.layers[0].experts.map((_, e) => e)
     // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
     // model; these placeholder rates decide nothing here: every expert is resident, so no batch has
     // a cold expert to stream or to weigh against the CPU.
-    const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
+    const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, replace: false, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
     return { rt, h: rt.arena.lease(T * D * 4), o: rt.arena.lease(T * D * 4) }
   })()
   let seed = 1
@@ -181,16 +179,14 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
         if (i >= FORWARD_WARMUP) decode.push([f.experts, f.s])
       }
       const { intercept: layerS, slope: expertS } = fitLine(decode)
-      // Prefill sizes: what is left after the per-expert costs, against the tokens.
-      const rows: [number, number][] = []
-      for (let i = 0; i < PREFILL_WARMUP + PREFILL_RUNS; i++) {
-        const n = prefill[i % prefill.length]
-        const f = await forward(n)
-        if (i >= PREFILL_WARMUP) rows.push([n, f.s - expertS * f.experts])
-      }
-      const { intercept, slope: rowS } = fitLine(rows)
-      const asyncS = prefill[0] > inlineRows ? intercept - layerS : undefined
-      return { layerS, expertS, rowS, asyncS }
+      // Off-thread calls: what is left after the per-expert costs.
+      const offThread: [number, number][] = []
+      if (offThreadRows <= T && inlineRows > 0)
+        for (let i = 0; i < OFF_THREAD_WARMUP + OFF_THREAD_RUNS; i++) {
+          const f = await forward(offThreadRows)
+          if (i >= OFF_THREAD_WARMUP) offThread.push([offThreadRows, f.s - expertS * f.experts])
+        }
+      return { layerS, expertS, offThread }
     },
     async close() {
       const { rt, h, o } = await opened
@@ -271,13 +267,17 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const forwardCosts = () => (forwardFit ??= (forwardProbe ??= gpuForwardProbe(denseModel!)).fit())
     const gpuOverhead = async () => (await forwardCosts()).layerS
     const gpuExpertOverhead = async () => (await forwardCosts()).expertS
-    const gpuAsyncCall = async () => (await forwardCosts()).asyncS ?? 0
-    // Bytes a token's activations move (its hidden row in, its output row back) per second, from the
-    // prefill forwards; the copy probe alone when those gave no positive slope.
-    const gpuActivation = async () => {
-      const { rowS } = await forwardCosts()
-      return rowS > 0 ? (8 * denseModel!.manifest.hiddenSize) / rowS : await activation!()
+    // The hand-over: an off-thread call's residual less its rows' copies (the activation probe's rate)
+    // and the inline calls' per-layer cost. Inline calls are off (HETMOE_GPU_INLINE_ROWS=0): 0.
+    const gpuAsyncCall = async () => {
+      const { layerS, offThread } = await forwardCosts()
+      if (offThread.length === 0) return 0
+      const rowS = (8 * denseModel!.manifest.hiddenSize) / (await activation!())
+      const left = offThread.map(([n, s]) => s - n * rowS).sort((a, b) => a - b)
+      return left[left.length >> 1] - layerS
     }
+    // Bytes a token's activations move (its hidden row in, its output row back) per second.
+    const gpuActivation = () => activation!()
     for (const f of FORMATS) {
       log(`calibration: preparing the ${f} probe model`)
       const m = await probeModel(f)
