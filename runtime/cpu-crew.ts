@@ -34,6 +34,39 @@ function envCount(name: string, fallback: number): number {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer (got "${raw}")`)
   return n
 }
+/** Idle workers' spin before they sleep: 'adaptive' (1.5 × the longest gap between jobs each worker saw
+ *  lately, at least 100 µs and at most the bound) or a fixed number of µs (0: sleep at once). A decode
+ *  step with a few hundred µs of other work (attention) between MoE layers outlasted the fixed 100 µs
+ *  of before, so every layer found the workers asleep: on the 16-core Xeon (KVM) the main thread paid
+ *  ~1.2 µs per worker it woke, and they took tens of µs to arrive. */
+export type IdleSpin = 'adaptive' | number
+export const DEFAULT_IDLE_SPIN_MAX_US = 2000
+/** Bounds of the settings (a worker goes back to its event loop after SERVE_IDLE_MS anyway). */
+const MAX_SPIN_US = 1_000_000
+/** The crew's idle spin from the options and, overriding them (measurements), HETMOE_CREW_IDLE_SPIN_US
+ *  ('adaptive' or µs) and HETMOE_CREW_IDLE_SPIN_MAX_US. Throws BAD_OPTION naming what is wrong. */
+export function idleSpinSetting(options: { idleSpinUs?: IdleSpin; idleSpinMaxUs?: number } = {}, env: NodeJS.ProcessEnv = process.env): { spinUs: IdleSpin; maxUs: number } {
+  const check = (v: unknown, what: string, allowAdaptive: boolean): IdleSpin => {
+    if (allowAdaptive && v === 'adaptive') return v
+    if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_SPIN_US) return v
+    throw new HetmoeError('BAD_OPTION', `${what} must be ${allowAdaptive ? "'adaptive' or " : ''}an integer number of µs in [0, ${MAX_SPIN_US}] (got ${typeof v === 'string' ? JSON.stringify(v) : String(v)})`)
+  }
+  const fromEnv = (name: string): unknown => {
+    const raw = env[name]
+    if (raw === undefined || raw === '') return undefined
+    return raw === 'adaptive' ? raw : /^\d+$/.test(raw) ? Number(raw) : raw
+  }
+  const envSpin = fromEnv('HETMOE_CREW_IDLE_SPIN_US')
+  const envMax = fromEnv('HETMOE_CREW_IDLE_SPIN_MAX_US')
+  const spinUs = envSpin !== undefined ? check(envSpin, 'HETMOE_CREW_IDLE_SPIN_US', true) : check(options.idleSpinUs ?? 'adaptive', 'options.cpuIdleSpinUs', true)
+  const maxUs = envMax !== undefined ? check(envMax, 'HETMOE_CREW_IDLE_SPIN_MAX_US', false) : check(options.idleSpinMaxUs ?? DEFAULT_IDLE_SPIN_MAX_US, 'options.cpuIdleSpinMaxUs', false)
+  return { spinUs, maxUs: maxUs as number }
+}
+/** HETMOE_CREW_EARLY_WAKE=N (measurements; 0, the default: off): a forward wakes up to N sleeping
+ *  workers before it routes (they wake two more each while any sleep) so that they spin by the time
+ *  its job is posted. */
+const EARLY_WAKE = envCount('HETMOE_CREW_EARLY_WAKE', 0)
+
 /** A joined job of at most this many weight bytes wakes sleeping workers only when the main thread,
  *  having timed its first blocks, finds more work left than a wake-up costs it (native/cpu/crew.cc);
  *  larger ones wake them at once (their first block alone can take 100 µs). */
@@ -52,6 +85,14 @@ const JOB_ABORT = 1
 const SLOT_WORD = 16
 const SLOT_STRIDE = 16
 const MAX_SLOTS = 64
+const BOARD_SLEEPERS = 6
+// A slot's diagnostics (native/cpu/crew.h): posts its worker caught spinning, posts it slept through
+// until woken, its current spin window (µs), the peak gap it remembers (µs).
+const SLOT_TID = 1
+const SLOT_CAUGHT = 2
+const SLOT_WOKEN = 3
+const SLOT_WINDOW = 4
+const SLOT_PEAK = 5
 
 /** The gate GEMM size (T·E·D products) from which routing shares it with the crew (CpuCrew.gateLogits):
  *  on the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16 tokens) and won from
@@ -63,6 +104,7 @@ export function setGateParallelMinProducts(products: number): void {
 }
 const GATE_MAGIC = 0x31474d48
 const GATE_WORDS = 32
+const GATE_WORKER_DIED = -2
 
 const crews = new WeakMap<Arena, CpuCrew>()
 /** The crew serving `arena`'s runtime, if any (routing finds it through its leases). */
@@ -86,6 +128,26 @@ export interface CrewRunOptions {
   /** Run the whole job on the calling thread, posting nothing. Defaults to work ≤ SOLO_MAX_WORK
    *  unless `join` is false. */
   solo?: boolean
+}
+
+/** What the crew's workers saw (diagnostics, benches). */
+export interface CrewStats {
+  /** Jobs posted to the workers (jobs run alone are not). */
+  posts: number
+  /** Arrivals at a posted job (or gate job) summed over workers: caught while spinning, or after sleeping. */
+  caughtSpinning: number
+  wokenFromSleep: number
+  /** Workers asleep now (in futex wait on the board). */
+  sleeping: number
+  /** Workers that have entered their serve loop at least once (a worker boots on its first job). */
+  started: number
+  /** Per worker: its current spin window and the gap peak it remembers, µs. */
+  windowUs: number[]
+  peakGapUs: number[]
+  /** The idle spin in force. */
+  idleSpin: { spinUs: IdleSpin; maxUs: number }
+  /** Workers woken early by forwards (HETMOE_CREW_EARLY_WAKE). */
+  earlyWoken: number
 }
 
 export interface CrewRunResult {
@@ -116,10 +178,13 @@ export class CpuCrew {
   #posts = 0
   readonly #gateDesc: Lease
   #closing = false
+  readonly #idleSpin: { spinUs: IdleSpin; maxUs: number }
+  #earlyWoken = 0
 
-  constructor(options: { arena: Arena; threads: number; filename?: string }) {
+  constructor(options: { arena: Arena; threads: number; filename?: string; idleSpinUs?: IdleSpin; idleSpinMaxUs?: number }) {
     if (!Number.isInteger(options.threads) || options.threads <= 0 || options.threads > MAX_SLOTS)
       throw new HetmoeError('BAD_OPTION', `options.cpuThreads must be an integer in [1, ${MAX_SLOTS}] (got ${String(options.threads)})`)
+    this.#idleSpin = idleSpinSetting(options)
     this.threads = options.threads
     this.#u8 = new Uint8Array(options.arena.buffer)
     this.#words = new Int32Array(options.arena.buffer)
@@ -127,6 +192,7 @@ export class CpuCrew {
     this.#board = options.arena.lease((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE) * 4, 64)
     this.#boardWords = this.#board.i32((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE))
     native().crewInit(this.#u8, this.#board.offset, this.threads)
+    native().crewConfigure(this.#u8, this.#board.offset, this.#idleSpin.spinUs === 'adaptive' ? -1 : this.#idleSpin.spinUs, this.#idleSpin.maxUs)
     this.#gateDesc = options.arena.lease(GATE_WORDS * 4, 64)
     crews.set(options.arena, this)
     this.#serveAll()
@@ -140,6 +206,33 @@ export class CpuCrew {
   /** Jobs posted to the workers so far (diagnostics and tests; jobs run alone are not posted). */
   get posts(): number {
     return this.#posts
+  }
+
+  /** What the workers saw so far (native/cpu/crew.h, a slot's diagnostics). */
+  stats(): CrewStats {
+    const w = this.#boardWords
+    const slot = (s: number, k: number) => Atomics.load(w, SLOT_WORD + s * SLOT_STRIDE + k)
+    const st: CrewStats = { posts: this.#posts, caughtSpinning: 0, wokenFromSleep: 0, sleeping: Atomics.load(w, BOARD_SLEEPERS), started: 0, windowUs: [], peakGapUs: [], idleSpin: { ...this.#idleSpin }, earlyWoken: this.#earlyWoken }
+    for (let s = 0; s < this.threads; s++) {
+      if (slot(s, SLOT_TID) !== 0) st.started++
+      st.caughtSpinning += slot(s, SLOT_CAUGHT)
+      st.wokenFromSleep += slot(s, SLOT_WOKEN)
+      st.windowUs.push(slot(s, SLOT_WINDOW))
+      st.peakGapUs.push(slot(s, SLOT_PEAK))
+    }
+    return st
+  }
+
+  /**
+   * A job is on its way (a forward about to route): if workers sleep, wakes up to `count` of them
+   * (default HETMOE_CREW_EARLY_WAKE, off) to spin for it; they pass the wake-up on. Returns how many it
+   * woke. Costs one load when none sleeps.
+   */
+  alert(count = EARLY_WAKE): number {
+    if (count <= 0 || this.#closing || Atomics.load(this.#boardWords, BOARD_SLEEPERS) === 0) return 0
+    const n = native().crewAlert(this.#u8, this.#board.offset, count)
+    this.#earlyWoken += n
+    return n
   }
 
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
@@ -227,9 +320,10 @@ export class CpuCrew {
    * The gate's logits (float64 [T × E], the same bits as native().gateLogits) computed by this thread
    * and the crew's workers together, which are idle while the main thread routes. `hidden` and
    * `logits` must lie in the arena, the gate weight in the mapped weights file `weightsId`. Returns
-   * undefined (nothing done; compute on this thread) when the crew is busy with a layer job, closing,
-   * or the GEMM is below `minProducts` (measured: below ~1M products the post and the join cost
-   * more than the split saves); else the index of the first non-finite hidden value, or -1.
+   * undefined (compute on this thread) when the crew is busy with a layer job, closing, the GEMM is
+   * below `minProducts` (measured: below ~1M products the post and the join cost more than the split
+   * saves), or a worker died inside the job (`testDieCount`: that many workers die holding a block,
+   * with HETMOE_TEST_HOOKS=1 only); else the index of the first non-finite hidden value, or -1.
    */
   gateLogits(
     hidden: Float32Array,
@@ -239,6 +333,7 @@ export class CpuCrew {
     E: number,
     logits: Float64Array,
     minProducts = GATE_PARALLEL_MIN_PRODUCTS,
+    testDieCount = 0,
   ): number | undefined {
     if (this.#closing || this.#busy || T * E * D < minProducts) return undefined
     if (hidden.buffer !== this.#u8.buffer || logits.buffer !== this.#u8.buffer || logits.byteOffset % 8 !== 0) return undefined
@@ -259,6 +354,7 @@ export class CpuCrew {
     w[9] = tpb
     w[10] = epb
     w[11] = native().cpuResolveIsa().index
+    w[12] = testDieCount
     const put64 = (i: number, v: number) => {
       w[i] = v % 2 ** 32 | 0
       w[i + 1] = Math.floor(v / 2 ** 32)
@@ -267,7 +363,9 @@ export class CpuCrew {
     put64(18, gate.offset)
     put64(20, logits.byteOffset)
     this.#serveAll()
-    return native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
+    const r = native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
+    // A worker died inside the job (its replacement comes from #serve's handler): the caller computes.
+    return r === GATE_WORKER_DIED ? undefined : r
   }
 
   /** Closes the posted job once no worker is inside it (a dead one is cleared by #serve's handler). */

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -18,13 +19,22 @@ namespace hetmoe {
 namespace cpu {
 namespace {
 
-// After a job a worker spins this long before it sleeps: at decode the next layer's job follows
-// within tens of microseconds, and a spinning worker joins it without a wake-up. It spins by
-// yielding: with a worker per core, a spinning worker shares a core with the main thread, whose
-// routing ran 2.5x slower on the 16-core Xeon while workers spun with pause.
-// HETMOE_CREW_IDLE_SPIN_US overrides it (0: workers sleep at once, so that every job wakes them: how
-// a decode step with other work between its MoE layers finds them).
-constexpr int64_t kIdleSpinMicros = 100;
+// After a job a worker spins for the next one before it sleeps: at decode the next layer's job
+// follows within tens of microseconds in a tight loop, or a few hundred when the app's own work
+// (attention) runs between MoE layers, and a spinning worker joins it without a wake-up, which on
+// the 16-core Xeon (a KVM guest) cost the main thread ~1.2 µs per sleeper and took the worker tens
+// of µs to arrive. It spins by yielding: with a worker per core, a spinning worker shares a core with
+// the main thread, whose routing ran 2.5x slower on that Xeon while workers spun with pause.
+// How long (board words bSpin, bSpinMax, set by crewConfigure from the runtime's options):
+//  - a fixed window (bSpin >= 0 µs; 0: sleep at once, so that every job wakes them);
+//  - adaptive (bSpin < 0): 1.5x the longest gap between jobs this worker saw lately (a peak that
+//    halves every kPeakHalfLifeMicros), at least kAdaptiveMinSpinMicros and at most bSpinMax. Gaps
+//    longer than bSpinMax (the app idle) are not counted, so an idle app's workers spin at most
+//    bSpinMax after its last job, then sleep, and after idleMicros go back to their event loops.
+constexpr int64_t kAdaptiveMinSpinMicros = 100;
+constexpr double kPeakHalfLifeMicros = 20000;
+constexpr int32_t kDefaultSpinMaxMicros = 2000;
+
 // Waking a sleeping worker is an IPI to a halted vCPU, and on the VMs here the waker pays for it: ~1.2
 // µs per sleeper on the 16-core Xeon (18-20 µs for the main thread to wake all sixteen), 15 µs or
 // more on the 2-core dev VM. A post that must have every worker (crewPost, WakeAtPost) still wakes
@@ -38,15 +48,9 @@ constexpr int kWakeFanout = 2;
 // The waker's cost per sleeper woken, µs: a running mean over the main thread's timed wake-ups.
 std::atomic<int64_t> wakeCostMicros{5};
 
-int64_t idleSpinMicros() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("HETMOE_CREW_IDLE_SPIN_US");
-    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : kIdleSpinMicros;
-  }();
-  return v;
-}
-
-enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots };
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bSpin, bSpinMax, bAlert };
+// Words of a worker's slot (crew.h): its mark, its kernel thread id, then diagnostics it writes.
+enum Slot { sMark = 0, sTid, sCaught, sWoken, sWindow, sPeak };
 
 int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
   if (board > arenaBytes || arenaBytes - board < crewBoardBytes(0) || reinterpret_cast<uintptr_t>(arena + board) % 64 != 0)
@@ -60,28 +64,84 @@ int32_t* boardAt(uint8_t* arena, size_t arenaBytes, size_t board) {
 std::atomic<int32_t>& at(int32_t* w, int i) { return atomicAt(w + i); }
 int32_t* slotWord(int32_t* w, int s) { return w + kSlotWord + s * kSlotStride; }
 
-// Waits for gen to differ from `seen`; returns the new gen, or `seen` after idleMicros without one.
-int32_t awaitPost(int32_t* w, int32_t seen, int64_t idleMicros) {
-  const int64_t start = nowMicros();
-  for (int i = 0;; ++i) {
-    const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
-    if (g != seen) return g;
-    if ((i & 7) == 0 && nowMicros() - start >= idleSpinMicros()) break;
-    sched_yield();
+// A worker's memory of the gaps between jobs (adaptive spin). Thread-local: it outlives a return to
+// the event loop (crewServe is called again on the same thread).
+struct GapPeak {
+  double peak = 0;  // µs, decayed to `at`
+  int64_t at = 0;
+  double now(int64_t t) const { return at ? peak * std::exp2(-double(t - at) / kPeakHalfLifeMicros) : 0; }
+  void observe(int64_t gap, int64_t t) {
+    peak = std::max(now(t), double(gap));
+    at = t;
   }
+};
+thread_local GapPeak gapPeak;
+
+int64_t spinWindow(int32_t* w, int64_t t) {
+  const int32_t fixed = at(w, bSpin).load(std::memory_order_relaxed);
+  if (fixed >= 0) return fixed;
+  const int64_t cap = at(w, bSpinMax).load(std::memory_order_relaxed);
+  const double want = 1.5 * gapPeak.now(t);
+  return std::min<int64_t>(cap, std::max<int64_t>(kAdaptiveMinSpinMicros, int64_t(want)));
+}
+
+// Waits for gen to differ from `seen`; returns the new gen, or `seen` after idleMicros without one.
+// `mine`: the worker's slot (diagnostics: arrivals caught spinning or after sleeping, the window).
+int32_t awaitPost(int32_t* w, int32_t* mine, int32_t seen, int64_t idleMicros) {
+  const int64_t start = nowMicros();
+  // The gap this worker saw before the post (from its last job's end), counted when no longer than
+  // the adaptive bound: a longer one is the app idle, not its rhythm.
+  const auto arrived = [&](int slotWord) {
+    const int64_t t = nowMicros();
+    if (t - start <= at(w, bSpinMax).load(std::memory_order_relaxed)) {
+      gapPeak.observe(t - start, t);
+      atomicAt(mine + sPeak).store(int32_t(gapPeak.peak), std::memory_order_relaxed);
+    }
+    atomicAt(mine + slotWord).fetch_add(1, std::memory_order_relaxed);
+  };
+  int64_t spinFrom = start;
+  int32_t alert = 0;
   for (;;) {
-    const int64_t left = idleMicros - (nowMicros() - start);
-    if (left <= 0) return seen;
-    at(w, bSleepers).fetch_add(1, std::memory_order_seq_cst);
-    futexWait(w + bGen, seen, left);  // returns at once if gen already moved on
-    at(w, bSleepers).fetch_sub(1, std::memory_order_seq_cst);
-    const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
-    if (g != seen) return g;
+    const int64_t window = spinWindow(w, spinFrom);
+    atomicAt(mine + sWindow).store(int32_t(std::min<int64_t>(window, INT32_MAX)), std::memory_order_relaxed);
+    for (int i = 0;; ++i) {
+      const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
+      if (g != seen) {
+        arrived(sCaught);
+        return g;
+      }
+      if ((i & 7) == 0 && nowMicros() - spinFrom >= window) break;
+      sched_yield();
+    }
+    for (;;) {
+      const int64_t left = idleMicros - (nowMicros() - start);
+      if (left <= 0) return seen;
+      alert = at(w, bAlert).load(std::memory_order_seq_cst);
+      at(w, bSleepers).fetch_add(1, std::memory_order_seq_cst);
+      futexWait(w + bGen, seen, left);  // returns at once if gen already moved on
+      at(w, bSleepers).fetch_sub(1, std::memory_order_seq_cst);
+      const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
+      if (g != seen) {
+        arrived(sWoken);
+        return g;
+      }
+      // Woken early (crewAlert: a job is on its way): pass the wake-up on, and spin again.
+      const int32_t a = at(w, bAlert).load(std::memory_order_seq_cst);
+      if (a != alert) {
+        alert = a;
+        if (at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
+        spinFrom = nowMicros();
+        break;
+      }
+    }
   }
 }
 
+std::atomic<bool> traceOn{false};
+JoinTrace lastJoin;
+
 // Wakes up to `count` sleeping workers, timing it per worker woken (the waker's share).
-void wakeSome(int32_t* w, int count) {
+int wakeSome(int32_t* w, int count) {
   const int64_t t0 = nowMicros();
   const int woken = futexWake(w + bGen, count);
   if (woken > 0) {
@@ -89,6 +149,7 @@ void wakeSome(int32_t* w, int count) {
     const int64_t sample = std::max<int64_t>(1, (nowMicros() - t0 + woken / 2) / woken);
     wakeCostMicros.store((3 * c + sample) / 4, std::memory_order_relaxed);
   }
+  return woken;
 }
 
 // Opens a validated job to the workers; spinning ones see it at once, sleeping ones only if `wake`.
@@ -104,7 +165,12 @@ void open(uint8_t* arena, int32_t* w, size_t board, size_t desc, bool wake) {
   w[bDescHi] = int32_t(uint32_t(desc >> 32));
   at(w, bOpen).store(1, std::memory_order_seq_cst);
   at(w, bGen).fetch_add(1, std::memory_order_seq_cst);
-  if (wake && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) wakeSome(w, INT32_MAX);
+  const int32_t sleepers = at(w, bSleepers).load(std::memory_order_seq_cst);
+  if (traceOn.load(std::memory_order_relaxed)) lastJoin.sleepersAtPost = sleepers;
+  if (wake && sleepers > 0) {
+    const int woken = wakeSome(w, INT32_MAX);
+    if (traceOn.load(std::memory_order_relaxed)) lastJoin.woken = woken;
+  }
 }
 
 void validate(uint8_t* arena, size_t arenaBytes, size_t desc) {
@@ -124,7 +190,23 @@ void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots) {
   int32_t* w = reinterpret_cast<int32_t*>(arena + board);
   for (size_t i = 0; i < crewBoardBytes(slots) / 4; ++i) w[i] = 0;
   w[bSlots] = slots;
+  w[bSpin] = -1;
+  w[bSpinMax] = kDefaultSpinMaxMicros;
   at(w, bMagic).store(kCrewMagic, std::memory_order_seq_cst);
+}
+
+void crewConfigure(uint8_t* arena, size_t arenaBytes, size_t board, int32_t spinMicros, int32_t spinMaxMicros) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  if (spinMaxMicros < 0) throw std::runtime_error("cpu crew: the adaptive spin's bound must be >= 0 µs");
+  at(w, bSpinMax).store(spinMaxMicros, std::memory_order_seq_cst);
+  at(w, bSpin).store(spinMicros < 0 ? -1 : spinMicros, std::memory_order_seq_cst);
+}
+
+int crewAlert(uint8_t* arena, size_t arenaBytes, size_t board, int count) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  if (count <= 0 || at(w, bSleepers).load(std::memory_order_seq_cst) == 0) return 0;
+  at(w, bAlert).fetch_add(1, std::memory_order_seq_cst);
+  return futexWake(w + bGen, count);
 }
 
 ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros) {
@@ -134,7 +216,7 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   atomicAt(mine + 1).store(static_cast<int32_t>(syscall(SYS_gettid)), std::memory_order_seq_cst);
   int32_t seen = 0;  // a job posted before this worker started is joined too
   for (;;) {
-    const int32_t g = awaitPost(w, seen, idleMicros);
+    const int32_t g = awaitPost(w, mine, seen, idleMicros);
     if (at(w, bQuit).load(std::memory_order_seq_cst)) return ServeStatus::Quit;
     if (g == seen) return ServeStatus::Idle;
     seen = g;
@@ -147,12 +229,15 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
       const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
       const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
       if (claimable && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) futexWake(w + bGen, kWakeFanout);
+      if (claimable && jh[0] == kJobMagic) atomicAt(const_cast<int32_t*>(jh) + kEnteredWord).fetch_add(1, std::memory_order_relaxed);
       if (claimable && jh[0] == kGateMagic) {
+        int32_t n = 0;
         try {
-          runGateJob(arena, arenaBytes, desc);
+          n = runGateJob(arena, arenaBytes, desc, testHooks);
         } catch (const std::exception&) {
           // Validated by the main thread before posting; it computes any block left unclaimed.
         }
+        if (n < 0) return ServeStatus::Die;  // test hook: dies holding a block, its mark kept
       } else if (claimable) {
         try {
           r = runLayerJob(arena, arenaBytes, desc, testHooks);
@@ -176,7 +261,21 @@ void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
 }
 
 JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros) {
-  if (mode == JoinMode::Alone) return runLayerJob(arena, arenaBytes, desc, false).status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
+  const bool trace = traceOn.load(std::memory_order_relaxed);
+  if (trace) {
+    const int64_t seq = lastJoin.seq + 1;
+    lastJoin = JoinTrace{nowNanos()};
+    lastJoin.seq = seq;
+  }
+  if (mode == JoinMode::Alone) {
+    const JobRunResult r = runLayerJob(arena, arenaBytes, desc, false);
+    if (trace) {
+      lastJoin.posted = lastJoin.mainDone = lastJoin.waited = lastJoin.retired = nowNanos();
+      lastJoin.mainBlocks = r.blocks;
+      lastJoin.numBlocks = reinterpret_cast<const int32_t*>(arena + desc)[5];
+    }
+    return r.status == JobStatus::Done ? JoinStatus::Done : JoinStatus::Aborted;
+  }
   int32_t* w = boardAt(arena, arenaBytes, board);
   bool posted = false;
   bool wakeDecided = mode == JoinMode::WakeAtPost;
@@ -198,7 +297,8 @@ JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc
     const int64_t n = std::min<int64_t>(sleepers, left / (4 * wakeCostMicros.load(std::memory_order_relaxed)));
     if (n >= 1) {
       wakeDecided = true;
-      wakeSome(w, static_cast<int>(n));
+      const int woken = wakeSome(w, static_cast<int>(n));
+      if (trace) lastJoin.woken += woken;
     }
   };
   JobRunResult r;
@@ -210,6 +310,7 @@ JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc
           open(arena, w, board, desc, mode == JoinMode::WakeAtPost);
           posted = true;
           start = nowMicros();
+          if (trace) lastJoin.posted = nowNanos();
         },
         afterBlock);
   } catch (...) {
@@ -219,10 +320,24 @@ JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc
     return JoinStatus::Aborted;
   }
   if (r.status != JobStatus::Done) return JoinStatus::Aborted;
+  if (trace) {
+    lastJoin.mainDone = nowNanos();
+    lastJoin.mainBlocks = r.blocks;
+    lastJoin.numBlocks = reinterpret_cast<const int32_t*>(arena + desc)[5];
+  }
   const JobWait s = waitLayerJob(arena, arenaBytes, desc, spinMicros);
+  if (trace) lastJoin.waited = nowNanos();
   if (s != JobWait::Done) return s == JobWait::Aborted ? JoinStatus::Aborted : JoinStatus::Pending;
-  return crewRetire(arena, arenaBytes, board, retireMicros) ? JoinStatus::Done : JoinStatus::Unretired;
+  const bool retired = crewRetire(arena, arenaBytes, board, retireMicros);
+  if (trace) {
+    lastJoin.retired = nowNanos();
+    lastJoin.entered = reinterpret_cast<const int32_t*>(arena + desc)[kEnteredWord];
+  }
+  return retired ? JoinStatus::Done : JoinStatus::Unretired;
 }
+
+void crewTrace(bool on) { traceOn.store(on, std::memory_order_relaxed); }
+JoinTrace crewLastJoin() { return lastJoin; }
 
 bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {
   int32_t* w = boardAt(arena, arenaBytes, board);
@@ -240,15 +355,35 @@ bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMic
   return true;
 }
 
+namespace {
+// Whether worker s is marked inside a job and its thread is gone.
+bool slotDied(int32_t* w, int s) {
+  int32_t* slot = slotWord(w, s);
+  const int32_t tid = atomicAt(slot + sTid).load(std::memory_order_seq_cst);
+  return atomicAt(slot).load(std::memory_order_seq_cst) == 1 && tid > 0 && syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
+}
+}  // namespace
+
 bool crewWorkerDied(uint8_t* arena, size_t arenaBytes, size_t board) {
   int32_t* w = boardAt(arena, arenaBytes, board);
-  const pid_t pid = getpid();
-  for (int s = 0; s < w[bSlots]; ++s) {
-    int32_t* slot = slotWord(w, s);
-    const int32_t tid = atomicAt(slot + 1).load(std::memory_order_seq_cst);
-    if (atomicAt(slot).load(std::memory_order_seq_cst) == 1 && tid > 0 && syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH) return true;
-  }
+  for (int s = 0; s < w[bSlots]; ++s)
+    if (slotDied(w, s)) return true;
   return false;
+}
+
+bool crewRetireLive(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMicros) {
+  int32_t* w = boardAt(arena, arenaBytes, board);
+  at(w, bOpen).store(0, std::memory_order_seq_cst);
+  const int64_t until = nowMicros() + spinMicros;
+  for (int s = 0; s < w[bSlots]; ++s)
+    for (int i = 0; atomicAt(slotWord(w, s)).load(std::memory_order_seq_cst) != 0; ++i) {
+      if ((i & 63) == 0) {
+        if (slotDied(w, s)) break;
+        if (nowMicros() >= until) return false;
+      }
+      __builtin_ia32_pause();
+    }
+  return true;
 }
 
 void crewQuit(uint8_t* arena, size_t arenaBytes, size_t board) {

@@ -31,5 +31,11 @@ inline int64_t nowMicros() {
   return int64_t(t.tv_sec) * 1000000 + t.tv_nsec / 1000;
 }
 
+inline int64_t nowNanos() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
 }  // namespace cpu
 }  // namespace hetmoe
