@@ -237,6 +237,33 @@ export class CpuCrew {
 
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
   async run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
+    return this.runNow(job, options) ?? (await this.#run(job, options))
+  }
+
+  /**
+   * run() for a job that can finish on this thread now: a job run alone while no other job holds the
+   * turn (a decode layer's tiniest jobs) runs synchronously, without a promise; undefined for any
+   * other job (nothing done: call run()). Throws what run() would reject with.
+   */
+  runNow(job: CrewJob, options: CrewRunOptions = {}): CrewRunResult | undefined {
+    if (this.#busy || this.#closing) return undefined
+    const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
+    if (!(options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK))) return undefined
+    const { signal } = options
+    if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
+    this.#checkDesc(job)
+    // Synchronous (no abort can arrive meanwhile, and nothing else takes the turn), and no worker ever sees the job.
+    if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
+      throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
+    return { joined: true, solo: true, retried: false }
+  }
+
+  #checkDesc(job: CrewJob): void {
+    if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
+      throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+  }
+
+  async #run(job: CrewJob, options: CrewRunOptions): Promise<CrewRunResult> {
     if (this.#closing) throw new HetmoeError('POOL_CLOSED', 'the CPU worker pool was closed; create a new runtime')
     // With nothing running the turn is taken at once, without a trip through the microtask queue.
     if (this.#busy) await this.#turn()
@@ -244,8 +271,7 @@ export class CpuCrew {
     try {
       const { signal } = options
       if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
-      if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
-        throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+      this.#checkDesc(job)
       const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
       if (options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)) {
         // Synchronous (no abort can arrive meanwhile), and no worker ever sees the job.

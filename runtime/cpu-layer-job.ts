@@ -10,7 +10,7 @@ import type { ExpertRef, FfnKind, MatrixRef } from '../experts/manifest.js'
 import type { Arena } from './arena.js'
 import { HetmoeError } from './errors.js'
 import { native, type CpuIsa } from './native.js'
-import type { CpuCrew } from './cpu-crew.js'
+import type { CpuCrew, CrewRunResult } from './cpu-crew.js'
 
 /** Output rows per block (both phases); a multiple of 32 (AMX tiles work on 32-row steps). */
 export const ROWS_PER_BLOCK = 128
@@ -122,8 +122,13 @@ function checkJob(job: CpuLayerJob): void {
 
 // Descriptor writers (module-level, so that encoding a job creates no closures).
 function put64(w: Int32Array, i: number, v: number): void {
-  w[i] = v % 2 ** 32 | 0
-  w[i + 1] = Math.floor(v / 2 ** 32)
+  if (v < 2 ** 31) {
+    w[i] = v
+    w[i + 1] = 0
+  } else {
+    w[i] = v % 2 ** 32 | 0
+    w[i + 1] = Math.floor(v / 2 ** 32)
+  }
 }
 
 function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
@@ -291,15 +296,40 @@ export function runCpuLayerSync(arena: Arena, job: CpuLayerJob): { isa: CpuIsa; 
  * claim blocks until none is left. A worker that dies mid-job makes the others stop (abort flag),
  * the blocks it held are put back and the job runs once more; a second death is WORKER_DIED.
  */
-export async function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
+export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
   const t0 = performance.now()
-  if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
-  // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
-  const solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
-  const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
-  const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
+  if (options.signal?.aborted) return Promise.reject(new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason }))
+  let enc: EncodedCpuLayerJob
+  let solo: boolean
   try {
-    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 }
+    // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
+    solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
+    const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
+    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
+  } catch (err) {
+    return Promise.reject(err)
+  }
+  if (enc.numBlocks === 0) {
+    enc.release()
+    return Promise.resolve({ isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 })
+  }
+  // A decode layer's tiniest job finishes here, synchronously: no async frames or promise hops on top of the kernels.
+  let now: CrewRunResult | undefined
+  try {
+    now = crew.runNow(enc, { signal: options.signal, join: options.join, solo })
+  } catch (err) {
+    enc.release()
+    return Promise.reject(err)
+  }
+  if (now) {
+    enc.release()
+    return Promise.resolve({ isa: enc.isa, blocks: enc.numBlocks, joined: now.joined, solo: now.solo, retried: now.retried, ms: performance.now() - t0 })
+  }
+  return runOnCrew(crew, enc, options, solo, t0)
+}
+
+async function runOnCrew(crew: CpuCrew, enc: EncodedCpuLayerJob, options: RunCpuLayerOptions, solo: boolean, t0: number): Promise<CpuLayerStats> {
+  try {
     const r = await crew.run(enc, { signal: options.signal, join: options.join, solo })
     return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, solo: r.solo, retried: r.retried, ms: performance.now() - t0 }
   } finally {

@@ -317,7 +317,6 @@ export class Runtime extends EventEmitter {
       if (jobs.length === 0 && cpuJobs.length === 1) {
         // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.
         await cpuJobs[0]
-        cpuDone = performance.now()
       } else {
         if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
         const settled = await Promise.allSettled(jobs)
@@ -326,6 +325,7 @@ export class Runtime extends EventEmitter {
       }
       throwIfAborted(options.signal)
       const tCompute = performance.now()
+      if (cpuJobs.length && !cpuDone) cpuDone = tCompute // the one CPU job, awaited alone
 
       const out = options.out ?? new Float32Array(T * D)
       if (outInPlace) {
