@@ -309,7 +309,9 @@ JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc
         [&] {
           open(arena, w, board, desc, mode == JoinMode::WakeAtPost);
           posted = true;
-          start = nowMicros();
+          // The lazy wake prices the work left by this thread's time per block: a clock only if any sleep.
+          if (!wakeDecided && at(w, bSleepers).load(std::memory_order_relaxed) > 0) start = nowMicros();
+          else wakeDecided = true;
           if (trace) lastJoin.posted = nowNanos();
         },
         afterBlock);
@@ -346,10 +348,14 @@ bool crewRetire(uint8_t* arena, size_t arenaBytes, size_t board, int64_t spinMic
   // Workers still inside have run out of blocks (or seen abort) and leave within one block's time;
   // one that stays may have died unnoticed, so the caller gets control back to learn of deaths (and
   // clears a dead worker's mark itself: it is the one that learns of the death).
-  const int64_t until = nowMicros() + spinMicros;
+  int64_t until = 0;  // the clock is read only if a worker is still inside
   for (int s = 0; s < slots; ++s)
     for (int i = 0; atomicAt(slotWord(w, s)).load(std::memory_order_seq_cst) != 0; ++i) {
-      if ((i & 63) == 0 && nowMicros() >= until) return false;
+      if ((i & 63) == 0) {
+        const int64_t t = nowMicros();
+        if (until == 0) until = t + spinMicros;
+        else if (t >= until) return false;
+      }
       __builtin_ia32_pause();
     }
   return true;
