@@ -5,6 +5,7 @@
 // waits for large ones on a libuv thread, so the event loop goes on (and learns of dying workers).
 // The tiniest jobs it runs alone, without posting them at all (SOLO_MAX_WORK).
 // Protocol and board layout: native/cpu/crew.h. Jobs run one at a time, in call order.
+import { availableParallelism } from 'node:os'
 import { CpuPool } from './pool.js'
 import { HetmoeError } from './errors.js'
 import { native } from './native.js'
@@ -66,6 +67,19 @@ export function idleSpinSetting(options: { idleSpinUs?: IdleSpin; idleSpinMaxUs?
  *  workers before it routes (they wake two more each while any sleep) so that they spin by the time
  *  its job is posted. */
 const EARLY_WAKE = envCount('HETMOE_CREW_EARLY_WAKE', 0)
+/** How many workers spin when idle (the others sleep at once and are woken for jobs whose work pays
+ *  for it): one fewer than the logical cores, so that the calling thread, which runs the forward's
+ *  JavaScript and joins its jobs, keeps a core that no spinner shares (a spinner on its core yields,
+ *  but still costs it switches). Not measured to matter yet: on the 2-core dev VM one or two spinners
+ *  gave the same medians. HETMOE_CREW_SPIN_WORKERS overrides it (measurements). */
+export function spinWorkers(threads: number, env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.HETMOE_CREW_SPIN_WORKERS
+  if (raw !== undefined && raw !== '') {
+    if (!/^\d+$/.test(raw)) throw new HetmoeError('BAD_OPTION', `HETMOE_CREW_SPIN_WORKERS must be a non-negative integer (got "${raw}")`)
+    return Math.min(threads, Number(raw))
+  }
+  return Math.min(threads, Math.max(1, availableParallelism() - 1))
+}
 
 /** A joined job of at most this many weight bytes wakes sleeping workers only when the main thread,
  *  having timed its first blocks, finds more work left than a wake-up costs it (native/cpu/crew.cc);
@@ -93,6 +107,7 @@ const SLOT_CAUGHT = 2
 const SLOT_WOKEN = 3
 const SLOT_WINDOW = 4
 const SLOT_PEAK = 5
+const SLOT_PEEKED = 6
 
 /** The gate GEMM size (T·E·D products) from which routing shares it with the crew (CpuCrew.gateLogits):
  *  on the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16 tokens) and won from
@@ -134,18 +149,21 @@ export interface CrewRunOptions {
 export interface CrewStats {
   /** Jobs posted to the workers (jobs run alone are not). */
   posts: number
-  /** Arrivals at a posted job (or gate job) summed over workers: caught while spinning, or after sleeping. */
+  /** Arrivals at a posted job (or gate job) summed over workers: caught while spinning, woken from
+   *  sleep, or found by a sleeping worker looking up by itself (it sleeps at most 4-128 ms at a time). */
   caughtSpinning: number
   wokenFromSleep: number
+  foundOnPeek: number
   /** Workers asleep now (in futex wait on the board). */
   sleeping: number
   /** Workers that have entered their serve loop at least once (a worker boots on its first job). */
   started: number
-  /** Per worker: its current spin window and the gap peak it remembers, µs. */
+  /** Per worker: its kernel thread id (0 before it first served), its current spin window and the gap peak it remembers, µs. */
+  tids: number[]
   windowUs: number[]
   peakGapUs: number[]
-  /** The idle spin in force. */
-  idleSpin: { spinUs: IdleSpin; maxUs: number }
+  /** The idle spin in force, and how many workers spin. */
+  idleSpin: { spinUs: IdleSpin; maxUs: number; workers: number }
   /** Workers woken early by forwards (HETMOE_CREW_EARLY_WAKE). */
   earlyWoken: number
 }
@@ -178,13 +196,13 @@ export class CpuCrew {
   #posts = 0
   readonly #gateDesc: Lease
   #closing = false
-  readonly #idleSpin: { spinUs: IdleSpin; maxUs: number }
+  readonly #idleSpin: { spinUs: IdleSpin; maxUs: number; workers: number }
   #earlyWoken = 0
 
   constructor(options: { arena: Arena; threads: number; filename?: string; idleSpinUs?: IdleSpin; idleSpinMaxUs?: number }) {
     if (!Number.isInteger(options.threads) || options.threads <= 0 || options.threads > MAX_SLOTS)
       throw new HetmoeError('BAD_OPTION', `options.cpuThreads must be an integer in [1, ${MAX_SLOTS}] (got ${String(options.threads)})`)
-    this.#idleSpin = idleSpinSetting(options)
+    this.#idleSpin = { ...idleSpinSetting(options), workers: spinWorkers(options.threads) }
     this.threads = options.threads
     this.#u8 = new Uint8Array(options.arena.buffer)
     this.#words = new Int32Array(options.arena.buffer)
@@ -192,7 +210,7 @@ export class CpuCrew {
     this.#board = options.arena.lease((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE) * 4, 64)
     this.#boardWords = this.#board.i32((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE))
     native().crewInit(this.#u8, this.#board.offset, this.threads)
-    native().crewConfigure(this.#u8, this.#board.offset, this.#idleSpin.spinUs === 'adaptive' ? -1 : this.#idleSpin.spinUs, this.#idleSpin.maxUs)
+    native().crewConfigure(this.#u8, this.#board.offset, this.#idleSpin.spinUs === 'adaptive' ? -1 : this.#idleSpin.spinUs, this.#idleSpin.maxUs, this.#idleSpin.workers)
     this.#gateDesc = options.arena.lease(GATE_WORDS * 4, 64)
     crews.set(options.arena, this)
     this.#serveAll()
@@ -212,11 +230,13 @@ export class CpuCrew {
   stats(): CrewStats {
     const w = this.#boardWords
     const slot = (s: number, k: number) => Atomics.load(w, SLOT_WORD + s * SLOT_STRIDE + k)
-    const st: CrewStats = { posts: this.#posts, caughtSpinning: 0, wokenFromSleep: 0, sleeping: Atomics.load(w, BOARD_SLEEPERS), started: 0, windowUs: [], peakGapUs: [], idleSpin: { ...this.#idleSpin }, earlyWoken: this.#earlyWoken }
+    const st: CrewStats = { posts: this.#posts, caughtSpinning: 0, wokenFromSleep: 0, foundOnPeek: 0, sleeping: Atomics.load(w, BOARD_SLEEPERS), started: 0, tids: [], windowUs: [], peakGapUs: [], idleSpin: { ...this.#idleSpin }, earlyWoken: this.#earlyWoken }
     for (let s = 0; s < this.threads; s++) {
       if (slot(s, SLOT_TID) !== 0) st.started++
+      st.tids.push(slot(s, SLOT_TID))
       st.caughtSpinning += slot(s, SLOT_CAUGHT)
       st.wokenFromSleep += slot(s, SLOT_WOKEN)
+      st.foundOnPeek += slot(s, SLOT_PEEKED)
       st.windowUs.push(slot(s, SLOT_WINDOW))
       st.peakGapUs.push(slot(s, SLOT_PEAK))
     }

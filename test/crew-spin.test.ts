@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Arena } from '../runtime/arena.js'
-import { CpuCrew, idleSpinSetting, crewOf } from '../runtime/cpu-crew.js'
+import { CpuCrew, idleSpinSetting, crewOf, spinWorkers } from '../runtime/cpu-crew.js'
 import { runCpuLayer } from '../runtime/cpu-layer-job.js'
 import { native } from '../runtime/native.js'
 import { createRuntime } from '../runtime/runtime.js'
@@ -21,6 +21,9 @@ import { throwsHetmoe } from './helpers/expect-error.js'
 process.env.HETMOE_TEST_HOOKS = '1'
 delete process.env.HETMOE_CREW_IDLE_SPIN_US
 delete process.env.HETMOE_CREW_IDLE_SPIN_MAX_US
+// Every worker spins in these tests (by default one core is left to the calling thread: one worker of
+// two on a 2-core machine); the last tests set it themselves.
+process.env.HETMOE_CREW_SPIN_WORKERS = '64'
 const isa = native().cpuIsa().levels.some((l) => l.name === 'avx2' && l.available) ? 'avx2' : 'scalar'
 const sleepMs = (ms: number) => new Promise((r) => setTimeout(r, ms))
 /** Off the CPU (the workers get the cores), unlike a busy gap. */
@@ -47,7 +50,7 @@ async function crewWithJob(t: { teardown(f: () => unknown): void }, opts: { idle
 
 t.test('adaptive spin: the window follows the gaps between jobs, bounded; an idle crew sleeps', async (t) => {
   const { crew, run } = await crewWithJob(t, {})
-  t.same(crew.stats().idleSpin, { spinUs: 'adaptive', maxUs: 2000 }, 'adaptive, up to 2000 µs, by default')
+  t.same(crew.stats().idleSpin, { spinUs: 'adaptive', maxUs: 2000, workers: 2 }, 'adaptive, up to 2000 µs, by default')
   // Gaps of ~600 µs off the CPU: past the old fixed 100 µs, within the bound.
   for (let i = 0; i < 40; i++) {
     blockUs(600)
@@ -78,7 +81,7 @@ t.test('adaptive spin: the window follows the gaps between jobs, bounded; an idl
 
 t.test('adaptive spin: a lower bound holds, and tight loops keep the 100 µs floor', async (t) => {
   const { crew, run } = await crewWithJob(t, { idleSpinMaxUs: 300 })
-  t.same(crew.stats().idleSpin, { spinUs: 'adaptive', maxUs: 300 })
+  t.same(crew.stats().idleSpin, { spinUs: 'adaptive', maxUs: 300, workers: 2 })
   for (let i = 0; i < 30; i++) {
     blockUs(600)
     await run()
@@ -103,6 +106,28 @@ t.test('fixed spin 0: workers sleep at once and every posted job wakes them', as
   const st = crew.stats()
   t.same(st.windowUs, [0, 0])
   t.ok(st.wokenFromSleep - before.wokenFromSleep >= 15, `arrivals from sleep: ${st.wokenFromSleep - before.wokenFromSleep} of 20`)
+})
+
+t.test('spinning workers: one core is left to the calling thread; the others sleep at once', async (t) => {
+  const { availableParallelism } = await import('node:os')
+  const cores = availableParallelism()
+  t.equal(spinWorkers(64, {}), Math.max(1, cores - 1), `${cores} cores: ${Math.max(1, cores - 1)} spin`)
+  t.equal(spinWorkers(1, {}), 1, 'never more than the workers')
+  t.equal(spinWorkers(16, { HETMOE_CREW_SPIN_WORKERS: '0' }), 0, 'the environment decides (measurements)')
+  t.equal(spinWorkers(4, { HETMOE_CREW_SPIN_WORKERS: '9' }), 4)
+  throwsHetmoe(t, () => spinWorkers(4, { HETMOE_CREW_SPIN_WORKERS: 'all' }), 'BAD_OPTION', /HETMOE_CREW_SPIN_WORKERS/, 'checked')
+  process.env.HETMOE_CREW_SPIN_WORKERS = '1'
+  t.teardown(() => void (process.env.HETMOE_CREW_SPIN_WORKERS = '64'))
+  const { crew, run } = await crewWithJob(t, {})
+  t.equal(crew.stats().idleSpin.workers, 1)
+  for (let i = 0; i < 20; i++) {
+    blockUs(300)
+    await run()
+  }
+  await sleepMs(1)
+  const st = crew.stats()
+  t.ok(st.windowUs[0] >= 100, `the first worker spins (${st.windowUs[0]} µs)`)
+  t.equal(st.windowUs[1], 0, 'the second sleeps at once')
 })
 
 t.test('alert: sleeping workers are woken ahead of a job and meet it spinning', async (t) => {
@@ -143,7 +168,7 @@ t.test('idle spin settings: options, environment overrides, validation', async (
   t.teardown(() => model.close())
   await t.rejects(createRuntime({ model, gpu: 'off', cpuIdleSpinUs: -3 }), { code: 'BAD_OPTION' })
   const rt = await createRuntime({ model, gpu: 'off', cpuThreads: 1, cpuIdleSpinUs: 300 })
-  t.same(crewOf(rt.arena)!.stats().idleSpin, { spinUs: 300, maxUs: 2000 }, 'the runtime passes its options to the crew')
+  t.same(crewOf(rt.arena)!.stats().idleSpin, { spinUs: 300, maxUs: 2000, workers: 1 }, 'the runtime passes its options to the crew')
   await rt.close()
 })
 
@@ -158,7 +183,7 @@ t.test('join trace: where a joined job\'s time went (the overhead bench reads it
   })
   const p = prepareJob(arena, model, { D: 64, F: 128, ffn: 'swiglu', counts: [4, 5, 3], T: 8, seed: 6, isa })
   const a = native()
-  const tr = new Float64Array(10)
+  const tr = new Float64Array(12)
   a.crewTrace(true)
   const seq = a.crewLastJoin(tr)[9]
   const stats = await runCpuLayer(crew, arena, p.job, { join: true, solo: false })

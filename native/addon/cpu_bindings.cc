@@ -106,14 +106,18 @@ Napi::Value CrewInit(const Napi::CallbackInfo& cb) {
   return cb.Env().Undefined();
 }
 
-// crewConfigure(arena, board, spinMicros, spinMaxMicros): idle workers spin `spinMicros` (< 0:
-// adaptive, up to spinMaxMicros) before they sleep.
+// crewConfigure(arena, board, spinMicros, spinMaxMicros, spinWorkers): idle workers of the first
+// `spinWorkers` slots spin `spinMicros` (< 0: adaptive, up to spinMaxMicros) before they sleep.
 Napi::Value CrewConfigure(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset");
   const int64_t spin = intArg(cb[2], "spin microseconds"), max = intArg(cb[3], "spin bound microseconds");
+  const int64_t spinners = intArg(cb[4], "spinning workers");
   if (spin > INT32_MAX || max < 0 || max > INT32_MAX) throw Napi::RangeError::New(cb.Env(), "spin microseconds out of range");
-  nativeErrors(cb.Env(), [&] { cpu::crewConfigure(a.data, a.length, board, static_cast<int32_t>(std::max<int64_t>(spin, -1)), static_cast<int32_t>(max)); });
+  if (spinners < 0 || spinners > 64) throw Napi::RangeError::New(cb.Env(), "spinning workers must be in [0, 64]");
+  nativeErrors(cb.Env(), [&] {
+    cpu::crewConfigure(a.data, a.length, board, static_cast<int32_t>(std::max<int64_t>(spin, -1)), static_cast<int32_t>(max), static_cast<int32_t>(spinners));
+  });
   return cb.Env().Undefined();
 }
 
@@ -125,21 +129,22 @@ Napi::Value CrewAlert(const Napi::CallbackInfo& cb) {
   return Napi::Number::New(cb.Env(), nativeErrors(cb.Env(), [&] { return cpu::crewAlert(a.data, a.length, board, static_cast<int>(std::min<int64_t>(std::max<int64_t>(count, 0), 64))); }));
 }
 
-// crewTrace(on): record the timings of every crewJoin (diagnostics); crewLastJoin(out: Float64Array(10))
+// crewTrace(on): record the timings of every crewJoin (diagnostics); crewLastJoin(out: Float64Array(12))
 // → out: [posted, mainDone, waited, retired] as µs after the call's start, then mainBlocks,
-// numBlocks, sleepersAtPost, woken, entered, and the number of joins traced so far.
+// numBlocks, sleepersAtPost, woken, entered, the number of joins traced so far, and the lazy wake's
+// estimates (µs): a woken worker's arrival, the waker's cost per worker.
 Napi::Value CrewTrace(const Napi::CallbackInfo& cb) {
   cpu::crewTrace(cb.Length() > 0 && cb[0].ToBoolean());
   return cb.Env().Undefined();
 }
 
 Napi::Value CrewLastJoin(const Napi::CallbackInfo& cb) {
-  Span<double> o = typedSpan<double>(cb[0], napi_float64_array, "out (a Float64Array of 10)");
-  if (o.length < 10) throw Napi::RangeError::New(cb.Env(), "out must hold 10 values");
+  Span<double> o = typedSpan<double>(cb[0], napi_float64_array, "out (a Float64Array of 12)");
+  if (o.length < 12) throw Napi::RangeError::New(cb.Env(), "out must hold 12 values");
   const cpu::JoinTrace j = cpu::crewLastJoin();
   const auto us = [&](int64_t t) { return t ? double(t - j.start) / 1000.0 : -1.0; };
-  const double v[10] = {us(j.posted), us(j.mainDone), us(j.waited), us(j.retired), double(j.mainBlocks), double(j.numBlocks),
-                        double(j.sleepersAtPost), double(j.woken), double(j.entered), double(j.seq)};
+  const double v[12] = {us(j.posted), us(j.mainDone), us(j.waited), us(j.retired), double(j.mainBlocks), double(j.numBlocks),
+                        double(j.sleepersAtPost), double(j.woken), double(j.entered), double(j.seq), double(j.arrivalMicros), double(j.wakeCostMicros)};
   std::memcpy(o.data, v, sizeof v);
   return cb[0];
 }

@@ -7,10 +7,12 @@
 //   0 magic kCrewMagic   1 gen: bumped by every post (and by quit)   2-3 job descriptor offset
 //   4 open: 1 while the posted job may be joined   5 quit   6 sleepers: workers in futex wait
 //   7 slots   8 idle spin: >= 0 a fixed window (µs), < 0 adaptive   9 the adaptive window's bound (µs)
-//   10 alert: bumped by crewAlert (a job is coming: sleepers spin again)
+//   10 alert: bumped by crewAlert (a job is coming: sleepers spin again)   11 spinning workers: slots
+//   below it spin when idle, the others sleep at once
 //   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job; then the
 //   serving thread's kernel thread id (crewWorkerDied); then diagnostics the worker writes: posts it
-//   saw while spinning, posts it saw after sleeping, its current spin window (µs), 0
+//   saw while spinning, posts it was woken for, its current spin window (µs), the gap peak it
+//   remembers (µs), posts it found when it looked up from sleep by itself (crew.cc: peeks)
 //
 // Protocol. A worker waits for gen to change (spins for a window, then sleeps on the gen word), marks its
 // slot, and only then reads `open` and the offset: the main thread retires a job by clearing `open`
@@ -35,11 +37,11 @@ constexpr size_t crewBoardBytes(int slots) { return size_t(kSlotWord + slots * k
 
 enum class ServeStatus : int32_t { Quit = 0, Die = 1, Idle = 2 };
 
-// Formats a board for `slots` workers (idle spin adaptive, bounded at 2000 µs).
+// Formats a board for `slots` workers (idle spin adaptive, bounded at 2000 µs, every worker).
 void crewInit(uint8_t* arena, size_t arenaBytes, size_t board, int slots);
 // How long idle workers spin before they sleep (crew.cc): `spinMicros` >= 0 that long, < 0 adaptive
-// up to `spinMaxMicros`. Workers read it each time they become idle.
-void crewConfigure(uint8_t* arena, size_t arenaBytes, size_t board, int32_t spinMicros, int32_t spinMaxMicros);
+// up to `spinMaxMicros`; only slots below `spinWorkers` spin. Workers read it each time they become idle.
+void crewConfigure(uint8_t* arena, size_t arenaBytes, size_t board, int32_t spinMicros, int32_t spinMaxMicros, int32_t spinWorkers);
 // Main side, ahead of a job: if workers sleep, wakes up to `count` of them (each passes the wake-up on
 // to two more while any sleep) to spin for the job; returns how many it woke.
 int crewAlert(uint8_t* arena, size_t arenaBytes, size_t board, int count);
@@ -83,6 +85,7 @@ struct JoinTrace {
   int64_t start = 0, posted = 0, mainDone = 0, waited = 0, retired = 0;
   int32_t mainBlocks = 0, numBlocks = 0, sleepersAtPost = 0, woken = 0, entered = 0;
   int64_t seq = 0;  // joins traced so far, this one included
+  int64_t arrivalMicros = 0, wakeCostMicros = 0;  // the lazy wake's estimates at the join's end (crew.cc)
 };
 void crewTrace(bool on);
 JoinTrace crewLastJoin();

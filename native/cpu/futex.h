@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <ctime>
@@ -16,9 +17,10 @@ namespace cpu {
 inline std::atomic<int32_t>& atomicAt(int32_t* w) { return *reinterpret_cast<std::atomic<int32_t>*>(w); }
 
 // Sleeps while *addr == expected, at most `micros` (< 0: no limit); spurious returns are fine.
-inline void futexWait(int32_t* addr, int32_t expected, int64_t micros) {
+// Returns true when the time ran out (nobody woke it).
+inline bool futexWait(int32_t* addr, int32_t expected, int64_t micros) {
   timespec ts{static_cast<time_t>(micros / 1000000), static_cast<long>(micros % 1000000) * 1000L};
-  syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, micros < 0 ? nullptr : &ts, nullptr, 0);
+  return syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, micros < 0 ? nullptr : &ts, nullptr, 0) != 0 && errno == ETIMEDOUT;
 }
 // Wakes at most `count` threads sleeping on addr; returns how many it woke.
 inline int futexWake(int32_t* addr, int count) { return static_cast<int>(syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0)); }
