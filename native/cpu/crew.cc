@@ -72,7 +72,7 @@ int jobFanout() {
 // A woken worker's arrival: its latency since the last wake-up call joins the running mean.
 void noteArrival(int64_t t) {
   const int64_t l = t - lastWakeAt.load(std::memory_order_relaxed);
-  if (l < 0 || l > 100000) return;
+  if (l < 0 || l > 10000) return;  // woken by something else (a quit, an alert long after)
   const int64_t a = arrivalMicros.load(std::memory_order_relaxed);
   arrivalMicros.store(a ? (3 * a + l) / 4 : std::max<int64_t>(1, l), std::memory_order_relaxed);
 }
@@ -172,12 +172,12 @@ int32_t awaitPost(int32_t* w, int slot, int32_t* mine, int32_t seen, int64_t idl
       if (left <= 0) return seen;
       alert = at(w, bAlert).load(std::memory_order_seq_cst);
       at(w, bSleepers).fetch_add(1, std::memory_order_seq_cst);
-      const bool timedOut = futexWait(w + bGen, seen, std::min(left, peek));  // returns at once if gen already moved on
+      const FutexWoke why = futexWait(w + bGen, seen, std::min(left, peek));  // returns at once if gen already moved on
       at(w, bSleepers).fetch_sub(1, std::memory_order_seq_cst);
       const int32_t g = at(w, bGen).load(std::memory_order_seq_cst);
       if (g != seen) {
-        if (!timedOut) noteArrival(nowMicros());
-        arrived(timedOut ? sPeeked : sWoken, g);
+        if (why == FutexWoke::Woken) noteArrival(nowMicros());
+        arrived(why == FutexWoke::TimedOut ? sPeeked : sWoken, g);
         return g;
       }
       // Woken early (crewAlert: a job is on its way): pass the wake-up on, and spin again.
