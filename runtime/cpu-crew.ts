@@ -256,26 +256,47 @@ export class CpuCrew {
   }
 
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
-  async run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
-    return this.runNow(job, options) ?? (await this.#run(job, options))
+  run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
+    // Synchronous up to the post: a job takes the turn (or queues for it) the moment it is called.
+    try {
+      const now = this.runNow(job, options)
+      return now === undefined ? this.#run(job, options) : Promise.resolve(now)
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
   /**
-   * run() for a job that can finish on this thread now: a job run alone while no other job holds the
-   * turn (a decode layer's tiniest jobs) runs synchronously, without a promise; undefined for any
-   * other job (nothing done: call run()). Throws what run() would reject with.
+   * run() without a promise when it can finish on this thread now: while no other job holds the turn,
+   * a job run alone, and a joined job that the one native call finishes (a decode layer's jobs), give
+   * their result synchronously. A joined job the call did not finish (workers still on its last
+   * blocks, a death) gives a promise of the rest; undefined: nothing done (not joined, or the turn is
+   * taken: call run()). Throws what run() would reject with before anything is posted.
    */
-  runNow(job: CrewJob, options: CrewRunOptions = {}): CrewRunResult | undefined {
+  runNow(job: CrewJob, options: CrewRunOptions = {}): CrewRunResult | Promise<CrewRunResult> | undefined {
     if (this.#busy || this.#closing) return undefined
     const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
-    if (!(options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK))) return undefined
+    const solo = options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)
+    if (!solo && !join) return undefined
     const { signal } = options
     if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
     this.#checkDesc(job)
-    // Synchronous (no abort can arrive meanwhile, and nothing else takes the turn), and no worker ever sees the job.
-    if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
-      throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
-    return { joined: true, solo: true, retried: false }
+    const a = native()
+    if (solo) {
+      // Synchronous (no abort can arrive meanwhile, and nothing else takes the turn), and no worker ever sees the job.
+      if (a.crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
+        throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
+      return { joined: true, solo: true, retried: false }
+    }
+    const deaths = this.#deaths
+    this.#serveAll()
+    const wake = job.weightBytes > LAZY_WAKE_MAX_WEIGHT_BYTES ? 'wake' : 'lazy'
+    const state = a.crewJoin(this.#u8, this.#board.offset, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+    this.#posts++
+    if (state === 'done') return { joined: true, solo: false, retried: false }
+    // Posted and not finished: hold the turn until the rest is done.
+    this.#busy = true
+    return this.#runOnCrew(job, true, signal, { state, deaths }).finally(() => this.#pass())
   }
 
   #checkDesc(job: CrewJob): void {
@@ -316,7 +337,13 @@ export class CpuCrew {
     else this.#busy = false
   }
 
-  async #runOnCrew(job: CrewJob, join: boolean, signal: AbortSignal | undefined): Promise<CrewRunResult> {
+  /** `first`: the first attempt was made already (runNow) and left the job in `state`. */
+  async #runOnCrew(
+    job: CrewJob,
+    join: boolean,
+    signal: AbortSignal | undefined,
+    first?: { state: 'unretired' | 'pending' | 'aborted'; deaths: number },
+  ): Promise<CrewRunResult> {
     const aborted = () => new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
     const a = native()
     const board = this.#board.offset
@@ -328,13 +355,16 @@ export class CpuCrew {
     this.#current = abortWord
     try {
       for (let attempt = 0; ; attempt++) {
-        const deaths = this.#deaths
-        this.#serveAll()
+        const deaths = attempt === 0 && first ? first.deaths : this.#deaths
         // Joined: post, run, wait and retire in one native call, which usually finishes the job.
         let state: 'done' | 'unretired' | 'pending' | 'aborted' = 'pending'
-        if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
-        else a.crewPost(this.#u8, board, job.descOffset)
-        this.#posts++
+        if (attempt === 0 && first) state = first.state
+        else {
+          this.#serveAll()
+          if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+          else a.crewPost(this.#u8, board, job.descOffset)
+          this.#posts++
+        }
         if (state === 'done') return { joined: join, solo: false, retried: attempt > 0 }
         let done = state === 'unretired'
         try {

@@ -313,24 +313,25 @@ export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, optio
     enc.release()
     return Promise.resolve({ isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 })
   }
-  // A decode layer's tiniest job finishes here, synchronously: no async frames or promise hops on top of the kernels.
-  let now: CrewRunResult | undefined
+  // A decode layer's job usually finishes here, synchronously (run alone, or joined and finished by the
+  // one native call): no async frames or promise hops on top of the kernels.
+  let now: CrewRunResult | Promise<CrewRunResult> | undefined
   try {
     now = crew.runNow(enc, { signal: options.signal, join: options.join, solo })
   } catch (err) {
     enc.release()
     return Promise.reject(err)
   }
-  if (now) {
+  if (now && !(now instanceof Promise)) {
     enc.release()
     return Promise.resolve({ isa: enc.isa, blocks: enc.numBlocks, joined: now.joined, solo: now.solo, retried: now.retried, ms: performance.now() - t0 })
   }
-  return runOnCrew(crew, enc, options, solo, t0)
+  return runOnCrew(crew, enc, options, solo, t0, now)
 }
 
-async function runOnCrew(crew: CpuCrew, enc: EncodedCpuLayerJob, options: RunCpuLayerOptions, solo: boolean, t0: number): Promise<CpuLayerStats> {
+async function runOnCrew(crew: CpuCrew, enc: EncodedCpuLayerJob, options: RunCpuLayerOptions, solo: boolean, t0: number, started?: Promise<CrewRunResult>): Promise<CpuLayerStats> {
   try {
-    const r = await crew.run(enc, { signal: options.signal, join: options.join, solo })
+    const r = await (started ?? crew.run(enc, { signal: options.signal, join: options.join, solo }))
     return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, solo: r.solo, retried: r.retried, ms: performance.now() - t0 }
   } finally {
     enc.release()
