@@ -143,6 +143,30 @@ function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
 
 const matrixBytes = (m: MatrixRef | undefined): number => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
 
+/** An expert's three matrix records as descriptor words (3 × MATRIX_WORDS; no gate: zeros) and its
+ *  weight bytes, encoded once per expert: a decode forward encodes every active expert of every layer,
+ *  and the expert refs are the model's own objects, the same each time. The values' offsets are
+ *  checked on every use, so a ref changed in place is encoded again. */
+interface EncodedExpert {
+  words: Int32Array
+  bytes: number
+  gate: number
+  up: number
+  down: number
+}
+const encodedExperts = new WeakMap<ExpertRef, EncodedExpert>()
+function encodedExpert(e: ExpertRef): EncodedExpert {
+  const x = encodedExperts.get(e)
+  if (x && x.up === e.up.values.offset && x.down === e.down.values.offset && x.gate === (e.gate?.values.offset ?? -1)) return x
+  const words = new Int32Array(3 * MATRIX_WORDS)
+  if (e.gate) putMatrix(words, 0, e.gate)
+  putMatrix(words, MATRIX_WORDS, e.up)
+  putMatrix(words, 2 * MATRIX_WORDS, e.down)
+  const y = { words, bytes: matrixBytes(e.gate) + matrixBytes(e.up) + matrixBytes(e.down), gate: e.gate?.values.offset ?? -1, up: e.up.values.offset, down: e.down.values.offset }
+  encodedExperts.set(e, y)
+  return y
+}
+
 /** Rows per block for a job on a crew of `threads` workers (the main thread too): the most, up to
  *  ROWS_PER_BLOCK, that still give every thread two blocks; MIN_ROWS_PER_BLOCK when none does. */
 export function blockRows(job: CpuLayerJob, threads: number): number {
@@ -157,8 +181,7 @@ export function jobSize(job: CpuLayerJob): { weightBytes: number; work: number }
   let weightBytes = 0
   let work = 0
   for (const e of job.experts) {
-    const { gate, up, down } = e.matrices
-    const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+    const bytes = encodedExpert(e.matrices).bytes
     weightBytes += bytes
     work += bytes * e.tokens.count
   }
@@ -250,11 +273,9 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
       put64(w, r + 18, scratchAt + h)
       put64(w, r + 20, scratchAt + h + x)
       scratchAt += h + x + hp
-      const { gate, up, down } = e.matrices
-      if (gate) putMatrix(w, r + 24, gate)
-      putMatrix(w, r + 24 + MATRIX_WORDS, up)
-      putMatrix(w, r + 24 + 2 * MATRIX_WORDS, down)
-      const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+      const enc = encodedExpert(e.matrices)
+      w.set(enc.words, r + 24)
+      const bytes = enc.bytes
       weightBytes += bytes
       work += bytes * n
       // Blocks are numbered round-robin over the experts (block k of expert e at k * ne + e), so the
