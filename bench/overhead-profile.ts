@@ -1,7 +1,7 @@
 // Where a decode layer's time goes on the calling thread, by function (V8's sampling profiler, in
-// process): forwards of one tiny model at one token count, the top functions by self time. Native
-// code shows under the JavaScript function that called it (crewJoin under runNow, the gate GEMM under
-// routeLayer). For bench/overhead-xeon.sh; prints a table:
+// process): forwards of one tiny model at one token count, the top functions by self time. The
+// addon's functions all show under one of their names (on the 2-core VM "combineRows :0": that row is
+// every native call, the join's kernels included). For bench/overhead-xeon.sh; prints a table:
 //   node dist/bench/overhead-profile.js [model=tiny-gate] [tokens=16] [forwards=20000] [gapUs=0]
 import { Session } from 'node:inspector/promises'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -68,10 +68,10 @@ export async function profileForwards(model: string, T: number, forwards: number
       self.set(key, (self.get(key) ?? 0) + dt)
       total += dt
     })
-    const rows = [...self].sort((a, b) => b[1] - a[1]).slice(0, 18)
+    const rows = [...self].sort((a, b) => b[1] - a[1]).slice(0, 14)
     const perForwardUs = (us: number) => us / forwards
     const lines = [
-      `profile: ${model} T=${T}, ${forwards} forwards${gapUs ? `, ${gapUs} µs gaps` : ''}: ${((inForward * 1000) / forwards).toFixed(1)} µs a forward (profiled), wall ${wall.toFixed(0)} ms; self time, µs a forward:`,
+      `profile: ${model} T=${T}, ${forwards} forwards${gapUs ? `, ${gapUs} µs gaps` : ''}: ${((inForward * 1000) / forwards).toFixed(1)} µs a forward (profiled), wall ${wall.toFixed(0)} ms; self time, µs a forward (rows ":0" are native; the addon's calls all under one name):`,
       ...rows.map(([k, us]) => `  ${perForwardUs(us).toFixed(2).padStart(7)}  ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`),
     ]
     return lines.join('\n')

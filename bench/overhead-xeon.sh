@@ -12,6 +12,7 @@
 #    old wake-up fan-out), how many workers spin, early wake-ups, the solo threshold, pauses in the
 #    spin, a repeat of the first two for the noise; a 1000-µs gap; the old warm-up (comparable with
 #    the recorded runs).
+# 3. A V8 profile of the calling thread for the 16-token gate and 1-token RRE layers (bench/overhead-profile.ts).
 # Files under $OUT (5): overhead.json (1), variants.json (2: { name: that run's JSON }), machine.txt,
 # log.txt, summary.txt. The last thing printed is the summary: compact tables of both
 # (bench/overhead-summary.ts).
@@ -48,7 +49,7 @@ fi
   grep -m4 MHz /proc/cpuinfo
   uptime
 } > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+head -3 "$OUT/machine.txt"
 
 echo "== 1. headline: bench overhead --iters 2000 --gap-us 0,300 ($(elapsed) s)" | tee -a "$LOG"
 timeout 100 "${HM[@]}" bench overhead "${HEAD_ITERS[@]}" --gap-us 0,300 --json "$OUT/overhead.json" >> "$LOG" 2>&1 || echo "headline: exit $?" | tee -a "$LOG"
@@ -87,5 +88,15 @@ for v in "${VARIANTS[@]}"; do
     --json "$TMP/$name.json" >> "$LOG" 2>&1 || echo "variant $name: exit $?" | tee -a "$LOG"
   ARGS+=("$name=$TMP/$name.json")
 done
+# 3. Where the calling thread's time goes (V8's sampling profiler; natives show under a native name).
+PROFILES=""
+if [ "$(elapsed)" -lt "$((BUDGET + 10))" ]; then
+  echo "== 3. profiles ($(elapsed) s)" | tee -a "$LOG"
+  PROFILES=$( (timeout 20 node dist/bench/overhead-profile.js tiny-gate 16 20000; timeout 20 node dist/bench/overhead-profile.js tiny-rre 1 20000) 2>>"$LOG")
+fi
 echo "== done in $(elapsed) s" | tee -a "$LOG"
-node dist/bench/overhead-summary.js --merge "$OUT/variants.json" "$OUT/overhead.json" "${ARGS[@]}" | tee "$OUT/summary.txt"
+{
+  node dist/bench/overhead-summary.js --merge "$OUT/variants.json" "$OUT/overhead.json" "${ARGS[@]}"
+  echo
+  echo "$PROFILES"
+} | tee "$OUT/summary.txt"
