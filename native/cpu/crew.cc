@@ -27,8 +27,8 @@ namespace {
 // the main thread, whose routing ran 2.5x slower on that Xeon while workers spun with pause.
 // Only the first bSpinWorkers slots spin (the runtime leaves the calling thread a core of its own, so
 // that no spinner needs to share it; on the 2-core dev VM one or two spinners measured the same, and
-// the Xeon is to decide); the others sleep at once and are woken for jobs whose work pays for it. How long (board words bSpin, bSpinMax, set by
-// crewConfigure from the runtime's options):
+// the Xeon is to decide); the others sleep at once and are woken for jobs whose work pays for it.
+// How long (board words bSpin, bSpinMax, set by crewConfigure from the runtime's options):
 //  - a fixed window (bSpin >= 0 µs; 0: sleep at once, so that every job wakes them);
 //  - adaptive (bSpin < 0): 1.5x the longest gap between jobs this worker saw lately (a peak that
 //    halves every kPeakHalfLifeMicros), at least kAdaptiveMinSpinMicros and at most bSpinMax. Gaps
@@ -51,10 +51,11 @@ constexpr int kWakeFanout = 2;
 // The waker's cost per sleeper woken, µs: a running mean over the main thread's timed wake-ups.
 std::atomic<int64_t> wakeCostMicros{5};
 // How long a woken worker takes to arrive, µs: a running mean written by the workers that arrive
-// (0: none measured yet, assume kAssumedArrivalMicros), from the last wake-up call's time. On the
-// 2-core VM it is far more than the waker's cost, and a worker woken for a small job arrived to take
-// one of its last blocks while the main thread, done with its own, waited for it (the tiny model's
-// 16-token layers: 31 -> 57 µs with one worker woken per layer).
+// (0: none measured yet, assume kAssumedArrivalMicros), from the last wake-up call's time (process-
+// wide, like the waker's cost: several runtimes share both). On the 2-core VM it is 0.2-0.6 ms, far
+// more than the waker's cost, and a worker woken for a small job arrived to take one of its last
+// blocks while the main thread, done with its own, waited for it (the tiny model's 16-token layers:
+// 28-32 -> 56-58 µs in one run with one worker woken per layer; that VM is noisy).
 std::atomic<int64_t> arrivalMicros{0};
 std::atomic<int64_t> lastWakeAt{0};
 constexpr int64_t kAssumedArrivalMicros = 20;
