@@ -5,6 +5,7 @@
 // waits for large ones on a libuv thread, so the event loop goes on (and learns of dying workers).
 // The tiniest jobs it runs alone, without posting them at all (SOLO_MAX_WORK).
 // Protocol and board layout: native/cpu/crew.h. Jobs run one at a time, in call order.
+import { availableParallelism } from 'node:os'
 import { CpuPool } from './pool.js'
 import { HetmoeError } from './errors.js'
 import { native } from './native.js'
@@ -34,6 +35,52 @@ function envCount(name: string, fallback: number): number {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${name} must be a non-negative integer (got "${raw}")`)
   return n
 }
+/** Idle workers' spin before they sleep: 'adaptive' (1.5 × the longest gap between jobs each worker saw
+ *  lately, at least 100 µs and at most the bound) or a fixed number of µs (0: sleep at once). A decode
+ *  step with a few hundred µs of other work (attention) between MoE layers outlasted the fixed 100 µs
+ *  of before, so every layer found the workers asleep: on the 16-core Xeon (KVM) the main thread paid
+ *  ~1.2 µs per worker it woke, and they took tens of µs to arrive. */
+export type IdleSpin = 'adaptive' | number
+export const DEFAULT_IDLE_SPIN_MAX_US = 2000
+/** Bounds of the settings (a worker goes back to its event loop after SERVE_IDLE_MS anyway). */
+const MAX_SPIN_US = 1_000_000
+/** The crew's idle spin from the options and, overriding them (measurements), HETMOE_CREW_IDLE_SPIN_US
+ *  ('adaptive' or µs) and HETMOE_CREW_IDLE_SPIN_MAX_US. Throws BAD_OPTION naming what is wrong. */
+export function idleSpinSetting(options: { idleSpinUs?: IdleSpin; idleSpinMaxUs?: number } = {}, env: NodeJS.ProcessEnv = process.env): { spinUs: IdleSpin; maxUs: number } {
+  const check = (v: unknown, what: string, allowAdaptive: boolean): IdleSpin => {
+    if (allowAdaptive && v === 'adaptive') return v
+    if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_SPIN_US) return v
+    throw new HetmoeError('BAD_OPTION', `${what} must be ${allowAdaptive ? "'adaptive' or " : ''}an integer number of µs in [0, ${MAX_SPIN_US}] (got ${typeof v === 'string' ? JSON.stringify(v) : String(v)})`)
+  }
+  const fromEnv = (name: string): unknown => {
+    const raw = env[name]
+    if (raw === undefined || raw === '') return undefined
+    return raw === 'adaptive' ? raw : /^\d+$/.test(raw) ? Number(raw) : raw
+  }
+  const envSpin = fromEnv('HETMOE_CREW_IDLE_SPIN_US')
+  const envMax = fromEnv('HETMOE_CREW_IDLE_SPIN_MAX_US')
+  const spinUs = envSpin !== undefined ? check(envSpin, 'HETMOE_CREW_IDLE_SPIN_US', true) : check(options.idleSpinUs ?? 'adaptive', 'options.cpuIdleSpinUs', true)
+  const maxUs = envMax !== undefined ? check(envMax, 'HETMOE_CREW_IDLE_SPIN_MAX_US', false) : check(options.idleSpinMaxUs ?? DEFAULT_IDLE_SPIN_MAX_US, 'options.cpuIdleSpinMaxUs', false)
+  return { spinUs, maxUs: maxUs as number }
+}
+/** HETMOE_CREW_EARLY_WAKE=N (measurements; 0, the default: off): a forward wakes up to N sleeping
+ *  workers before it routes (they wake two more each while any sleep) so that they spin by the time
+ *  its job is posted. */
+const EARLY_WAKE = envCount('HETMOE_CREW_EARLY_WAKE', 0)
+/** How many workers spin when idle (the others sleep at once and are woken for jobs whose work pays
+ *  for it): one fewer than the logical cores, so that the calling thread, which runs the forward's
+ *  JavaScript and joins its jobs, keeps a core that no spinner shares (a spinner on its core yields,
+ *  but still costs it switches). Not measured to matter yet: on the 2-core dev VM one or two spinners
+ *  gave the same medians. HETMOE_CREW_SPIN_WORKERS overrides it (measurements). */
+export function spinWorkers(threads: number, env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.HETMOE_CREW_SPIN_WORKERS
+  if (raw !== undefined && raw !== '') {
+    if (!/^\d+$/.test(raw)) throw new HetmoeError('BAD_OPTION', `HETMOE_CREW_SPIN_WORKERS must be a non-negative integer (got "${raw}")`)
+    return Math.min(threads, Number(raw))
+  }
+  return Math.min(threads, Math.max(1, availableParallelism() - 1))
+}
+
 /** A joined job of at most this many weight bytes wakes sleeping workers only when the main thread,
  *  having timed its first blocks, finds more work left than a wake-up costs it (native/cpu/crew.cc);
  *  larger ones wake them at once (their first block alone can take 100 µs). */
@@ -52,6 +99,15 @@ const JOB_ABORT = 1
 const SLOT_WORD = 16
 const SLOT_STRIDE = 16
 const MAX_SLOTS = 64
+const BOARD_SLEEPERS = 6
+// A slot's diagnostics (native/cpu/crew.h): posts its worker caught spinning, posts it slept through
+// until woken, its current spin window (µs), the peak gap it remembers (µs).
+const SLOT_TID = 1
+const SLOT_CAUGHT = 2
+const SLOT_WOKEN = 3
+const SLOT_WINDOW = 4
+const SLOT_PEAK = 5
+const SLOT_PEEKED = 6
 
 /** The gate GEMM size (T·E·D products) from which routing shares it with the crew (CpuCrew.gateLogits):
  *  on the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16 tokens) and won from
@@ -63,6 +119,7 @@ export function setGateParallelMinProducts(products: number): void {
 }
 const GATE_MAGIC = 0x31474d48
 const GATE_WORDS = 32
+const GATE_WORKER_DIED = -2
 
 const crews = new WeakMap<Arena, CpuCrew>()
 /** The crew serving `arena`'s runtime, if any (routing finds it through its leases). */
@@ -86,6 +143,29 @@ export interface CrewRunOptions {
   /** Run the whole job on the calling thread, posting nothing. Defaults to work ≤ SOLO_MAX_WORK
    *  unless `join` is false. */
   solo?: boolean
+}
+
+/** What the crew's workers saw (diagnostics, benches). */
+export interface CrewStats {
+  /** Jobs posted to the workers (jobs run alone are not). */
+  posts: number
+  /** Arrivals at a posted job (or gate job) summed over workers: caught while spinning, woken from
+   *  sleep, or found by a sleeping worker looking up by itself (it sleeps at most 4-128 ms at a time). */
+  caughtSpinning: number
+  wokenFromSleep: number
+  foundOnPeek: number
+  /** Workers asleep now (in futex wait on the board). */
+  sleeping: number
+  /** Workers that have entered their serve loop at least once (a worker boots on its first job). */
+  started: number
+  /** Per worker: its kernel thread id (0 before it first served), its current spin window and the gap peak it remembers, µs. */
+  tids: number[]
+  windowUs: number[]
+  peakGapUs: number[]
+  /** The idle spin in force, and how many workers spin. */
+  idleSpin: { spinUs: IdleSpin; maxUs: number; workers: number }
+  /** Workers woken early by forwards (HETMOE_CREW_EARLY_WAKE). */
+  earlyWoken: number
 }
 
 export interface CrewRunResult {
@@ -116,10 +196,13 @@ export class CpuCrew {
   #posts = 0
   readonly #gateDesc: Lease
   #closing = false
+  readonly #idleSpin: { spinUs: IdleSpin; maxUs: number; workers: number }
+  #earlyWoken = 0
 
-  constructor(options: { arena: Arena; threads: number; filename?: string }) {
+  constructor(options: { arena: Arena; threads: number; filename?: string; idleSpinUs?: IdleSpin; idleSpinMaxUs?: number }) {
     if (!Number.isInteger(options.threads) || options.threads <= 0 || options.threads > MAX_SLOTS)
       throw new HetmoeError('BAD_OPTION', `options.cpuThreads must be an integer in [1, ${MAX_SLOTS}] (got ${String(options.threads)})`)
+    this.#idleSpin = { ...idleSpinSetting(options), workers: spinWorkers(options.threads) }
     this.threads = options.threads
     this.#u8 = new Uint8Array(options.arena.buffer)
     this.#words = new Int32Array(options.arena.buffer)
@@ -127,6 +210,7 @@ export class CpuCrew {
     this.#board = options.arena.lease((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE) * 4, 64)
     this.#boardWords = this.#board.i32((SLOT_WORD + MAX_SLOTS * SLOT_STRIDE))
     native().crewInit(this.#u8, this.#board.offset, this.threads)
+    native().crewConfigure(this.#u8, this.#board.offset, this.#idleSpin.spinUs === 'adaptive' ? -1 : this.#idleSpin.spinUs, this.#idleSpin.maxUs, this.#idleSpin.workers)
     this.#gateDesc = options.arena.lease(GATE_WORDS * 4, 64)
     crews.set(options.arena, this)
     this.#serveAll()
@@ -142,8 +226,85 @@ export class CpuCrew {
     return this.#posts
   }
 
+  /** What the workers saw so far (native/cpu/crew.h, a slot's diagnostics). */
+  stats(): CrewStats {
+    const w = this.#boardWords
+    const slot = (s: number, k: number) => Atomics.load(w, SLOT_WORD + s * SLOT_STRIDE + k)
+    const st: CrewStats = { posts: this.#posts, caughtSpinning: 0, wokenFromSleep: 0, foundOnPeek: 0, sleeping: Atomics.load(w, BOARD_SLEEPERS), started: 0, tids: [], windowUs: [], peakGapUs: [], idleSpin: { ...this.#idleSpin }, earlyWoken: this.#earlyWoken }
+    for (let s = 0; s < this.threads; s++) {
+      if (slot(s, SLOT_TID) !== 0) st.started++
+      st.tids.push(slot(s, SLOT_TID))
+      st.caughtSpinning += slot(s, SLOT_CAUGHT)
+      st.wokenFromSleep += slot(s, SLOT_WOKEN)
+      st.foundOnPeek += slot(s, SLOT_PEEKED)
+      st.windowUs.push(slot(s, SLOT_WINDOW))
+      st.peakGapUs.push(slot(s, SLOT_PEAK))
+    }
+    return st
+  }
+
+  /**
+   * A job is on its way (a forward about to route): if workers sleep, wakes up to `count` of them
+   * (default HETMOE_CREW_EARLY_WAKE, off) to spin for it; they pass the wake-up on. Returns how many it
+   * woke. Costs one load when none sleeps.
+   */
+  alert(count = EARLY_WAKE): number {
+    if (count <= 0 || this.#closing || Atomics.load(this.#boardWords, BOARD_SLEEPERS) === 0) return 0
+    const n = native().crewAlert(this.#u8, this.#board.offset, count)
+    this.#earlyWoken += n
+    return n
+  }
+
   /** Runs the layer job at `job.descOffset` to completion (see runCpuLayer for the descriptor). */
-  async run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
+  run(job: CrewJob, options: CrewRunOptions = {}): Promise<CrewRunResult> {
+    // Synchronous up to the post: a job takes the turn (or queues for it) the moment it is called.
+    try {
+      const now = this.runNow(job, options)
+      return now === undefined ? this.#run(job, options) : Promise.resolve(now)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  /**
+   * run() without a promise when it can finish on this thread now: while no other job holds the turn,
+   * a job run alone, and a joined job that the one native call finishes (a decode layer's jobs), give
+   * their result synchronously. A joined job the call did not finish (workers still on its last
+   * blocks, a death) gives a promise of the rest; undefined: nothing done (not joined, or the turn is
+   * taken: call run()). Throws what run() would reject with before anything is posted.
+   */
+  runNow(job: CrewJob, options: CrewRunOptions = {}): CrewRunResult | Promise<CrewRunResult> | undefined {
+    if (this.#busy || this.#closing) return undefined
+    const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
+    const solo = options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)
+    if (!solo && !join) return undefined
+    const { signal } = options
+    if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
+    this.#checkDesc(job)
+    const a = native()
+    if (solo) {
+      // Synchronous (no abort can arrive meanwhile, and nothing else takes the turn), and no worker ever sees the job.
+      if (a.crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
+        throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
+      return { joined: true, solo: true, retried: false }
+    }
+    const deaths = this.#deaths
+    this.#serveAll()
+    const wake = job.weightBytes > LAZY_WAKE_MAX_WEIGHT_BYTES ? 'wake' : 'lazy'
+    const state = a.crewJoin(this.#u8, this.#board.offset, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+    this.#posts++
+    if (state === 'done') return { joined: true, solo: false, retried: false }
+    // Posted and not finished: hold the turn until the rest is done.
+    this.#busy = true
+    return this.#runOnCrew(job, true, signal, { state, deaths }).finally(() => this.#pass())
+  }
+
+  #checkDesc(job: CrewJob): void {
+    if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
+      throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+  }
+
+  async #run(job: CrewJob, options: CrewRunOptions): Promise<CrewRunResult> {
     if (this.#closing) throw new HetmoeError('POOL_CLOSED', 'the CPU worker pool was closed; create a new runtime')
     // With nothing running the turn is taken at once, without a trip through the microtask queue.
     if (this.#busy) await this.#turn()
@@ -151,8 +312,7 @@ export class CpuCrew {
     try {
       const { signal } = options
       if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
-      if (job.descOffset % 4 !== 0 || job.descOffset < 0 || job.descOffset + JOB_HEADER_WORDS * 4 > this.#u8.length)
-        throw new HetmoeError('BAD_INPUT', `cpu crew: no room for a job descriptor at offset ${job.descOffset}`)
+      this.#checkDesc(job)
       const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
       if (options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)) {
         // Synchronous (no abort can arrive meanwhile), and no worker ever sees the job.
@@ -177,7 +337,13 @@ export class CpuCrew {
     else this.#busy = false
   }
 
-  async #runOnCrew(job: CrewJob, join: boolean, signal: AbortSignal | undefined): Promise<CrewRunResult> {
+  /** `first`: the first attempt was made already (runNow) and left the job in `state`. */
+  async #runOnCrew(
+    job: CrewJob,
+    join: boolean,
+    signal: AbortSignal | undefined,
+    first?: { state: 'unretired' | 'pending' | 'aborted'; deaths: number },
+  ): Promise<CrewRunResult> {
     const aborted = () => new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
     const a = native()
     const board = this.#board.offset
@@ -189,13 +355,16 @@ export class CpuCrew {
     this.#current = abortWord
     try {
       for (let attempt = 0; ; attempt++) {
-        const deaths = this.#deaths
-        this.#serveAll()
+        const deaths = attempt === 0 && first ? first.deaths : this.#deaths
         // Joined: post, run, wait and retire in one native call, which usually finishes the job.
         let state: 'done' | 'unretired' | 'pending' | 'aborted' = 'pending'
-        if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
-        else a.crewPost(this.#u8, board, job.descOffset)
-        this.#posts++
+        if (attempt === 0 && first) state = first.state
+        else {
+          this.#serveAll()
+          if (join) state = a.crewJoin(this.#u8, board, job.descOffset, wake, JOIN_SPIN_MICROS, RETIRE_SPIN_MICROS)
+          else a.crewPost(this.#u8, board, job.descOffset)
+          this.#posts++
+        }
         if (state === 'done') return { joined: join, solo: false, retried: attempt > 0 }
         let done = state === 'unretired'
         try {
@@ -227,9 +396,10 @@ export class CpuCrew {
    * The gate's logits (float64 [T × E], the same bits as native().gateLogits) computed by this thread
    * and the crew's workers together, which are idle while the main thread routes. `hidden` and
    * `logits` must lie in the arena, the gate weight in the mapped weights file `weightsId`. Returns
-   * undefined (nothing done; compute on this thread) when the crew is busy with a layer job, closing,
-   * or the GEMM is below `minProducts` (measured: below ~1M products the post and the join cost
-   * more than the split saves); else the index of the first non-finite hidden value, or -1.
+   * undefined (compute on this thread) when the crew is busy with a layer job, closing, the GEMM is
+   * below `minProducts` (measured: below ~1M products the post and the join cost more than the split
+   * saves), or a worker died inside the job (`testDieCount`: that many workers die holding a block,
+   * with HETMOE_TEST_HOOKS=1 only); else the index of the first non-finite hidden value, or -1.
    */
   gateLogits(
     hidden: Float32Array,
@@ -239,6 +409,7 @@ export class CpuCrew {
     E: number,
     logits: Float64Array,
     minProducts = GATE_PARALLEL_MIN_PRODUCTS,
+    testDieCount = 0,
   ): number | undefined {
     if (this.#closing || this.#busy || T * E * D < minProducts) return undefined
     if (hidden.buffer !== this.#u8.buffer || logits.buffer !== this.#u8.buffer || logits.byteOffset % 8 !== 0) return undefined
@@ -259,6 +430,7 @@ export class CpuCrew {
     w[9] = tpb
     w[10] = epb
     w[11] = native().cpuResolveIsa().index
+    w[12] = testDieCount
     const put64 = (i: number, v: number) => {
       w[i] = v % 2 ** 32 | 0
       w[i + 1] = Math.floor(v / 2 ** 32)
@@ -267,7 +439,9 @@ export class CpuCrew {
     put64(18, gate.offset)
     put64(20, logits.byteOffset)
     this.#serveAll()
-    return native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
+    const r = native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
+    // A worker died inside the job (its replacement comes from #serve's handler): the caller computes.
+    return r === GATE_WORKER_DIED ? undefined : r
   }
 
   /** Closes the posted job once no worker is inside it (a dead one is cleared by #serve's handler). */

@@ -10,7 +10,7 @@ import type { ExpertRef, FfnKind, MatrixRef } from '../experts/manifest.js'
 import type { Arena } from './arena.js'
 import { HetmoeError } from './errors.js'
 import { native, type CpuIsa } from './native.js'
-import type { CpuCrew } from './cpu-crew.js'
+import type { CpuCrew, CrewRunResult } from './cpu-crew.js'
 
 /** Output rows per block (both phases); a multiple of 32 (AMX tiles work on 32-row steps). */
 export const ROWS_PER_BLOCK = 128
@@ -122,8 +122,13 @@ function checkJob(job: CpuLayerJob): void {
 
 // Descriptor writers (module-level, so that encoding a job creates no closures).
 function put64(w: Int32Array, i: number, v: number): void {
-  w[i] = v % 2 ** 32 | 0
-  w[i + 1] = Math.floor(v / 2 ** 32)
+  if (v < 2 ** 31) {
+    w[i] = v
+    w[i + 1] = 0
+  } else {
+    w[i] = v % 2 ** 32 | 0
+    w[i + 1] = Math.floor(v / 2 ** 32)
+  }
 }
 
 function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
@@ -137,6 +142,30 @@ function putMatrix(w: Int32Array, i: number, m: MatrixRef): void {
 }
 
 const matrixBytes = (m: MatrixRef | undefined): number => (m ? m.values.bytes + (m.meta?.bytes ?? 0) + (m.select?.bytes ?? 0) : 0)
+
+/** An expert's three matrix records as descriptor words (3 × MATRIX_WORDS; no gate: zeros) and its
+ *  weight bytes, encoded once per expert: a decode forward encodes every active expert of every layer,
+ *  and the expert refs are the model's own objects, the same each time. The values' offsets are
+ *  checked on every use, so a ref changed in place is encoded again. */
+interface EncodedExpert {
+  words: Int32Array
+  bytes: number
+  gate: number
+  up: number
+  down: number
+}
+const encodedExperts = new WeakMap<ExpertRef, EncodedExpert>()
+function encodedExpert(e: ExpertRef): EncodedExpert {
+  const x = encodedExperts.get(e)
+  if (x && x.up === e.up.values.offset && x.down === e.down.values.offset && x.gate === (e.gate?.values.offset ?? -1)) return x
+  const words = new Int32Array(3 * MATRIX_WORDS)
+  if (e.gate) putMatrix(words, 0, e.gate)
+  putMatrix(words, MATRIX_WORDS, e.up)
+  putMatrix(words, 2 * MATRIX_WORDS, e.down)
+  const y = { words, bytes: matrixBytes(e.gate) + matrixBytes(e.up) + matrixBytes(e.down), gate: e.gate?.values.offset ?? -1, up: e.up.values.offset, down: e.down.values.offset }
+  encodedExperts.set(e, y)
+  return y
+}
 
 /** Rows per block for a job on a crew of `threads` workers (the main thread too): the most, up to
  *  ROWS_PER_BLOCK, that still give every thread two blocks; MIN_ROWS_PER_BLOCK when none does. */
@@ -152,8 +181,7 @@ export function jobSize(job: CpuLayerJob): { weightBytes: number; work: number }
   let weightBytes = 0
   let work = 0
   for (const e of job.experts) {
-    const { gate, up, down } = e.matrices
-    const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+    const bytes = encodedExpert(e.matrices).bytes
     weightBytes += bytes
     work += bytes * e.tokens.count
   }
@@ -245,11 +273,9 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
       put64(w, r + 18, scratchAt + h)
       put64(w, r + 20, scratchAt + h + x)
       scratchAt += h + x + hp
-      const { gate, up, down } = e.matrices
-      if (gate) putMatrix(w, r + 24, gate)
-      putMatrix(w, r + 24 + MATRIX_WORDS, up)
-      putMatrix(w, r + 24 + 2 * MATRIX_WORDS, down)
-      const bytes = matrixBytes(gate) + matrixBytes(up) + matrixBytes(down)
+      const enc = encodedExpert(e.matrices)
+      w.set(enc.words, r + 24)
+      const bytes = enc.bytes
       weightBytes += bytes
       work += bytes * n
       // Blocks are numbered round-robin over the experts (block k of expert e at k * ne + e), so the
@@ -291,16 +317,42 @@ export function runCpuLayerSync(arena: Arena, job: CpuLayerJob): { isa: CpuIsa; 
  * claim blocks until none is left. A worker that dies mid-job makes the others stop (abort flag),
  * the blocks it held are put back and the job runs once more; a second death is WORKER_DIED.
  */
-export async function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
+export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, options: RunCpuLayerOptions = {}): Promise<CpuLayerStats> {
   const t0 = performance.now()
-  if (options.signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason })
-  // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
-  const solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
-  const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
-  const enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
+  if (options.signal?.aborted) return Promise.reject(new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason }))
+  let enc: EncodedCpuLayerJob
+  let solo: boolean
   try {
-    if (enc.numBlocks === 0) return { isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 }
-    const r = await crew.run(enc, { signal: options.signal, join: options.join, solo })
+    // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
+    solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
+    const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
+    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
+  } catch (err) {
+    return Promise.reject(err)
+  }
+  if (enc.numBlocks === 0) {
+    enc.release()
+    return Promise.resolve({ isa: enc.isa, blocks: 0, joined: false, solo: false, retried: false, ms: performance.now() - t0 })
+  }
+  // A decode layer's job usually finishes here, synchronously (run alone, or joined and finished by the
+  // one native call): no async frames or promise hops on top of the kernels.
+  let now: CrewRunResult | Promise<CrewRunResult> | undefined
+  try {
+    now = crew.runNow(enc, { signal: options.signal, join: options.join, solo })
+  } catch (err) {
+    enc.release()
+    return Promise.reject(err)
+  }
+  if (now && !(now instanceof Promise)) {
+    enc.release()
+    return Promise.resolve({ isa: enc.isa, blocks: enc.numBlocks, joined: now.joined, solo: now.solo, retried: now.retried, ms: performance.now() - t0 })
+  }
+  return runOnCrew(crew, enc, options, solo, t0, now)
+}
+
+async function runOnCrew(crew: CpuCrew, enc: EncodedCpuLayerJob, options: RunCpuLayerOptions, solo: boolean, t0: number, started?: Promise<CrewRunResult>): Promise<CpuLayerStats> {
+  try {
+    const r = await (started ?? crew.run(enc, { signal: options.signal, join: options.join, solo }))
     return { isa: enc.isa, blocks: enc.numBlocks, joined: r.joined, solo: r.solo, retried: r.retried, ms: performance.now() - t0 }
   } finally {
     enc.release()

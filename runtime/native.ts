@@ -86,6 +86,14 @@ export interface NativeCpuApi {
   cpuLayerWait(arena: Uint8Array, descOffset: number): Promise<'done' | 'aborted'>
   /** The crew's board (native/cpu/crew.h): format it for `slots` workers at a 64-byte aligned offset. */
   crewInit(arena: Uint8Array, board: number, slots: number): void
+  /** How long idle workers of the first `spinWorkers` slots spin before they sleep: `spinMicros` ≥ 0 that long, < 0 adaptive up to `spinMaxMicros` (native/cpu/crew.cc); the others sleep at once. */
+  crewConfigure(arena: Uint8Array, board: number, spinMicros: number, spinMaxMicros: number, spinWorkers: number): void
+  /** A job is on its way: wakes up to `count` sleeping workers (which wake more) to spin for it; returns how many it woke. */
+  crewAlert(arena: Uint8Array, board: number, count: number): number
+  /** Diagnostics: record the timings of every crewJoin (off by default). */
+  crewTrace(on: boolean): void
+  /** The last crewJoin's trace (out: 12 values): [posted, mainDone, waited, retired] µs after its start, mainBlocks, numBlocks, sleepersAtPost, woken, entered, joins traced so far, the lazy wake's estimates of a woken worker's arrival and of the waker's cost per worker (µs). */
+  crewLastJoin(out: Float64Array): Float64Array
   /** Worker side: serve posted jobs as worker `slot` until crewQuit ('quit'), a test-hook death ('die') or `idleMicros` without a job ('idle'). Blocks. */
   crewServe(arena: Uint8Array, board: number, slot: number, idleMicros: number, testHooks?: boolean): 'quit' | 'die' | 'idle'
   /** Validates the job descriptor (throws naming what is wrong) and opens it to the crew; one job at a time. */
@@ -102,7 +110,8 @@ export interface NativeCpuApi {
   /**
    * Runs the gate job at `descOffset` (native/cpu/gate_job.h) on this thread and the crew: posts it,
    * computes blocks, waits for all of them and for every worker to leave. The board must be free.
-   * Returns the index of the first non-finite hidden value (then nothing is computed), else -1.
+   * Returns the index of the first non-finite hidden value (then nothing is computed), else -1; -2 when a
+   * worker died inside the job (the logits are incomplete; the other workers have left, the board is free).
    */
   gateJobRun(arena: Uint8Array, board: number, descOffset: number): number
   /** Closes the posted job; true once no worker is inside it (spins at most `micros`; call again while false). */

@@ -3,7 +3,7 @@
 // both at once → combine, with every activation in the shared arena.
 import { EventEmitter } from 'node:events'
 import { Arena, type Lease } from './arena.js'
-import { CpuCrew } from './cpu-crew.js'
+import { CpuCrew, idleSpinSetting, type IdleSpin } from './cpu-crew.js'
 import { HetmoeError, badOption } from './errors.js'
 import { envConfig } from './config.js'
 import { combineTopK, copyF32, sharedGate } from './combine.js'
@@ -28,6 +28,15 @@ export interface RuntimeOptions {
   gpuMemory?: number | string
   /** CPU worker threads. Defaults to the logical cores (HETMOE_CPU_THREADS). */
   cpuThreads?: number
+  /** How long an idle CPU worker keeps spinning for the next layer's job before it sleeps, in µs
+   *  (spinning yields the core to any other thread that wants it). 'adaptive' (default): 1.5 × the
+   *  longest gap between jobs the worker saw lately, at least 100 and at most cpuIdleSpinMaxUs, so
+   *  a decode loop with other work between its MoE layers finds the workers awake, and an idle app's
+   *  workers spin at most that bound after its last job. A number: that long always (0: sleep at
+   *  once). HETMOE_CREW_IDLE_SPIN_US overrides it (measurements). */
+  cpuIdleSpinUs?: 'adaptive' | number
+  /** The adaptive spin's bound, µs (default 2000; HETMOE_CREW_IDLE_SPIN_MAX_US overrides it). */
+  cpuIdleSpinMaxUs?: number
   /** Which experts are GPU-resident, per layer (from `hetmoe place` or planPlacement()). Defaults to
    *  a plan made at start from the model's routing (uniform tokens for RRE, equal gate load). */
   plan?: PlacementPlan
@@ -162,9 +171,11 @@ export class Runtime extends EventEmitter {
       throw badOption('gpu', "'auto', 'off' or a device index", gpuSetting)
     if (options.plan) validatePlan(options.plan, model.manifest)
     const replace = replaceOptions(options.replace)
+    const spin = { idleSpinUs: options.cpuIdleSpinUs as IdleSpin | undefined, idleSpinMaxUs: options.cpuIdleSpinMaxUs }
+    idleSpinSetting(spin) // validated before anything is allocated
 
     const arena = new Arena({ bytes: arenaBytes })
-    const crew = new CpuCrew({ arena, threads })
+    const crew = new CpuCrew({ arena, threads, ...spin })
     const warnings: string[] = []
     const strategy = options.strategy ?? 'hetmoe'
     if (!GPU_STRATEGIES.includes(strategy)) throw badOption('strategy', GPU_STRATEGIES.map((s) => `'${s}'`).join(', '), strategy)
@@ -209,6 +220,8 @@ export class Runtime extends EventEmitter {
     if (options.out && (!(options.out instanceof Float32Array) || options.out.length !== T * D))
       throw new HetmoeError('BAD_INPUT', `options.out must be a Float32Array of ${T * D} values`)
     throwIfAborted(options.signal)
+    // HETMOE_CREW_EARLY_WAKE (measurements): sleeping workers start waking while this forward routes.
+    this.#crew.alert()
 
     const routing = m.layers[layer].routing
     const K = routing.kind === 'gate' ? routing.topK : 1
@@ -304,7 +317,6 @@ export class Runtime extends EventEmitter {
       if (jobs.length === 0 && cpuJobs.length === 1) {
         // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.
         await cpuJobs[0]
-        cpuDone = performance.now()
       } else {
         if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
         const settled = await Promise.allSettled(jobs)
@@ -313,6 +325,7 @@ export class Runtime extends EventEmitter {
       }
       throwIfAborted(options.signal)
       const tCompute = performance.now()
+      if (cpuJobs.length && !cpuDone) cpuDone = tCompute // the one CPU job, awaited alone
 
       const out = options.out ?? new Float32Array(T * D)
       if (outInPlace) {

@@ -24,7 +24,6 @@ export class GateRouter {
   readonly #weight: Float32Array
   // Scratch, grown only when a larger batch arrives, so steady-state routing allocates nothing.
   #logits: Float64Array
-  #taken: Uint8Array
   #cursor: Int32Array
   #chosen = new Int32Array(0)
   #chosenWeight = new Float64Array(0)
@@ -42,7 +41,6 @@ export class GateRouter {
     this.normalize = normalize
     this.#weight = weight
     this.#logits = new Float64Array(E)
-    this.#taken = new Uint8Array(E)
     this.#cursor = new Int32Array(E)
   }
 
@@ -138,47 +136,51 @@ export class GateRouter {
 
   /**
    * Softmax (float64), top-k with ties to the lower index, then the counting sort into `out`. The
-   * top-k of the probabilities is the top-k of the logits, so the k experts are picked on logits;
-   * renormalised weights exp(l_k − max) / Σ_chosen exp(l_j − max) need only the chosen exponentials
-   * (the best one is exp(0) = 1), and the full softmax denominator only when they are not renormalised.
+   * top-k of the probabilities is the top-k of the logits, so the k experts are picked on logits, in
+   * one pass over the experts: the chosen list stays ordered by (logit descending, index ascending),
+   * and a later expert displaces one only with a strictly greater logit — the same k, in the same
+   * order, as picking the lowest-index maximum k times. Renormalised weights exp(l_k − max) /
+   * Σ_chosen exp(l_j − max) need only the chosen exponentials (the best one is exp(0) = 1), and the
+   * full softmax denominator only when they are not renormalised.
    */
   #select(logits: Float32Array | Float64Array, numTokens: number, out: Selection): number {
     const E = this.numExperts
     const K = this.topK
     const normalize = this.normalize
-    const taken = this.#taken
     const chosen = this.#chosen
     const chosenWeight = this.#chosenWeight
     const { counts, offsets, tokenRows, outRows, scales } = out
     counts.fill(0, 0, E)
     for (let t = 0; t < numTokens; t++) {
       const l = t * E
-      taken.fill(0)
-      let max = 0
+      const c = t * K
+      // chosenWeight holds the chosen logits until the weights replace them.
+      let n = 0
+      for (let e = 0; e < E; e++) {
+        const v = logits[l + e]
+        if (n === K && !(v > chosenWeight[c + K - 1])) continue
+        let p = n < K ? n++ : K - 1
+        for (; p > 0 && chosenWeight[c + p - 1] < v; p--) {
+          chosen[c + p] = chosen[c + p - 1]
+          chosenWeight[c + p] = chosenWeight[c + p - 1]
+        }
+        chosen[c + p] = e
+        chosenWeight[c + p] = v
+      }
+      const max = chosenWeight[c]
       let kept = 0
       for (let k = 0; k < K; k++) {
-        // Strict '>' over ascending e: on equal logits the lower expert index wins.
-        let best = -1
-        let bestLogit = -Infinity
-        for (let e = 0; e < E; e++)
-          if (taken[e] === 0 && (best < 0 || logits[l + e] > bestLogit)) {
-            best = e
-            bestLogit = logits[l + e]
-          }
-        taken[best] = 1
-        if (k === 0) max = bestLogit
-        const p = k === 0 ? 1 : Math.exp(bestLogit - max)
-        chosen[t * K + k] = best
-        chosenWeight[t * K + k] = p
+        const p = k === 0 ? 1 : Math.exp(chosenWeight[c + k] - max)
+        chosenWeight[c + k] = p
         kept += p
-        counts[best]++
+        counts[chosen[c + k]]++
       }
       let denom = kept
       if (!normalize) {
         denom = 0
         for (let e = 0; e < E; e++) denom += Math.exp(logits[l + e] - max)
       }
-      for (let k = 0; k < K; k++) chosenWeight[t * K + k] /= denom
+      for (let k = 0; k < K; k++) chosenWeight[c + k] /= denom
     }
 
     countsToOffsets(counts, offsets, E)

@@ -12,6 +12,8 @@ import { crewOf, GATE_PARALLEL_MIN_PRODUCTS, setGateParallelMinProducts } from '
 import { native } from '../runtime/native.js'
 import { GateRouter } from '../scheduler/route-gate.js'
 import type { GateRouting } from '../experts/manifest.js'
+import { runCpuLayer } from '../runtime/cpu-layer-job.js'
+import { buildModel, prepareJob } from './fixtures/cpu-model.js'
 
 const D = 200 // 8⌊D/8⌋ = D; the 203-wide model below has a tail
 const levels = native().cpuIsa().levels.filter((l) => l.available).map((l) => l.name)
@@ -80,12 +82,20 @@ t.test('crew gate logits: below the threshold, off the arena, or with a layer jo
   t.equal(crew.gateLogits(x, gate, T, D, E, logits, T * E * D), -1, 'at the threshold: the crew computes')
   t.equal(crew.gateLogits(new Float32Array(T * D), gate, T, D, E, logits, 0), undefined, 'hidden outside the arena')
   t.equal(crew.gateLogits(x, gate, T, D, E, new Float64Array(T * E), 0), undefined, 'logits outside the arena')
-  // While a forward's layer job holds the board, the crew declines (the board takes one job at a time).
-  const big = rt.arena.lease(64 * D * 4).f32(64 * D).fill(0.5)
-  const pending = rt.forward(0, big)
+  // While a layer job holds the board, the crew declines (the board takes one job at a time). A
+  // forward's joined job usually finishes inside its one native call, so the layer job here is one
+  // posted to the workers alone (join: false), in flight until they are done.
+  const other = buildModel({ D: 64, F: 128, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: 2, seed: 1 })
+  t.teardown(() => other.close())
+  const p = prepareJob(rt.arena, other, { D: 64, F: 128, ffn: 'gelu', counts: [40, 40], T: 64, seed: 2, isa: 'scalar' })
+  const pending = runCpuLayer(crew, rt.arena, p.job, { join: false })
   const during = crew.gateLogits(x, gate, T, D, E, logits, 0)
   await pending
   t.equal(during, undefined, 'busy crew: declined')
+  t.equal(crew.gateLogits(x, gate, T, D, E, logits, 0), -1, 'free again after the job')
+  // A forward's joined job finishes inside its native call: the board is free right after.
+  const big = rt.arena.lease(64 * D * 4).f32(64 * D).fill(0.5)
+  await rt.forward(0, big)
   t.equal(crew.gateLogits(x, gate, T, D, E, logits, 0), -1, 'free again after the forward')
 })
 

@@ -168,3 +168,66 @@ t.test('gate routes are bit-identical across processes', async (t) => {
   const child = execFileSync(process.execPath, [helper, '64', '512', '6', '32'], { encoding: 'utf8' }).trim()
   t.equal(child, gateRouteHash(64, 512, 6, 32))
 })
+
+/** The selection as it was computed before the one-pass top-k (picking the lowest-index maximum k
+ *  times, then the same float64 weight arithmetic): routing must not change by a bit. */
+function selectByRepeatedMax(logits: Float64Array, T: number, E: number, K: number, normalize: boolean): { chosen: Int32Array; weight: Float32Array } {
+  const chosen = new Int32Array(T * K)
+  const weight = new Float64Array(T * K)
+  for (let t = 0; t < T; t++) {
+    const l = t * E
+    const taken = new Uint8Array(E)
+    let max = 0
+    let kept = 0
+    for (let k = 0; k < K; k++) {
+      let best = -1
+      let bestLogit = -Infinity
+      for (let e = 0; e < E; e++)
+        if (taken[e] === 0 && (best < 0 || logits[l + e] > bestLogit)) {
+          best = e
+          bestLogit = logits[l + e]
+        }
+      taken[best] = 1
+      if (k === 0) max = bestLogit
+      const p = k === 0 ? 1 : Math.exp(bestLogit - max)
+      chosen[t * K + k] = best
+      weight[t * K + k] = p
+      kept += p
+    }
+    let denom = kept
+    if (!normalize) {
+      denom = 0
+      for (let e = 0; e < E; e++) denom += Math.exp(logits[l + e] - max)
+    }
+    for (let k = 0; k < K; k++) weight[t * K + k] /= denom
+  }
+  return { chosen, weight: Float32Array.from(weight) }
+}
+
+t.test('routeLogits: the same experts, order and weight bits as picking the maximum k times (ties included)', async (t) => {
+  const rnd = lcg(11)
+  let cases = 0
+  for (const E of [1, 2, 5, 8, 13, 64])
+    for (const K of [1, 2, 3, 6, E])
+      for (const normalize of [true, false])
+        for (const ties of [false, true]) {
+          if (K > E) continue
+          const T = 37
+          // With ties: logits drawn from a few values (±0 among them), so many are exactly equal.
+          const logits = Float64Array.from({ length: T * E }, () => (ties ? [0, -0, 1.5, -2, 1.5][Math.floor((rnd() + 0.5) * 5)] : 8 * rnd()))
+          const router = new GateRouter({ weight: new Float32Array(E), numExperts: E, hiddenSize: 1, topK: K, normalize })
+          const sel = allocSelection(E, T * K)
+          router.routeLogits(logits, T, sel)
+          const want = selectByRepeatedMax(logits, T, E, K, normalize)
+          let bad = 0
+          for (let i = 0; i < T * K; i++) {
+            const slot = sel.outRows[i]
+            if (sel.tokenRows[i] !== Math.floor(slot / K)) bad++
+            const e = sel.offsets.findIndex((o, j) => j < E && i >= o && i < sel.offsets[j + 1])
+            if (e !== want.chosen[slot] || !Object.is(sel.scales[i], want.weight[slot])) bad++
+          }
+          if (bad) t.fail(`E=${E} K=${K} normalize=${normalize} ties=${ties}: ${bad} rows differ`)
+          cases++
+        }
+  t.pass(`${cases} cases bit for bit`)
+})

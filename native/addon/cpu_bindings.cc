@@ -1,5 +1,7 @@
 // CPU expert kernels and the per-layer CPU job (native/cpu/): the JS side of kernels.h and
 // layer_job.h. Typed in runtime/native.ts (NativeCpuApi).
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -104,6 +106,49 @@ Napi::Value CrewInit(const Napi::CallbackInfo& cb) {
   return cb.Env().Undefined();
 }
 
+// crewConfigure(arena, board, spinMicros, spinMaxMicros, spinWorkers): idle workers of the first
+// `spinWorkers` slots spin `spinMicros` (< 0: adaptive, up to spinMaxMicros) before they sleep.
+Napi::Value CrewConfigure(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset");
+  const int64_t spin = intArg(cb[2], "spin microseconds"), max = intArg(cb[3], "spin bound microseconds");
+  const int64_t spinners = intArg(cb[4], "spinning workers");
+  if (spin > INT32_MAX || max < 0 || max > INT32_MAX) throw Napi::RangeError::New(cb.Env(), "spin microseconds out of range");
+  if (spinners < 0 || spinners > 64) throw Napi::RangeError::New(cb.Env(), "spinning workers must be in [0, 64]");
+  nativeErrors(cb.Env(), [&] {
+    cpu::crewConfigure(a.data, a.length, board, static_cast<int32_t>(std::max<int64_t>(spin, -1)), static_cast<int32_t>(max), static_cast<int32_t>(spinners));
+  });
+  return cb.Env().Undefined();
+}
+
+// crewAlert(arena, board, count) → workers woken (0 when none slept): a job is on its way.
+Napi::Value CrewAlert(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset");
+  const int64_t count = intArg(cb[2], "count");
+  return Napi::Number::New(cb.Env(), nativeErrors(cb.Env(), [&] { return cpu::crewAlert(a.data, a.length, board, static_cast<int>(std::min<int64_t>(std::max<int64_t>(count, 0), 64))); }));
+}
+
+// crewTrace(on): record the timings of every crewJoin (diagnostics); crewLastJoin(out: Float64Array(12))
+// → out: [posted, mainDone, waited, retired] as µs after the call's start, then mainBlocks,
+// numBlocks, sleepersAtPost, woken, entered, the number of joins traced so far, and the lazy wake's
+// estimates (µs): a woken worker's arrival, the waker's cost per worker.
+Napi::Value CrewTrace(const Napi::CallbackInfo& cb) {
+  cpu::crewTrace(cb.Length() > 0 && cb[0].ToBoolean());
+  return cb.Env().Undefined();
+}
+
+Napi::Value CrewLastJoin(const Napi::CallbackInfo& cb) {
+  Span<double> o = typedSpan<double>(cb[0], napi_float64_array, "out (a Float64Array of 12)");
+  if (o.length < 12) throw Napi::RangeError::New(cb.Env(), "out must hold 12 values");
+  const cpu::JoinTrace j = cpu::crewLastJoin();
+  const auto us = [&](int64_t t) { return t ? double(t - j.start) / 1000.0 : -1.0; };
+  const double v[12] = {us(j.posted), us(j.mainDone), us(j.waited), us(j.retired), double(j.mainBlocks), double(j.numBlocks),
+                        double(j.sleepersAtPost), double(j.woken), double(j.entered), double(j.seq), double(j.arrivalMicros), double(j.wakeCostMicros)};
+  std::memcpy(o.data, v, sizeof v);
+  return cb[0];
+}
+
 // crewServe(arena, board, slot, idleMicros, testHooks): blocks this (worker) thread until quit, a
 // test-hook death or idleMicros without a job → 'quit' | 'die' | 'idle'.
 Napi::Value CrewServe(const Napi::CallbackInfo& cb) {
@@ -140,7 +185,8 @@ Napi::Value CrewJoin(const Napi::CallbackInfo& cb) {
 }
 
 // gateJobRun(arena, board, desc) → index of the first non-finite hidden value (nothing computed),
-// else -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed by this thread and the crew.
+// else -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed by this thread and the crew,
+// or -2 when a worker died inside it (logits incomplete; the board is free).
 Napi::Value GateJobRun(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
@@ -304,6 +350,10 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuLayerWait", Napi::Function::New(env, CpuLayerWait, "cpuLayerWait"));
   exports.Set("crewInit", Napi::Function::New(env, CrewInit, "crewInit"));
   exports.Set("crewServe", Napi::Function::New(env, CrewServe, "crewServe"));
+  exports.Set("crewConfigure", Napi::Function::New(env, CrewConfigure, "crewConfigure"));
+  exports.Set("crewAlert", Napi::Function::New(env, CrewAlert, "crewAlert"));
+  exports.Set("crewTrace", Napi::Function::New(env, CrewTrace, "crewTrace"));
+  exports.Set("crewLastJoin", Napi::Function::New(env, CrewLastJoin, "crewLastJoin"));
   exports.Set("crewPost", Napi::Function::New(env, CrewPost, "crewPost"));
   exports.Set("crewJoin", Napi::Function::New(env, CrewJoin, "crewJoin"));
   exports.Set("gateJobRun", Napi::Function::New(env, GateJobRun, "gateJobRun"));

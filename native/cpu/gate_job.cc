@@ -16,7 +16,9 @@ namespace hetmoe {
 namespace cpu {
 namespace {
 
-enum Word { gMagic = 0, gNext = 2, gDone = 3, gT = 4, gBlocks = 5, gE = 6, gWeights = 7, gD = 8, gTpb = 9, gEpb = 10, gIsa = 11,
+constexpr int64_t kDeathCheckMicros = 1000;
+
+enum Word { gMagic = 0, gAbort = 1, gNext = 2, gDone = 3, gT = 4, gBlocks = 5, gE = 6, gWeights = 7, gD = 8, gTpb = 9, gEpb = 10, gIsa = 11, gDie = 12,
             gHidden = 16, gWeight = 18, gLogits = 20 };
 
 [[noreturn]] void bad(const std::string& what) { throw std::runtime_error("gate job: " + what); }
@@ -62,11 +64,20 @@ GateJob parse(uint8_t* arena, size_t arenaBytes, size_t desc) {
   return j;
 }
 
-int32_t run(GateJob& j) {
+// Claims and computes blocks until none is left or abort; -1: the test hook says die now, holding a
+// claimed block.
+int32_t run(GateJob& j, bool testHooks) {
   int32_t mine = 0;
   for (;;) {
+    if (atomicAt(j.hdr + gAbort).load(std::memory_order_acquire)) break;
     const int32_t b = atomicAt(j.hdr + gNext).fetch_add(1, std::memory_order_acq_rel);
     if (b >= j.numBlocks) break;
+    if (testHooks) {
+      int32_t d = atomicAt(j.hdr + gDie).load(std::memory_order_acquire);
+      while (d > 0 && !atomicAt(j.hdr + gDie).compare_exchange_weak(d, d - 1, std::memory_order_acq_rel)) {
+      }
+      if (d > 0) return -1;
+    }
     const int t0 = (b / j.eBlocks) * j.tpb, e0 = (b % j.eBlocks) * j.epb;
     j.fn(j.args, t0, t0 + j.tpb < j.T ? t0 + j.tpb : j.T, e0, e0 + j.epb < j.E ? e0 + j.epb : j.E);
     atomicAt(j.hdr + gDone).fetch_add(1, std::memory_order_acq_rel);
@@ -79,24 +90,42 @@ int32_t run(GateJob& j) {
 
 void checkGateJob(uint8_t* arena, size_t arenaBytes, size_t desc) { parse(arena, arenaBytes, desc); }
 
-int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc) {
+int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc, bool testHooks) {
   GateJob j = parse(arena, arenaBytes, desc);
-  return run(j);
+  return run(j, testHooks);
 }
 
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   GateJob j = parse(arena, arenaBytes, desc);
   const int64_t bad = firstNonFiniteParallel(j.args.x, int64_t(j.T) * j.args.D);
   if (bad >= 0) return bad;
+  atomicAt(j.hdr + gAbort).store(0, std::memory_order_seq_cst);
   atomicAt(j.hdr + gNext).store(0, std::memory_order_seq_cst);
   atomicAt(j.hdr + gDone).store(0, std::memory_order_seq_cst);
   crewPost(arena, arenaBytes, board, desc);
-  run(j);
+  run(j, false);
   // The other blocks were claimed by workers that are computing them now (a few µs each); yield
-  // after a while in case one of them shares this core.
+  // after a while in case one of them shares this core. A worker that died holding a block would
+  // leave this wait hanging (the runtime learns of deaths on this thread's event loop): every
+  // kDeathCheckMicros look for one; if one died, stop the others and let the caller compute the
+  // logits itself.
+  int64_t nextCheck = 0;
   for (int i = 0; atomicAt(j.hdr + gDone).load(std::memory_order_acquire) < j.numBlocks; ++i) {
-    if (i < 20000) __builtin_ia32_pause();
-    else sched_yield();
+    if (i < 20000) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    sched_yield();
+    if ((i & 63) != 0) continue;
+    const int64_t t = nowMicros();
+    if (nextCheck == 0) nextCheck = t + kDeathCheckMicros;
+    if (t < nextCheck) continue;
+    nextCheck = t + kDeathCheckMicros;
+    if (crewWorkerDied(arena, arenaBytes, board)) {
+      atomicAt(j.hdr + gAbort).store(1, std::memory_order_seq_cst);
+      while (!crewRetireLive(arena, arenaBytes, board, 1000)) sched_yield();
+      return kGateWorkerDied;
+    }
   }
   while (!crewRetire(arena, arenaBytes, board, 1000)) sched_yield();
   return -1;

@@ -4,9 +4,10 @@
 // thread with the fixed order of router_math.h, so the bits do not depend on the thread count.
 //
 // Descriptor (int32 words in the arena, 64-byte aligned; written by runtime/cpu-crew.ts):
-//   0 magic kGateMagic    1 (unused; layer jobs' abort word)   2 next: claim counter
+//   0 magic kGateMagic    1 abort: set when a worker died (the others stop claiming)   2 next: claim counter
 //   3 done: blocks finished   4 T   5 numBlocks   6 E   7 weightsId   8 D
 //   9 tokens per block    10 experts per block    11 isa (cpu::Isa)
+//   12 dieCount: test hook (HETMOE_TEST_HOOKS=1 in the worker), as layer jobs' word 12
 //   16-17 hidden (arena, fp32 [T × D])   18-19 gate weight (weights file `weightsId`, fp32 [E × D])
 //   20-21 logits (arena, f64 [T × E])
 // Block b covers token block b / ceil(E / epb) and expert block b % ceil(E / epb). Words 2 and 5 sit
@@ -24,11 +25,15 @@ constexpr int kGateWords = 32;
 
 // Parses the descriptor (throws std::runtime_error naming what is wrong), runs nothing.
 void checkGateJob(uint8_t* arena, size_t arenaBytes, size_t desc);
-// Claims and computes blocks until none is left; returns the blocks this thread computed.
-int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc);
+// Claims and computes blocks until none is left (or abort); returns the blocks this thread computed,
+// or -1 when the test hook (testHooks and dieCount > 0) says the calling worker must die now.
+int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc, bool testHooks);
+// gateJobRun's answer when a worker died inside the job: the logits are incomplete, the other
+// workers have left and the board is free; compute the logits on this thread.
+constexpr int64_t kGateWorkerDied = -2;
 // Main side: the first non-finite hidden value's index (nothing computed) or -1 after posting the
 // job to the crew on `board`, computing blocks, and waiting for every block and for every worker to
-// leave the job. The board must be free (no layer job posted).
+// leave the job; kGateWorkerDied (above). The board must be free (no layer job posted).
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
 
 }  // namespace cpu

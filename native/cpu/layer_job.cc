@@ -335,14 +335,18 @@ JobWait waitLayerJob(uint8_t* arena, size_t arenaBytes, size_t desc, int64_t spi
   int32_t* h = arenaPtr<int32_t>(arena, arenaBytes, desc, kHeaderWords * 4, "the descriptor");
   if (h[hMagic] != kJobMagic) bad("no job descriptor at offset " + std::to_string(desc));
   const int32_t total = h[hBlocks];
-  const int64_t until = spinMicros >= 0 ? nowMicros() + spinMicros : 0;
+  int64_t until = 0;  // read the clock only once the workers' last blocks are not done at once
   for (int i = 0;; ++i) {
     const int32_t done = at(h + hDone).load(std::memory_order_acquire);
     if (done >= total) return JobWait::Done;
     if (at(h + hAbort).load(std::memory_order_acquire)) return JobWait::Aborted;
     if (spinMicros >= 0) {
       // Yielding, not pausing: the workers finishing the last blocks may share this core.
-      if ((i & 7) == 0 && nowMicros() >= until) return JobWait::Pending;
+      if ((i & 7) == 7) {
+        const int64_t t = nowMicros();
+        if (until == 0) until = t + spinMicros;
+        else if (t >= until) return JobWait::Pending;
+      }
       sched_yield();
       continue;
     }

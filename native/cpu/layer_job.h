@@ -23,6 +23,7 @@
 //    25 doneWaiters: threads sleeping on doneBlocks (waitLayerJob), so finishers skip the wake otherwise
 //    26 crew: 1 once posted to a crew (set by crew.cc, 0 from the encoder)   28-29 the crew's board
 //       offset (arena): a thread waiting long on another's block checks that board for dead workers
+//    30 entered: workers of the crew that went into the job (diagnostics, crew.cc)
 //   expert record e, kExpertWords words at experts + e * 4 * kExpertWords:
 //     0 n tokens    1 first phase-1 block   2 phase-1 blocks   3 first phase-2 block   4 phase-2 blocks
 //       (informational: blocks are numbered round-robin over experts, the block table is what counts)
