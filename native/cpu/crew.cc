@@ -62,11 +62,13 @@ constexpr int64_t kAssumedArrivalMicros = 20;
 // HETMOE_CREW_JOB_FANOUT (measurements; default 0): a worker that finds blocks left in a posted job
 // wakes this many more while any sleep. It was 2 (a wake-up tree); now the main thread alone decides
 // how many a small job wakes (crewJoin), and crewPost wakes them all.
+// An integer measurement switch from the environment, clamped to [lo, hi]; `otherwise` when unset.
+int envInt(const char* name, int otherwise, int lo, int hi) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::max(lo, std::min(hi, std::atoi(e))) : otherwise;
+}
 int jobFanout() {
-  static const int v = [] {
-    const char* e = std::getenv("HETMOE_CREW_JOB_FANOUT");
-    return e && *e ? std::max(0, std::min(64, std::atoi(e))) : 0;
-  }();
+  static const int v = envInt("HETMOE_CREW_JOB_FANOUT", 0, 0, 64);
   return v;
 }
 
@@ -128,10 +130,7 @@ constexpr int64_t kMaxPeekMicros = 128000;
 // A yielding loop gives the vCPU to a thread that shares it (the main thread) but keeps a hyperthread's
 // sibling busy with syscalls; pauses in between free the sibling's pipeline at some reaction time.
 int spinPauses() {
-  static const int v = [] {
-    const char* e = std::getenv("HETMOE_CREW_SPIN_PAUSES");
-    return e && *e ? std::max(0, std::min(100000, std::atoi(e))) : 0;
-  }();
+  static const int v = envInt("HETMOE_CREW_SPIN_PAUSES", 0, 0, 100000);
   return v;
 }
 
