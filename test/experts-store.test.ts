@@ -37,8 +37,10 @@ t.test('async and sync blobs land at their offsets; padding reads as zeros', asy
   const written = writeStore(out, {}, async (w) => {
     const ra = w.addBlobAsync(a)
     refs.push(ra.ref, w.addBlob(b), w.addBlobAsync(c).ref)
-    await ra.written
+    // Before any await: both async writes are still in flight. (After awaiting a's, c's had sometimes
+    // finished too on a loaded machine, and commit went on to reject the manifest instead.)
     t.throws(() => w.commit({} as never), /await flush\(\) first/)
+    await ra.written
     await w.flush()
     bin = readFileSync(join(w.tempDir, WEIGHTS_FILE))
     // No layers: the writer validates before committing, so this model is never created.
