@@ -224,7 +224,45 @@ class HostLaunchPlan {
   void addGroup(int fmt, int ffn, const std::vector<GroupExpert>& ex) {
     int maxN = 0;
     for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-    addGroupOn(fmt, ffn, ex, wg_.enabled && maxN >= wg_.minTokens);
+    Group g;
+    g.fmt = fmt;
+    g.ffn = ffn;
+    g.large = wg_.enabled && maxN >= wg_.minTokens;
+    const DevWeights& up0 = *ex[0].up;
+    const DevWeights& dn0 = *ex[0].down;
+    g.upMTiles = up0.mTiles;
+    g.upKSteps = up0.kSteps;
+    g.upChunks = up0.chunks;
+    g.dnMTiles = dn0.mTiles;
+    g.dnKSteps = dn0.kSteps;
+    g.dnChunks = dn0.chunks;
+    const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
+    std::vector<ExpDesc> upD, dnD;
+    for (const GroupExpert& e : ex) {
+      ExpDesc u{}, d{};
+      if (ffn == kSwiGLU) {
+        u.vals[0] = e.gate->vals, u.meta[0] = e.gate->meta, u.sel[0] = e.gate->sel;
+        u.vals[1] = e.up->vals, u.meta[1] = e.up->meta, u.sel[1] = e.up->sel;
+      } else {
+        u.vals[0] = e.up->vals, u.meta[0] = e.up->meta, u.sel[0] = e.up->sel;
+      }
+      d.vals[0] = e.down->vals, d.meta[0] = e.down->meta, d.sel[0] = e.down->sel;
+      u.tokOff = d.tokOff = e.tokOff;
+      u.n = d.n = e.n;
+      upD.push_back(u);
+      dnD.push_back(d);
+    }
+    g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
+    g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
+    if (g.large) {
+      g.up = largeLaunches(ex, maxN, g.upMTiles, wgMaxTile(fmt, upMode));
+      g.down = largeLaunches(ex, maxN, g.dnMTiles, wgMaxTile(fmt, kModeDown));
+    } else {
+      const int ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU), ntDn = chooseNT(maxN, fmt, false);
+      g.up = {mmaLaunch(ex, ntUp, g.upMTiles, warpsFor(ntUp) * mtFor(ntUp, fmt, upMode))};
+      g.down = {mmaLaunch(ex, ntDn, g.dnMTiles, warpsFor(ntDn) * mtFor(ntDn, fmt, kModeDown))};
+    }
+    groups_.push_back(g);
   }
 
   size_t bytes() const { return blob_.size(); }
@@ -304,50 +342,6 @@ class HostLaunchPlan {
     std::vector<Launch> up, down;  // mma: one each; large: one per token-tile width in use
   };
 
-  void addGroupOn(int fmt, int ffn, const std::vector<GroupExpert>& ex, bool large) {
-    Group g;
-    g.fmt = fmt;
-    g.ffn = ffn;
-    g.large = large;
-    const DevWeights& up0 = *ex[0].up;
-    const DevWeights& dn0 = *ex[0].down;
-    g.upMTiles = up0.mTiles;
-    g.upKSteps = up0.kSteps;
-    g.upChunks = up0.chunks;
-    g.dnMTiles = dn0.mTiles;
-    g.dnKSteps = dn0.kSteps;
-    g.dnChunks = dn0.chunks;
-    const int upMode = ffn == kSwiGLU ? kModeSwiGLU : kModeGeLU;
-    std::vector<ExpDesc> upD, dnD;
-    for (const GroupExpert& e : ex) {
-      ExpDesc u{}, d{};
-      if (ffn == kSwiGLU) {
-        u.vals[0] = e.gate->vals, u.meta[0] = e.gate->meta, u.sel[0] = e.gate->sel;
-        u.vals[1] = e.up->vals, u.meta[1] = e.up->meta, u.sel[1] = e.up->sel;
-      } else {
-        u.vals[0] = e.up->vals, u.meta[0] = e.up->meta, u.sel[0] = e.up->sel;
-      }
-      d.vals[0] = e.down->vals, d.meta[0] = e.down->meta, d.sel[0] = e.down->sel;
-      u.tokOff = d.tokOff = e.tokOff;
-      u.n = d.n = e.n;
-      upD.push_back(u);
-      dnD.push_back(d);
-    }
-    g.offUpD = append(upD.data(), upD.size() * sizeof(ExpDesc));
-    g.offDnD = append(dnD.data(), dnD.size() * sizeof(ExpDesc));
-    if (large) {
-      g.up = largeLaunches(ex, g.upMTiles, wgMaxTile(fmt, upMode));
-      g.down = largeLaunches(ex, g.dnMTiles, wgMaxTile(fmt, kModeDown));
-    } else {
-      int maxN = 0;
-      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-      const int ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU), ntDn = chooseNT(maxN, fmt, false);
-      g.up = {mmaLaunch(ex, ntUp, g.upMTiles, warpsFor(ntUp) * mtFor(ntUp, fmt, upMode))};
-      g.down = {mmaLaunch(ex, ntDn, g.dnMTiles, warpsFor(ntDn) * mtFor(ntDn, fmt, kModeDown))};
-    }
-    groups_.push_back(g);
-  }
-
   // The mma kernel: blocks of `mtPerBlock` m16 tiles x (nt * 8)-token tiles, n-tiles innermost (CTAs
   // that run together share weight tiles through L2).
   Launch mmaLaunch(const std::vector<GroupExpert>& ex, int nt, int mTiles, int mtPerBlock) {
@@ -363,17 +357,13 @@ class HostLaunchPlan {
   // width's tiles of every expert, in groups of kGroup row blocks with the row block innermost: the
   // CTAs that run together cover a few row blocks by many token tiles, so each weight block and each
   // token tile comes from DRAM about once and is shared through L2.
-  std::vector<Launch> largeLaunches(const std::vector<GroupExpert>& ex, int mTiles, int cap) {
+  std::vector<Launch> largeLaunches(const std::vector<GroupExpert>& ex, int maxN, int mTiles, int cap) {
     constexpr int kGroup = 8;
     const int mbs = (mTiles + kWgMTiles - 1) / kWgMTiles;
     std::vector<Launch> launches;
     std::vector<int> starts;
-    int single = 0;  // HETMOE_WG_TILES=0: the one width the largest expert needs
-    if (!wg_.tilePerExpert) {
-      int maxN = 0;
-      for (const GroupExpert& e : ex) maxN = std::max(maxN, e.n);
-      single = std::min(cap, maxN > 128 ? 256 : maxN > 64 ? 128 : 64);
-    }
+    // HETMOE_WG_TILES=0: the one width the largest expert needs, for every expert.
+    const int single = wg_.tilePerExpert ? 0 : std::min(cap, maxN > 128 ? 256 : maxN > 64 ? 128 : 64);
     for (int width = 256; width >= 64; width /= 2) {
       if (width > cap || (single && width != single)) continue;
       std::vector<WorkItem> items;
