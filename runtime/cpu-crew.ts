@@ -275,19 +275,13 @@ export class CpuCrew {
    */
   runNow(job: CrewJob, options: CrewRunOptions = {}): CrewRunResult | Promise<CrewRunResult> | undefined {
     if (this.#busy || this.#closing) return undefined
-    const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
-    const solo = options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)
+    const { join, solo } = this.#mode(job, options)
     if (!solo && !join) return undefined
     const { signal } = options
     if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
     this.#checkDesc(job)
+    if (solo) return this.#runAlone(job, signal)
     const a = native()
-    if (solo) {
-      // Synchronous (no abort can arrive meanwhile, and nothing else takes the turn), and no worker ever sees the job.
-      if (a.crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
-        throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
-      return { joined: true, solo: true, retried: false }
-    }
     const deaths = this.#deaths
     this.#serveAll()
     const wake = job.weightBytes > LAZY_WAKE_MAX_WEIGHT_BYTES ? 'wake' : 'lazy'
@@ -297,6 +291,20 @@ export class CpuCrew {
     // Posted and not finished: hold the turn until the rest is done.
     this.#busy = true
     return this.#runOnCrew(job, true, signal, { state, deaths }).finally(() => this.#pass())
+  }
+
+  /** Whether a job joins (the main thread runs blocks too) and whether it runs on this thread alone. */
+  #mode(job: CrewJob, options: CrewRunOptions): { join: boolean; solo: boolean } {
+    const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
+    return { join, solo: options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK) }
+  }
+
+  /** A job run on this thread alone, synchronously (no abort can arrive meanwhile, and nothing else
+   *  takes the turn): no worker ever sees it. */
+  #runAlone(job: CrewJob, signal: AbortSignal | undefined): CrewRunResult {
+    if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
+      throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
+    return { joined: true, solo: true, retried: false }
   }
 
   #checkDesc(job: CrewJob): void {
@@ -313,13 +321,8 @@ export class CpuCrew {
       const { signal } = options
       if (signal?.aborted) throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal.reason })
       this.#checkDesc(job)
-      const join = options.join ?? job.weightBytes <= JOIN_MAX_WEIGHT_BYTES
-      if (options.solo ?? (join && job.work !== undefined && job.work <= SOLO_MAX_WORK)) {
-        // Synchronous (no abort can arrive meanwhile), and no worker ever sees the job.
-        if (native().crewJoin(this.#u8, this.#board.offset, job.descOffset, 'alone', 0, 0) !== 'done')
-          throw new HetmoeError('ABORTED', 'the CPU layer job was aborted', { cause: signal?.reason })
-        return { joined: true, solo: true, retried: false }
-      }
+      const { join, solo } = this.#mode(job, options)
+      if (solo) return this.#runAlone(job, signal)
       return await this.#runOnCrew(job, join, signal)
     } finally {
       this.#pass()
