@@ -18,7 +18,7 @@ import { createRuntime } from './runtime.js'
 import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
-import { expertShape, type Calibration, type FormatKey } from '../scheduler/cost-model.js'
+import { expertShape, type Calibration, type DeviceRates, type FormatKey } from '../scheduler/cost-model.js'
 import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
@@ -267,12 +267,13 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const forwardCosts = () => (forwardFit ??= (forwardProbe ??= gpuForwardProbe(denseModel!)).fit())
     const gpuOverhead = async () => (await forwardCosts()).layerS
     const gpuExpertOverhead = async () => (await forwardCosts()).expertS
-    // The hand-over: an off-thread call's residual less its rows' copies (the activation probe's rate)
-    // and the inline calls' per-layer cost. Inline calls are off (HETMOE_GPU_INLINE_ROWS=0): 0.
-    const gpuAsyncCall = async () => {
+    // The hand-over: an off-thread call's residual less its rows' copies (at the activation rate the
+    // calibration charges) and the inline calls' per-layer cost. Inline calls are off
+    // (HETMOE_GPU_INLINE_ROWS=0): 0.
+    const gpuAsyncCall = async (rates: DeviceRates) => {
       const { layerS, offThread } = await forwardCosts()
       if (offThread.length === 0) return 0
-      const rowS = (8 * denseModel!.manifest.hiddenSize) / (await activation!())
+      const rowS = rates.activationBytesPerS ? (8 * denseModel!.manifest.hiddenSize) / rates.activationBytesPerS : 0
       const left = offThread.map(([n, s]) => s - n * rowS).sort((a, b) => a - b)
       return left[left.length >> 1] - layerS
     }

@@ -53,7 +53,7 @@ export interface DeviceProbes {
   activation?: () => number | Promise<number>
   /** GPU: seconds a layer call costs more on a libuv thread than inline (DeviceRates.asyncCallS), and
    *  the most rows an inline call had when it was measured. */
-  asyncCall?: () => number | Promise<number>
+  asyncCall?: (rates: DeviceRates) => number | Promise<number>
   inlineRows?: number
   /** The format probes time the kernels alone (device events): their fitted fixed time is the
    *  kernels' own per-call cost, which adds to the layer overhead (measured outside the kernels). */
@@ -149,7 +149,8 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   if (tails.length) rates.jobTailReads = median(tails)
   if (dev.kernelTimed) rates.layerOverheadS += median(fixed)
   if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
-  if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall())
+  // Given the rates fitted so far: an off-thread call's time less what they already charge for it.
+  if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall(rates))
   if (dev.inlineRows !== undefined) rates.inlineRows = dev.inlineRows
   return rates
 }
