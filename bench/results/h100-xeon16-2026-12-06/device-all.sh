@@ -4,8 +4,11 @@
 #   A. test/gpu-layer.test.ts on the default kernels (the per-expert token tiles are in the default path)
 #   B. issue #6: calibration, place vs run (device-2.sh)
 #   C. issue #7: per-layer overhead on the Xeon (bench/overhead-xeon.sh)
-#   D. issue #5: the large-batch kernel's variants (bench/gpu/variants.sh)
-# PARTS picks parts (default ABCD). From the repo root:
+#   D. issue #5: the large-batch kernel's variants (bench/gpu/variants.sh; removed in 0333275)
+#   E. issue #6: where prefill routing and the inline GPU call spend their time (after B: its model and
+#      plans): bench/route-probe.ts, then `hetmoe run` at 256 tokens under V8's profiler and with the
+#      finiteness scan on the calling thread alone (HETMOE_SCAN_PARALLEL_MIN=0)
+# PARTS picks parts (default ABCD); A_MODES the GPU test's modes (default "default min1"). From the repo root:
 #   source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-all.sh
 set -u
 HERE=bench/results/h100-xeon16-2026-12-06
@@ -21,7 +24,7 @@ if ! node -e "require.resolve('tap')" 2>/dev/null; then
 fi
 if has A; then
   mkdir -p $O/A
-  for mode in default min1; do
+  for mode in ${A_MODES:-default min1}; do
     t=$SECONDS
     if [ $mode = min1 ]; then export HETMOE_WGMMA_MIN=1; fi
     timeout -k 5 120 node dist/test/gpu-layer.test.js > $O/A/gpu-layer-$mode.log 2>&1; rc=$?
@@ -36,6 +39,22 @@ if has B && [ "$(left)" -gt 200 ]; then
   OUT=$O/B timeout -k 5 $(( $(left) > 330 ? 330 : $(left) - 10 )) bash $HERE/device-2.sh > $O/B/stdout.txt 2>&1
   echo "B rc $? ($((SECONDS - T0)) s)"; grep -E "ratio|wall|again|TILES|calibration:" $O/B/stdout.txt | tail -24
   rm -f $O/B/place.tgz; cp -a /tmp/r/. $O/B/ 2>/dev/null; pack
+fi
+if has E && [ -f /tmp/r/plan-b256-0.25.json ] && [ "$(left)" -gt 180 ]; then
+  mkdir -p $O/E; t=$SECONDS
+  export HETMOE_CACHE_DIR=/tmp/hetmoe-cache CI=true
+  node dist/bench/route-probe.js /tmp/sl > $O/E/route-probe.txt 2>&1
+  HETMOE_SCAN_PARALLEL_MIN=0 node dist/bench/route-probe.js /tmp/sl >> $O/E/route-probe.txt 2>&1
+  cat $O/E/route-probe.txt
+  node --input-type=module -e "import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
+writeFileSync('/tmp/zipf-16384.txt', Array.from(zipfTokens(16384, 32000, 1.1, 7)).join(' '))"
+  H="node dist/runtime/cli/main.js"
+  node --cpu-prof --cpu-prof-interval 50 --cpu-prof-dir $O/E dist/runtime/cli/main.js run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256-prof.json 2>/dev/null
+  HETMOE_SCAN_PARALLEL_MIN=0 $H run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256-serial.json 2>/dev/null
+  $H run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256.json 2>/dev/null
+  for f in run-b256 run-b256-serial run-b256-prof; do node -e "const r=require('$O/E/$f.json').report; console.log('$f', r.tokensPerS.toFixed(0), 'tokens/s; route', r.perLayer.map(l=>l.routeMs.toFixed(3)).join(' '), '; gpu', r.perLayer.map(l=>(l.gpuMs??0).toFixed(3)).join(' '), '; host', r.perLayer.map(l=>(l.gpuHostMs??0).toFixed(3)).join(' '))"; done
+  echo "E ($((SECONDS - t)) s)"
+  pack
 fi
 if has C && [ "$(left)" -gt 120 ]; then
   mkdir -p $O/C
