@@ -196,6 +196,80 @@ t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async
   t.ok(untouched, 'long K: rows not selected stay untouched')
 })
 
+// Decode launches too small to fill the GPU split each m16 tile's K range between the warps of a CTA
+// (moe_launch.cuh: kSplitFor, up to 8 warps). D = 1088 (17 k64 steps, 9 chunks) and F = 1216 (19
+// steps, 10 chunks): 8 warps get slices of 1 or 2 chunks, and the last chunk is a single step. Each
+// round runs on a backend with the split (the default) and one without (HETMOE_MMA_KSPLIT=1): both
+// within bf16 tolerance of float64, and the split gives the same bits every run (warp 0 adds the
+// others' sums in warp order).
+t.test('GPU decode kernel with K split across warps matches a float64 reference', { skip }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'weights.bin')
+  const D = 1088, F = 1216
+  const specs = [
+    { key: 'dense-s', ffn: 'swiglu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 31 },
+    { key: 'dense-g', ffn: 'gelu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 32 },
+    { key: 's24-s', ffn: 'swiglu' as const, D, F, format: '2:4' as Format, dtype: 'bf16' as Dtype, seed: 33 },
+    { key: 's75-s', ffn: 'swiglu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 34 },
+    { key: 's75-g', ffn: 'gelu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 35 },
+  ]
+  const experts = buildFile(file, specs)
+  const { id } = native().mapWeights(file)
+  t.teardown(() => native().unmapWeights(id))
+  const split = GpuBackend.open({})
+  t.teardown(() => split.close())
+  const before = process.env.HETMOE_MMA_KSPLIT
+  process.env.HETMOE_MMA_KSPLIT = '1' // read when a backend opens
+  const whole = GpuBackend.open({})
+  if (before === undefined) delete process.env.HETMOE_MMA_KSPLIT
+  else process.env.HETMOE_MMA_KSPLIT = before
+  t.teardown(() => whole.close())
+  for (const gpu of [split, whole]) for (const e of experts) gpu.upload(e.key, id, e.ffn, e.refs)
+  const r = rng(8)
+  const T = 24
+  const hidden = new Float32Array(T * D)
+  for (let i = 0; i < hidden.length; i++) hidden[i] = 2 * r() - 1
+  for (const cnt of [[1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [3, 9, 0, 16, 2], [16, 1, 5, 0, 11]]) {
+    let next = 0
+    const calls = experts.map((e, k) => ({
+      key: e.key,
+      tokenRows: Int32Array.from({ length: cnt[k] }, () => Math.floor(r() * T)),
+      outRows: Int32Array.from({ length: cnt[k] }, () => next++),
+      scale: Float32Array.from({ length: cnt[k] }, () => 0.1 + r()),
+    }))
+    const outs: Float32Array[] = []
+    for (const gpu of [split, whole, split]) {
+      const out = new Float32Array((next + 3) * D).fill(NaN)
+      await gpu.runLayer({ experts: calls, hidden, out }, { inline: true })
+      outs.push(out)
+    }
+    for (const [o, out] of outs.slice(0, 2).entries()) {
+      for (let k = 0; k < experts.length; k++) {
+        const c = calls[k]
+        if (c.tokenRows.length === 0) continue
+        let num = 0, den = 0, finite = true
+        for (let i = 0; i < c.tokenRows.length; i++) {
+          const ref = referenceRow(experts[k], hidden, c.tokenRows[i] * D, c.scale[i])
+          for (let d = 0; d < D; d++) {
+            const v = out[c.outRows[i] * D + d]
+            if (!Number.isFinite(v)) finite = false
+            num += (v - ref[d]) ** 2
+            den += ref[d] ** 2
+          }
+        }
+        const rel = Math.sqrt(num / den)
+        t.ok(finite && rel <= 1e-2, `[${cnt}] ${o === 0 ? 'K split' : 'one warp a tile'} ${experts[k].key} n=${c.tokenRows.length}: rel err ${rel.toExponential(2)}`)
+      }
+      let untouched = true
+      for (let i = next * D; i < out.length; i++) untouched &&= Number.isNaN(out[i])
+      t.ok(untouched, `[${cnt}] rows not selected stay untouched`)
+    }
+    const bits = (a: Float32Array) => new Uint32Array(a.buffer)
+    t.ok(bits(outs[0]).every((b, i) => b === bits(outs[2])[i]), `[${cnt}] the K split gives the same bits twice`)
+  }
+})
+
 t.test('GPU cache budget: a full cache is GPU_OOM', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))

@@ -144,12 +144,23 @@ __device__ __forceinline__ void mmaStep(float (&acc)[NT][4], const AFrag<FMT>& a
   }
 }
 
+// Warps of one CTA that split the K range of one m16 tile between them (KS > 1: decode launches too
+// small to fill the GPU; see kSplitFor), and their partial sums' shared-memory bytes.
+__host__ __device__ constexpr int ctaWarps(int nt, int ks) { return ks > 1 ? ks : warpsFor(nt); }
+__host__ __device__ constexpr int kSplitSmemFloats(int fmt, int nt, int mode, int ks) {
+  return ks > 1 ? (ks - 1) * 32 * ((mode == kModeSwiGLU ? 2 : 1) * nt * 4 * (fmt == kFmt75 ? 2 : 1)) : 1;
+}
+
 // One launch = one projection for every expert of a group. Each warp owns one m16 tile of stored
 // rows and NT*8 tokens of one expert; it walks the whole K range.
 // MT m16 tiles per warp share each B fragment (wide tiles only; 75% keeps MT = 1).
-template <int FMT, int NT, int MODE, int MT = 1>
-static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const LayerArgs args) {
+// KS > 1 (decode tiles, MT = 1): the CTA's KS warps share one m16 tile instead, each walking 1/KS of
+// the K range (whole 128-column chunks, as the 75% select bits are per chunk), and warp 0 adds the
+// others' sums in warp order, so every run gives the same bits, then writes the tile.
+template <int FMT, int NT, int MODE, int MT = 1, int KS = 1>
+static __global__ void __launch_bounds__(ctaWarps(NT, KS) * 32) moeProjKernel(const LayerArgs args) {
   static_assert(FMT != kFmt75 || MT == 1, "75% tiles are one m16 tile per warp");
+  static_assert(KS == 1 || (MT == 1 && NT <= 2), "K is split for decode tiles only");
   constexpr int NMAT = MODE == kModeSwiGLU ? 2 : 1;
   constexpr int NQ = NMAT * MT;  // accumulator sets: matrix q, m-tile mi -> q * MT + mi
   constexpr int U = FMT == kFmtDense || NT >= 4 ? 2 : 4;  // k64 steps of A loaded ahead of their math
@@ -157,10 +168,14 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
   const int g = lane >> 2, t = lane & 3;
   const WorkItem item = args.items[blockIdx.x];
   const ExpDesc& ex = args.exps[item.e];
-  const int mt = (item.mBlock * warpsFor(NT) + warp) * MT;  // first m16 tile of this warp
+  const int mt = KS > 1 ? item.mBlock : (item.mBlock * warpsFor(NT) + warp) * MT;  // first m16 tile of this warp
   if (mt >= args.mTiles) return;
   const int n = ex.n;
   const int kSteps = args.kSteps;
+  // This warp's k64 steps [kBegin, kEnd): slices of whole 2-step chunks.
+  const int kChunks = (kSteps + 1) >> 1;
+  const int kBegin = KS > 1 ? 2 * (kChunks * warp / KS) : 0;
+  const int kEnd = KS > 1 ? min(kSteps, 2 * (kChunks * (warp + 1) / KS)) : kSteps;
 
   // Token rows this lane reads for B (column g of each n8 tile); tokens past n repeat the last.
   // B rows are stored k-permuted (kPermute): the lane's 8 registers of a k64 step are 32
@@ -263,18 +278,63 @@ static __global__ void __launch_bounds__(warpsFor(NT) * 32) moeProjKernel(const 
     }
   } else {
     // Decode tiles: A and B of U steps are loaded together, then their math runs.
-    for (int ks0 = 0; ks0 < kSteps; ks0 += U) {
+    for (int ks0 = kBegin; ks0 < kEnd; ks0 += U) {
       AFrag<FMT> a[U][NQ];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (ks0 + u < kSteps) loadAll(ks0 + u, a[u]);
+        if (ks0 + u < kEnd) loadAll(ks0 + u, a[u]);
       uint32_t bb[U][NT][8];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (ks0 + u < kSteps) loadB(ks0 + u, bb[u]);
+        if (ks0 + u < kEnd) loadB(ks0 + u, bb[u]);
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (ks0 + u < kSteps) step(ks0 + u, a[u], bb[u]);
+        if (ks0 + u < kEnd) step(ks0 + u, a[u], bb[u]);
+    }
+  }
+
+  if constexpr (KS > 1) {
+    // Warps 1..KS-1 leave their sums (and the 75% odd rows') in shared memory; warp 0 adds them in
+    // warp order and goes on alone.
+    constexpr int V = NQ * NT * 4 * (FMT == kFmt75 ? 2 : 1);
+    __shared__ float part[kSplitSmemFloats(FMT, NT, MODE, KS)];
+    if (warp > 0) {
+      float* p = part + (warp - 1) * 32 * V + lane;
+      int v = 0;
+#pragma unroll
+      for (int q = 0; q < NQ; ++q)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) p[32 * v++] = acc[q][nt][i];
+      if constexpr (FMT == kFmt75) {
+#pragma unroll
+        for (int q = 0; q < NMAT; ++q)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) p[32 * v++] = accO[q][nt][i];
+      }
+    }
+    __syncthreads();
+    if (warp > 0) return;
+    for (int w = 1; w < KS; ++w) {
+      const float* p = part + (w - 1) * 32 * V + lane;
+      int v = 0;
+#pragma unroll
+      for (int q = 0; q < NQ; ++q)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[q][nt][i] += p[32 * v++];
+      if constexpr (FMT == kFmt75) {
+#pragma unroll
+        for (int q = 0; q < NMAT; ++q)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) accO[q][nt][i] += p[32 * v++];
+      }
     }
   }
 

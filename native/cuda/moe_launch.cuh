@@ -80,6 +80,7 @@ struct WgOptions {
   int minTokens = 32;
   int numSMs = 1;
   bool tilePerExpert = true;
+  int maxKSplit = 8;  // decode launches: see kSplitFor
 };
 inline WgOptions wgOptionsFor(int device) {
   WgOptions o;
@@ -93,6 +94,7 @@ inline WgOptions wgOptionsFor(int device) {
   if (const char* v = std::getenv("HETMOE_WGMMA")) o.enabled = o.enabled && std::atoi(v) != 0;
   if (const char* v = std::getenv("HETMOE_WGMMA_MIN")) o.minTokens = std::max(1, std::atoi(v));
   if (const char* v = std::getenv("HETMOE_WG_TILES")) o.tilePerExpert = std::atoi(v) != 0;
+  if (const char* v = std::getenv("HETMOE_MMA_KSPLIT")) o.maxKSplit = std::min(8, std::max(1, std::atoi(v)));
   return o;
 }
 
@@ -167,11 +169,21 @@ inline int mtFor(int nt, int fmt, int mode) {
   return nt >= 4 && (fmt == kFmt24 || (fmt == kFmtDense && mode != kModeSwiGLU)) ? 2 : 1;
 }
 
+template <int FMT, int NT, int MODE>
+inline void launchProjKS(int ks, int grid, const LayerArgs& a, cudaStream_t s) {
+  switch (ks) {
+    case 1: moeProjKernel<FMT, NT, MODE, 1, 1><<<grid, ctaWarps(NT, 1) * 32, 0, s>>>(a); break;
+    case 2: moeProjKernel<FMT, NT, MODE, 1, 2><<<grid, ctaWarps(NT, 2) * 32, 0, s>>>(a); break;
+    case 4: moeProjKernel<FMT, NT, MODE, 1, 4><<<grid, ctaWarps(NT, 4) * 32, 0, s>>>(a); break;
+    default: moeProjKernel<FMT, NT, MODE, 1, 8><<<grid, ctaWarps(NT, 8) * 32, 0, s>>>(a); break;
+  }
+}
+
 template <int FMT, int MODE>
-inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
+inline void launchProjNT(int nt, int ks, int grid, const LayerArgs& a, cudaStream_t s) {
   switch (nt) {
-    case 1: moeProjKernel<FMT, 1, MODE><<<grid, warpsFor(1) * 32, 0, s>>>(a); break;
-    case 2: moeProjKernel<FMT, 2, MODE><<<grid, warpsFor(2) * 32, 0, s>>>(a); break;
+    case 1: launchProjKS<FMT, 1, MODE>(ks, grid, a, s); break;
+    case 2: launchProjKS<FMT, 2, MODE>(ks, grid, a, s); break;
     default:
       if constexpr (FMT == kFmt75 || (FMT == kFmtDense && MODE == kModeSwiGLU))
         moeProjKernel<FMT, 4, MODE, 1><<<grid, warpsFor(4) * 32, 0, s>>>(a);
@@ -181,12 +193,27 @@ inline void launchProjNT(int nt, int grid, const LayerArgs& a, cudaStream_t s) {
 }
 
 template <int MODE>
-inline void launchProj(int fmt, int nt, int grid, const LayerArgs& a, cudaStream_t s) {
+inline void launchProj(int fmt, int nt, int ks, int grid, const LayerArgs& a, cudaStream_t s) {
   switch (fmt) {
-    case kFmtDense: launchProjNT<kFmtDense, MODE>(nt, grid, a, s); break;
-    case kFmt24: launchProjNT<kFmt24, MODE>(nt, grid, a, s); break;
-    default: launchProjNT<kFmt75, MODE>(nt, grid, a, s); break;
+    case kFmtDense: launchProjNT<kFmtDense, MODE>(nt, ks, grid, a, s); break;
+    case kFmt24: launchProjNT<kFmt24, MODE>(nt, ks, grid, a, s); break;
+    default: launchProjNT<kFmt75, MODE>(nt, ks, grid, a, s); break;
   }
+}
+
+// Warps that split each m16 tile's K range in a decode launch (moeProjKernel's KS: 1, 2, 4 or 8):
+// the fewest that give the launch `kSplitWarpsPerSM` warps per SM, each keeping at least one
+// 128-column chunk. One warp per tile streams a few KiB at a time, and a launch of few tiles then
+// leaves HBM idle: sigma-lite's down projection at one token is 128 tiles, one warp per SM, and
+// its 64 MiB expert ran at 0.73 TB/s on the H200 (bench/results/h100-xeon16-2026-12-06).
+// HETMOE_MMA_KSPLIT caps it (1: off).
+constexpr int kSplitWarpsPerSM = 8;
+inline int kSplitFor(int nt, int tiles, int kSteps, const WgOptions& o) {
+  if (nt > 2) return 1;
+  const int kChunks = (kSteps + 1) / 2;
+  int ks = 1;
+  while (ks < o.maxKSplit && 2 * ks <= kChunks && (long long)tiles * ks < (long long)kSplitWarpsPerSM * o.numSMs) ks *= 2;
+  return ks;
 }
 
 // Tokens per warp tile / 8: as few as cover the largest expert up to 16 tokens (decode: the weights
@@ -259,8 +286,8 @@ class HostLaunchPlan {
       g.down = largeLaunches(ex, maxN, g.dnMTiles, wgMaxTile(fmt, kModeDown));
     } else {
       const int ntUp = chooseNT(maxN, fmt, ffn == kSwiGLU), ntDn = chooseNT(maxN, fmt, false);
-      g.up = {mmaLaunch(ex, ntUp, g.upMTiles, warpsFor(ntUp) * mtFor(ntUp, fmt, upMode))};
-      g.down = {mmaLaunch(ex, ntDn, g.dnMTiles, warpsFor(ntDn) * mtFor(ntDn, fmt, kModeDown))};
+      g.up = {mmaLaunch(ex, ntUp, g.upMTiles, g.upKSteps, mtFor(ntUp, fmt, upMode))};
+      g.down = {mmaLaunch(ex, ntDn, g.dnMTiles, g.dnKSteps, mtFor(ntDn, fmt, kModeDown))};
     }
     groups_.push_back(g);
   }
@@ -299,8 +326,8 @@ class HostLaunchPlan {
           if (g.ffn == kSwiGLU) launchWg<kModeSwiGLU>(g.fmt, l.tile, grid, a, s);
           else launchWg<kModeGeLU>(g.fmt, l.tile, grid, a, s);
         } else {
-          if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, l.tile, l.items, a, s);
-          else launchProj<kModeGeLU>(g.fmt, l.tile, l.items, a, s);
+          if (g.ffn == kSwiGLU) launchProj<kModeSwiGLU>(g.fmt, l.tile, l.ks, l.items, a, s);
+          else launchProj<kModeGeLU>(g.fmt, l.tile, l.ks, l.items, a, s);
         }
       }
     }
@@ -322,17 +349,18 @@ class HostLaunchPlan {
         a.items = reinterpret_cast<const WorkItem*>(dev_ + l.offItems);
         a.numItems = l.items;
         if (g.large) launchWg<kModeDown>(g.fmt, l.tile, std::min(l.items, wg_.numSMs), a, s);
-        else launchProj<kModeDown>(g.fmt, l.tile, l.items, a, s);
+        else launchProj<kModeDown>(g.fmt, l.tile, l.ks, l.items, a, s);
       }
     }
   }
 
  private:
-  // One kernel launch of a projection: its work items and its tile (mma: NT, tokens per warp tile / 8;
-  // large-batch kernel: the token tile N).
+  // One kernel launch of a projection: its work items and its tile (mma: NT, tokens per warp tile / 8,
+  // and KS, the warps that split each tile's K range; large-batch kernel: the token tile N).
   struct Launch {
     int tile = 0, items = 0;
     size_t offItems = 0;
+    int ks = 1;
   };
   struct Group {
     int fmt, ffn;
@@ -342,15 +370,20 @@ class HostLaunchPlan {
     std::vector<Launch> up, down;  // mma: one each; large: one per token-tile width in use
   };
 
-  // The mma kernel: blocks of `mtPerBlock` m16 tiles x (nt * 8)-token tiles, n-tiles innermost (CTAs
-  // that run together share weight tiles through L2).
-  Launch mmaLaunch(const std::vector<GroupExpert>& ex, int nt, int mTiles, int mtPerBlock) {
+  // The mma kernel: blocks of m16 tiles (warpsFor(nt) warps x mt tiles each, or one tile whose K
+  // range KS warps split: kSplitFor) x (nt * 8)-token tiles, n-tiles innermost (CTAs that run
+  // together share weight tiles through L2).
+  Launch mmaLaunch(const std::vector<GroupExpert>& ex, int nt, int mTiles, int kSteps, int mt) {
+    int tiles = 0;
+    for (const GroupExpert& e : ex) tiles += mTiles * ((e.n + nt * 8 - 1) / (nt * 8));
+    const int ks = kSplitFor(nt, tiles, kSteps, wg_);
+    const int mtPerBlock = ks > 1 ? 1 : warpsFor(nt) * mt;
     std::vector<WorkItem> items;
     const int mbs = (mTiles + mtPerBlock - 1) / mtPerBlock;
     for (size_t i = 0; i < ex.size(); ++i)
       for (int mb = 0; mb < mbs; ++mb)
         for (int n0 = 0; n0 < ex[i].n; n0 += nt * 8) items.push_back({int(i), mb, n0, 0});
-    return {nt, int(items.size()), append(items.data(), items.size() * sizeof(WorkItem))};
+    return {nt, int(items.size()), append(items.data(), items.size() * sizeof(WorkItem)), ks};
   }
 
   // The large-batch kernel: one launch per token-tile width (wgTiles), each over 128-row blocks x that

@@ -8,6 +8,7 @@
 #   E. issue #6: where prefill routing and the inline GPU call spend their time (after B: its model and
 #      plans): bench/route-probe.ts, then `hetmoe run` at 256 tokens under V8's profiler and with the
 #      finiteness scan on the calling thread alone (HETMOE_SCAN_PARALLEL_MIN=0)
+#   F. issue #6: batch-1 decode with the K split (kSplitFor) against one warp per tile (HETMOE_MMA_KSPLIT=1)
 # PARTS picks parts (default ABCD); A_MODES the GPU test's modes (default "default min1"). From the repo root:
 #   source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-all.sh
 set -u
@@ -54,6 +55,15 @@ writeFileSync('/tmp/zipf-16384.txt', Array.from(zipfTokens(16384, 32000, 1.1, 7)
   $H run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256.json 2>/dev/null
   for f in run-b256 run-b256-serial run-b256-prof; do node -e "const r=require('$O/E/$f.json').report; console.log('$f', r.tokensPerS.toFixed(0), 'tokens/s; route', r.perLayer.map(l=>l.routeMs.toFixed(3)).join(' '), '; gpu', r.perLayer.map(l=>(l.gpuMs??0).toFixed(3)).join(' '), '; host', r.perLayer.map(l=>(l.gpuHostMs??0).toFixed(3)).join(' '))"; done
   echo "E ($((SECONDS - t)) s)"
+  pack
+fi
+if has F && [ -f /tmp/r/plan-b1-0.25.json ] && [ "$(left)" -gt 60 ]; then
+  mkdir -p $O/F; t=$SECONDS
+  for ks in 1 8 1 8; do
+    HETMOE_MMA_KSPLIT=$ks node dist/runtime/cli/main.js run --model /tmp/sl --plan /tmp/r/plan-b1-0.25.json --tokens /tmp/zipf.txt --domain 0 --json > $O/F/run-b1-ks$ks.json 2>/dev/null
+    node -e "const r=require('$O/F/run-b1-ks$ks.json').report; console.log('b1 HETMOE_MMA_KSPLIT=$ks', r.tokensPerS.toFixed(0), 'tokens/s; kernel ms', r.perLayer.map(l=>(l.gpuKernelMs??0).toFixed(4)).join(' '), '; stream', r.perLayer.map(l=>(l.gpuStreamMs??0).toFixed(4)).join(' '))"
+  done
+  echo "F ($((SECONDS - t)) s)"
   pack
 fi
 if has C && [ "$(left)" -gt 120 ]; then
