@@ -139,6 +139,27 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
   )
 })
 
+/** ‖out − ref‖/‖ref‖ over one expert's selected rows (float64 reference), and whether all were finite. */
+function relError(
+  expert: Parameters<typeof referenceRow>[0],
+  c: { tokenRows: Int32Array; outRows: Int32Array; scale: Float32Array },
+  hidden: Float32Array,
+  out: Float32Array,
+  D: number,
+): { rel: number; finite: boolean } {
+  let num = 0, den = 0, finite = true
+  for (let i = 0; i < c.tokenRows.length; i++) {
+    const ref = referenceRow(expert, hidden, c.tokenRows[i] * D, c.scale[i])
+    for (let d = 0; d < D; d++) {
+      const v = out[c.outRows[i] * D + d]
+      if (!Number.isFinite(v)) finite = false
+      num += (v - ref[d]) ** 2
+      den += ref[d] ** 2
+    }
+  }
+  return { rel: Math.sqrt(num / den), finite }
+}
+
 // Long K: the large-batch kernel's K loop runs several iterations (pairs of k64 steps), with odd step
 // and chunk counts (D = 640: 10 steps, 5 chunks; F = 576: 9 steps, 5 chunks, the last one a single
 // step), partial row blocks (F/2 = 288 and D/2 = 320 stored rows) and token counts that are not
@@ -177,18 +198,7 @@ t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async
   }))
   await gpu.runLayer({ experts: calls, hidden, out })
   for (let k = 0; k < experts.length; k++) {
-    const c = calls[k]
-    let num = 0, den = 0, finite = true
-    for (let i = 0; i < c.tokenRows.length; i++) {
-      const ref = referenceRow(experts[k], hidden, c.tokenRows[i] * D, c.scale[i])
-      for (let d = 0; d < D; d++) {
-        const v = out[c.outRows[i] * D + d]
-        if (!Number.isFinite(v)) finite = false
-        num += (v - ref[d]) ** 2
-        den += ref[d] ** 2
-      }
-    }
-    const rel = Math.sqrt(num / den)
+    const { rel, finite } = relError(experts[k], calls[k], hidden, out, D)
     t.ok(finite && rel <= 1e-2, `long K ${experts[k].key} (${specs[k].format}/${specs[k].ffn}) n=${cnt[k]}: rel err ${rel.toExponential(2)}`)
   }
   let untouched = true
@@ -248,17 +258,7 @@ t.test('GPU decode kernel with K split across warps matches a float64 reference'
       for (let k = 0; k < experts.length; k++) {
         const c = calls[k]
         if (c.tokenRows.length === 0) continue
-        let num = 0, den = 0, finite = true
-        for (let i = 0; i < c.tokenRows.length; i++) {
-          const ref = referenceRow(experts[k], hidden, c.tokenRows[i] * D, c.scale[i])
-          for (let d = 0; d < D; d++) {
-            const v = out[c.outRows[i] * D + d]
-            if (!Number.isFinite(v)) finite = false
-            num += (v - ref[d]) ** 2
-            den += ref[d] ** 2
-          }
-        }
-        const rel = Math.sqrt(num / den)
+        const { rel, finite } = relError(experts[k], c, hidden, out, D)
         t.ok(finite && rel <= 1e-2, `[${cnt}] ${o === 0 ? 'K split' : 'one warp a tile'} ${experts[k].key} n=${c.tokenRows.length}: rel err ${rel.toExponential(2)}`)
       }
       let untouched = true

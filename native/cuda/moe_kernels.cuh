@@ -298,43 +298,32 @@ static __global__ void __launch_bounds__(ctaWarps(NT, KS) * 32) moeProjKernel(co
     // warp order and goes on alone.
     constexpr int V = NQ * NT * 4 * (FMT == kFmt75 ? 2 : 1);
     __shared__ float part[kSplitSmemFloats(FMT, NT, MODE, KS)];
-    if (warp > 0) {
-      float* p = part + (warp - 1) * 32 * V + lane;
+    auto eachSum = [&](auto&& f) {  // f(this lane's v-th sum, v)
       int v = 0;
 #pragma unroll
       for (int q = 0; q < NQ; ++q)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) p[32 * v++] = acc[q][nt][i];
+          for (int i = 0; i < 4; ++i) f(acc[q][nt][i], v++);
       if constexpr (FMT == kFmt75) {
 #pragma unroll
         for (int q = 0; q < NMAT; ++q)
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) p[32 * v++] = accO[q][nt][i];
+            for (int i = 0; i < 4; ++i) f(accO[q][nt][i], v++);
       }
+    };
+    if (warp > 0) {
+      float* p = part + (warp - 1) * 32 * V + lane;
+      eachSum([&](float& x, int v) { p[32 * v] = x; });
     }
     __syncthreads();
     if (warp > 0) return;
     for (int w = 1; w < KS; ++w) {
       const float* p = part + (w - 1) * 32 * V + lane;
-      int v = 0;
-#pragma unroll
-      for (int q = 0; q < NQ; ++q)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[q][nt][i] += p[32 * v++];
-      if constexpr (FMT == kFmt75) {
-#pragma unroll
-        for (int q = 0; q < NMAT; ++q)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) accO[q][nt][i] += p[32 * v++];
-      }
+      eachSum([&](float& x, int v) { x += p[32 * v]; });
     }
   }
 
