@@ -54,6 +54,10 @@ writeFileSync('/tmp/zipf-16384.txt', Array.from(zipfTokens(16384, 32000, 1.1, 7)
   HETMOE_SCAN_PARALLEL_MIN=0 $H run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256-serial.json 2>/dev/null
   $H run --model /tmp/sl --plan /tmp/r/plan-b256-0.25.json --tokens /tmp/zipf-16384.txt --domain 0 --json > $O/E/run-b256.json 2>/dev/null
   for f in run-b256 run-b256-serial run-b256-prof; do node -e "const r=require('$O/E/$f.json').report; console.log('$f', r.tokensPerS.toFixed(0), 'tokens/s; route', r.perLayer.map(l=>l.routeMs.toFixed(3)).join(' '), '; gpu', r.perLayer.map(l=>(l.gpuMs??0).toFixed(3)).join(' '), '; host', r.perLayer.map(l=>(l.gpuHostMs??0).toFixed(3)).join(' '))"; done
+  TIMEFORMAT="place wall %R s (profiled: $O/E/place.cpuprofile)"
+  time node --cpu-prof --cpu-prof-interval 200 --cpu-prof-dir $O/E/place dist/runtime/cli/main.js place --model /tmp/sl --tokens /tmp/zipf.txt --domain 0 --gpu-mem 4GiB --batch 256 > /dev/null
+  mv $O/E/place/*.cpuprofile $O/E/place.cpuprofile; rmdir $O/E/place
+  TIMEFORMAT="addon info() %R s"; time node -e "require('./build/Release/hetmoe.node').info()"
   echo "E ($((SECONDS - t)) s)"
   pack
 fi
