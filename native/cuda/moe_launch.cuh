@@ -212,7 +212,7 @@ inline int kSplitFor(int nt, int tiles, int kSteps, const WgOptions& o) {
   if (nt > 2) return 1;
   const int kChunks = (kSteps + 1) / 2;
   int ks = 1;
-  while (ks < o.maxKSplit && 2 * ks <= kChunks && (long long)tiles * ks < (long long)kSplitWarpsPerSM * o.numSMs) ks *= 2;
+  while (2 * ks <= o.maxKSplit && 2 * ks <= kChunks && (long long)tiles * ks < (long long)kSplitWarpsPerSM * o.numSMs) ks *= 2;
   return ks;
 }
 
