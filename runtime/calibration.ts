@@ -2,7 +2,7 @@
 // through the CPU worker pool's layer job and (where present) the GPU backend, on a small synthetic
 // model per weight format, so the planner predicts what the runtime will actually do. Cached per
 // machine (scheduler/calibrate.ts); `hetmoe calibrate` refreshes, `hetmoe info` shows it.
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Arena } from './arena.js'
 import { CpuCrew } from './cpu-crew.js'
@@ -358,8 +358,28 @@ export function calibrationMachine(): { cpu: string; gpu: string | null } {
   return thisMachine(native().info().gpu.devices[0]?.name ?? null)
 }
 
-/** The cached runtime calibration of this machine, if one was measured. */
+/**
+ * The GPU's name as the NVIDIA driver lists it under /proc, which does not start CUDA (asking CUDA
+ * for device 0 does, in every `hetmoe place`); only where every GPU listed has the same model and
+ * CUDA_VISIBLE_DEVICES picks none out, so that it is CUDA's device 0 too. Otherwise undefined.
+ */
+export function driverGpuName(root = '/proc/driver/nvidia/gpus', env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.CUDA_VISIBLE_DEVICES !== undefined) return undefined
+  let names: string[]
+  try {
+    names = readdirSync(root).map((bus) => /^Model:\s*(.+?)\s*$/m.exec(readFileSync(join(root, bus, 'information'), 'utf8'))?.[1] ?? '')
+  } catch {
+    return undefined
+  }
+  return names.length > 0 && names[0] !== '' && names.every((n) => n === names[0]) ? names[0] : undefined
+}
+
+/** The cached runtime calibration of this machine, if one was measured. Looked up first under the
+ *  driver's name for the GPU (no CUDA start-up), then under CUDA's (a calibration is saved under
+ *  CUDA's name, which the driver's is expected to equal; a miss costs only the start-up). */
 export function cachedCalibration(): Calibration | undefined {
-  const c = readCalibration(calibrationCachePath(calibrationMachine()))
-  return c?.source.startsWith('runtime probes') ? c : undefined
+  const runtime = (c: Calibration | undefined) => (c?.source.startsWith('runtime probes') ? c : undefined)
+  const driverName = driverGpuName()
+  const quick = driverName ? runtime(readCalibration(calibrationCachePath(thisMachine(driverName)))) : undefined
+  return quick ?? runtime(readCalibration(calibrationCachePath(calibrationMachine())))
 }

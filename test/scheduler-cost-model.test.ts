@@ -1,5 +1,5 @@
 import t from 'tap'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
   calibrate, calibrationCachePath, defaultProbes, describeCalibration, fitLine, loadCalibration, type Probe,
@@ -7,6 +7,7 @@ import {
 import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
 import { testCalibration } from './helpers/calibration.js'
 import { tempDir } from './helpers/model-dir.js'
+import { driverGpuName } from '../runtime/calibration.js'
 import { LayerTimeModel } from '../scheduler/layer-time.js'
 
 t.test('matrix bytes by format follow layout.h: a 75% matrix is ~5/16 of dense bf16', async (t) => {
@@ -192,4 +193,21 @@ t.test('default probes measure this machine; the calibration is cached per machi
   const c = await loadCalibration(probes, { env, refresh: true })
   t.not(c.measuredAt, a.measuredAt, 'refresh measures again')
   t.equal(JSON.parse(readFileSync(path, 'utf8')).measuredAt, c.measuredAt)
+})
+
+t.test("the driver's GPU name (no CUDA start-up) only where it must be CUDA's device 0", async (t) => {
+  const root = tempDir()
+  const gpu = (bus: string, model: string) => {
+    mkdirSync(join(root, bus))
+    writeFileSync(join(root, bus, 'information'), `Model: \t\t ${model}\nIRQ:   \t\t 42\nGPU UUID: \t GPU-0\n`)
+  }
+  t.equal(driverGpuName(join(root, 'absent'), {}), undefined, 'no NVIDIA driver')
+  t.equal(driverGpuName(root, {}), undefined, 'no GPU listed')
+  gpu('0000:19:00.0', 'NVIDIA H200')
+  t.equal(driverGpuName(root, {}), 'NVIDIA H200')
+  gpu('0000:3b:00.0', 'NVIDIA H200')
+  t.equal(driverGpuName(root, {}), 'NVIDIA H200', 'several of one model')
+  t.equal(driverGpuName(root, { CUDA_VISIBLE_DEVICES: '1' }), undefined, 'CUDA_VISIBLE_DEVICES may pick another')
+  gpu('0000:5d:00.0', 'NVIDIA L4')
+  t.equal(driverGpuName(root, {}), undefined, 'mixed models: which one CUDA calls 0 is not known here')
 })
