@@ -79,7 +79,10 @@ class ScanPool {
     const uint64_t gen = (claim_.load(std::memory_order_relaxed) >> 32) + 1;
     claim_.store((gen << 32) | (uint64_t(chunks) << 16), std::memory_order_release);
     genWord_.store(static_cast<int32_t>(gen), std::memory_order_release);
-    futexWakeAll(reinterpret_cast<int32_t*>(&genWord_));
+    // No more helpers than there are chunks beside the caller's first: every wake-up is a syscall on
+    // this thread (an interrupt to a halted vCPU on a virtual machine), and one that finds no chunk
+    // left only costs.
+    futexWake(reinterpret_cast<int32_t*>(&genWord_), static_cast<int>(std::min<int64_t>(chunks - 1, int64_t(threads_.size()))));
     drain(gen);
     while (pending_.load(std::memory_order_acquire) > 0) __builtin_ia32_pause();
     *result = -1;
