@@ -89,8 +89,11 @@ const LAZY_WAKE_MAX_WEIGHT_BYTES = 1 << 20
 const JOIN_SPIN_MICROS = 1000
 /** The main thread spins this long for workers to leave a finished job before it yields to the event loop. */
 const RETIRE_SPIN_MICROS = 200
-/** A worker that gets no job for this long goes back to its event loop: an idle worker there does not
- *  keep the process alive (one inside crewServe would, in a program that never closes its runtime). */
+/** A worker goes back to its event loop after this long without a forward (alert()): an idle worker
+ *  there does not keep the process alive (one inside crewServe would, in a program that never closes
+ *  its runtime). Without a forward, not without a post: back in its event loop it needs this thread's
+ *  event loop to turn before it serves again (piscina hears of the serve task's end there), and a loop
+ *  of synchronous forwards whose jobs ran alone for a second never turned it. */
 const SERVE_IDLE_MS = 1000
 // Header words of a layer-job descriptor (native/cpu/layer_job.h).
 const JOB_HEADER_WORDS = 32
@@ -100,6 +103,8 @@ const SLOT_WORD = 16
 const SLOT_STRIDE = 16
 const MAX_SLOTS = 64
 const BOARD_SLEEPERS = 6
+/** Bumped by every forward (alert): workers leave crewServe only after SERVE_IDLE_MS without one. */
+const BOARD_ACTIVITY = 12
 // A slot's diagnostics (native/cpu/crew.h): posts its worker caught spinning, posts it slept through
 // until woken, its current spin window (µs), the peak gap it remembers (µs).
 const SLOT_TID = 1
@@ -244,11 +249,13 @@ export class CpuCrew {
   }
 
   /**
-   * A job is on its way (a forward about to route): if workers sleep, wakes up to `count` of them
+   * A job is on its way (a forward about to route): counts the forward as activity, which keeps
+   * serving workers in crewServe (SERVE_IDLE_MS); if workers sleep, wakes up to `count` of them
    * (default HETMOE_CREW_EARLY_WAKE, off) to spin for it; they pass the wake-up on. Returns how many it
-   * woke. Costs one load when none sleeps.
+   * woke. Costs an atomic add and a load when none sleeps.
    */
   alert(count = EARLY_WAKE): number {
+    Atomics.add(this.#boardWords, BOARD_ACTIVITY, 1)
     if (count <= 0 || this.#closing || Atomics.load(this.#boardWords, BOARD_SLEEPERS) === 0) return 0
     const n = native().crewAlert(this.#u8, this.#board.offset, count)
     this.#earlyWoken += n

@@ -244,3 +244,24 @@ t.test('a worker dying inside a gate job: routing neither hangs nor changes', as
   t.equal(out.length, 4 * D)
   t.ok(out.every(Number.isFinite))
 })
+
+// A worker back in its event loop serves again only once this thread's event loop turns (piscina hears
+// there that its serve task ended), so workers stay in crewServe while forwards come, posted or not:
+// a decode loop of synchronous forwards whose jobs all ran alone for a second used to leave them out
+// for good (bench overhead: the tiny model's 16-token layers after its 1- and 4-token ones).
+t.test('serving workers stay while forwards come, even with nothing posted; they leave when none comes', async (t) => {
+  const { crew } = await crewWithJob(t, {})
+  const busyMs = (ms: number, each: () => void) => {
+    const end = performance.now() + ms
+    while (performance.now() < end) {
+      each()
+      blockUs(500)
+    }
+  }
+  // 1.3 s (past the serve idle timeout) of forwards without a post, this thread never yielding.
+  busyMs(1300, () => crew.alert())
+  t.equal(crew.stats().sleeping, crew.threads, 'every worker still waits in crewServe')
+  // The same without forwards: they go back to their event loops.
+  busyMs(1300, () => {})
+  t.equal(crew.stats().sleeping, 0, 'with no forward for the idle timeout, none waits there')
+})

@@ -80,7 +80,7 @@ void noteArrival(int64_t t) {
   arrivalMicros.store(a ? (3 * a + l) / 4 : std::max<int64_t>(1, l), std::memory_order_relaxed);
 }
 
-enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bSpin, bSpinMax, bAlert, bSpinWorkers };
+enum Board { bMagic = 0, bGen, bDesc, bDescHi, bOpen, bQuit, bSleepers, bSlots, bSpin, bSpinMax, bAlert, bSpinWorkers, bActivity };
 // Words of a worker's slot (crew.h): its mark, its kernel thread id, then diagnostics it writes.
 enum Slot { sMark = 0, sTid, sCaught, sWoken, sWindow, sPeak, sPeeked };
 
@@ -153,6 +153,8 @@ int32_t awaitPost(int32_t* w, int slot, int32_t* mine, int32_t seen, int64_t idl
   };
   const int pauses = spinPauses();
   int64_t spinFrom = start;
+  int32_t activity = at(w, bActivity).load(std::memory_order_relaxed);
+  int64_t quietFrom = start;
   int32_t alert = 0;
   for (;;) {
     const int64_t window = spinWindow(w, slot, spinFrom);
@@ -168,7 +170,17 @@ int32_t awaitPost(int32_t* w, int slot, int32_t* mine, int32_t seen, int64_t idl
       sched_yield();
     }
     for (int64_t peek = kFirstPeekMicros;; peek = std::min(2 * peek, kMaxPeekMicros)) {
-      const int64_t left = idleMicros - (nowMicros() - start);
+      // Idle means no forward at all (the activity word), not merely no post: a stretch of jobs run
+      // on the calling thread alone posts nothing, and a worker back in its event loop then needs the
+      // main thread's event loop to turn before it serves again, which a decode loop of synchronous
+      // forwards never lets happen (the tiny model's 16-token layers after its 1- and 4-token ones,
+      // 300 µs apart, ran every block on the main thread: 32 µs a layer instead of 17-20).
+      const int32_t act = at(w, bActivity).load(std::memory_order_relaxed);
+      if (act != activity) {
+        activity = act;
+        quietFrom = nowMicros();
+      }
+      const int64_t left = idleMicros - (nowMicros() - quietFrom);
       if (left <= 0) return seen;
       alert = at(w, bAlert).load(std::memory_order_seq_cst);
       at(w, bSleepers).fetch_add(1, std::memory_order_seq_cst);

@@ -8,7 +8,8 @@
 //   4 open: 1 while the posted job may be joined   5 quit   6 sleepers: workers in futex wait
 //   7 slots   8 idle spin: >= 0 a fixed window (µs), < 0 adaptive   9 the adaptive window's bound (µs)
 //   10 alert: bumped by crewAlert (a job is coming: sleepers spin again)   11 spinning workers: slots
-//   below it spin when idle, the others sleep at once
+//   below it spin when idle, the others sleep at once   12 activity: bumped by every forward of the
+//   crew's runtime (a serving worker goes back to its event loop only after idleMicros without one)
 //   slot s at word kSlotWord + s * kSlotStride: 1 while worker s is inside a posted job; then the
 //   serving thread's kernel thread id (crewWorkerDied); then diagnostics the worker writes: posts it
 //   saw while spinning, posts it was woken for, its current spin window (µs), the gap peak it
