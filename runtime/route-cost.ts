@@ -10,8 +10,12 @@ import { native } from './native.js'
 
 /** Wall time spent measuring one batch size, roughly (at least 3 timed runs a layer either way). */
 const BUDGET_S = 0.05
-/** Idle milliseconds before each timed call of a batch whose finiteness scan goes to the thread pool. */
+/** Idle milliseconds before each timed call of a batch whose finiteness scan goes to the thread pool,
+ *  unless the caller knows the layer's own time (measureRouteS's gapS). */
 const IDLE_GAP_MS = 1
+/** Bounds of that idle gap, ms (at most GAP_RUNS of them a layer). */
+const MIN_GAP_MS = 0.2
+const MAX_GAP_MS = 10
 /** Timed calls a layer at most when each waits out the gap. */
 const GAP_RUNS = 6
 
@@ -21,12 +25,15 @@ const GAP_RUNS = 6
  * layers are measured on this thread alone (a runtime shares gate GEMMs of ≥ 1M products with its
  * idle CPU workers, so at prefill sizes this is an upper bound).
  * Batches large enough for the finiteness scan's thread pool (native scanPoolMinFloats: from 256
- * rows at D = 2048) are timed after an idle millisecond each, as a runtime routes them after a layer's
- * expert work: back to back, the pool's threads were still awake, and `place` predicted 0.03 ms of
- * routing at 256 tokens and 0.29 at 4096 where sigma-lite's runtime spent 0.16-0.21 and 0.65-0.78
- * (H100 machine's Xeon, 63360ce); a 2-core VM showed the same, 0.68 back to back and 1.4 after idling.
+ * rows at D = 2048) are timed as a runtime routes them: after the layer's expert work, `gapS` (the
+ * layer's predicted time; 1 ms when not given), with the pool's threads asleep, and on hidden states
+ * this thread has just written (the app's residual add). Back to back on states written once, `place`
+ * predicted 0.03 ms of routing at 256 tokens and 0.29 at 4096 where sigma-lite's runtime spent
+ * 0.16-0.21 and 0.65-0.78 (H100 machine's Xeon, 63360ce). On the H200 machine's Xeon (4bbdf9b,
+ * bench/route-probe.ts) the scan at 4096 rows took 0.14 ms after 1 ms idle, 0.16 after 3 ms, 0.23 on
+ * freshly written states; the runtime routed in 0.45-0.62 beside a CPU job, 0.47-0.57 again.
  */
-export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0): number {
+export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0, gapS?: number): number {
   const m = model.manifest
   const D = m.hiddenSize
   const rows = Math.max(...m.layers.map((l) => tokens * (l.routing.kind === 'gate' ? l.routing.topK : 1)))
@@ -38,7 +45,10 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     // rows of 2048 in JavaScript took longer than measuring).
     const block = randomHidden(Math.min(tokens, 64), D, 11)
     const hv = h.f32(tokens * D)
-    for (let r = 0; r < tokens; r += 64) hv.set(block.subarray(0, Math.min(64, tokens - r) * D), r * D)
+    const write = () => {
+      for (let r = 0; r < tokens; r += 64) hv.set(block.subarray(0, Math.min(64, tokens - r) * D), r * D)
+    }
+    write()
     const options = { tokenIds: uniformTokens(tokens, m.vocabSize, 11), domain }
     const samples: number[] = []
     const once = (layer: number): number => {
@@ -65,9 +75,13 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     const fit = Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))
     const runs = Math.max(3, Math.min(idle ? GAP_RUNS : 100, fit))
     const sleeper = idle ? new Int32Array(new SharedArrayBuffer(4)) : undefined
+    const gapMs = gapS === undefined ? IDLE_GAP_MS : Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1e3 * gapS))
     for (let i = 0; i < runs; i++)
       for (let layer = 0; layer < L; layer++) {
-        if (sleeper) Atomics.wait(sleeper, 0, 0, IDLE_GAP_MS)
+        if (sleeper) {
+          write()
+          Atomics.wait(sleeper, 0, 0, gapMs)
+        }
         samples.push(once(layer))
       }
     return samples.sort((a, b) => a - b)[samples.length >> 1]

@@ -50,11 +50,20 @@ DESIGN.md, and the report says so.`,
     const model = modelFromFlag(values.model)
     const profile = profileFromFlags(model, values)
     const calibration = await calibrationFor(values.calibration, values.recalibrate ?? false)
-    // Routing is timed on the model itself (tens of ms), so that the prediction covers it too.
+    // Routing is timed on the model itself (tens of ms), so that the prediction covers it too: after
+    // an idle gap as long as the layer's predicted time without it (the plan does not depend on it:
+    // every placement pays the same routing).
     const domain = domainFromFlag(values.domain)
-    const prefillRouteS = measureRouteS(model, PREFILL_TOKENS, domain)
-    const routeS = { batch: batchTokens === PREFILL_TOKENS ? prefillRouteS : measureRouteS(model, batchTokens, domain), prefill: prefillRouteS }
-    const plan = makePlan(model.manifest, profile, new CostModel(calibration), { budgetBytes, batchTokens, streamBytes, prefillTokens: PREFILL_TOKENS, routeS })
+    const options = { budgetBytes, batchTokens, streamBytes, prefillTokens: PREFILL_TOKENS }
+    const cost = new CostModel(calibration)
+    const draft = makePlan(model.manifest, profile, cost, options)
+    const L = model.manifest.layers.length
+    const prefillRouteS = measureRouteS(model, PREFILL_TOKENS, domain, PREFILL_TOKENS / draft.predicted.prefillTokensPerS / L)
+    const routeS = {
+      batch: batchTokens === PREFILL_TOKENS ? prefillRouteS : measureRouteS(model, batchTokens, domain, batchTokens / draft.predicted.decodeTokensPerS / L),
+      prefill: prefillRouteS,
+    }
+    const plan = makePlan(model.manifest, profile, cost, { ...options, routeS })
     if (values.out) forFlag('--out', () => writeDocument(values.out!, plan))
     if (values.json) console.log(JSON.stringify(plan, null, 2))
     else console.log(formatPlan(plan, calibration, model.manifest.layers.map((l) => l.experts.length)) + (values.out ? `\nplan written to ${values.out}` : ''))
