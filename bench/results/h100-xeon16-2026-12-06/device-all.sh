@@ -8,6 +8,8 @@
 #   E. issue #6: where prefill routing and the inline GPU call spend their time (after B: its model and
 #      plans): bench/route-probe.ts, then `hetmoe run` at 256 tokens under V8's profiler and with the
 #      finiteness scan on the calling thread alone (HETMOE_SCAN_PARALLEL_MIN=0)
+#   G. issue #6: one sigma-lite expert on the CPU alone (bench cpu, AMX, 64/148/256 tokens): the 4096-token
+#      plan's CPU expert (148 tokens) took 2.8-3.6 ms in the runtime beside the GPU call, 2.06 predicted
 #   F. issue #6: batch-1 decode with the K split (kSplitFor) against one warp per tile (HETMOE_MMA_KSPLIT=1)
 # PARTS picks parts (default ABCD); A_MODES the GPU test's modes (default "default min1"). From the repo root:
 #   source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-all.sh
@@ -68,6 +70,13 @@ if has F && [ -f /tmp/r/plan-b1-0.25.json ] && [ "$(left)" -gt 60 ]; then
     node -e "const r=require('$O/F/run-b1-ks$ks.json').report; console.log('b1 HETMOE_MMA_KSPLIT=$ks', r.tokensPerS.toFixed(0), 'tokens/s; kernel ms', r.perLayer.map(l=>(l.gpuKernelMs??0).toFixed(4)).join(' '), '; stream', r.perLayer.map(l=>(l.gpuStreamMs??0).toFixed(4)).join(' '))"
   done
   echo "F ($((SECONDS - t)) s)"
+  pack
+fi
+if has G && [ "$(left)" -gt 90 ]; then
+  mkdir -p $O/G; t=$SECONDS
+  node dist/runtime/cli/main.js bench cpu --preset sigma-lite --isa amx --formats dense --tokens 64,148,256 --weights-mib 64 --no-onednn --no-verify --min-time 0.3 --json $O/G/cpu.json > $O/G/stdout.txt 2>&1
+  tail -8 $O/G/stdout.txt
+  echo "G ($((SECONDS - t)) s)"
   pack
 fi
 if has C && [ "$(left)" -gt 120 ]; then
