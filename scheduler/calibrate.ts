@@ -58,6 +58,9 @@ export interface DeviceProbes {
   /** The format probes time the kernels alone (device events): their fitted fixed time is the
    *  kernels' own per-call cost, which adds to the layer overhead (measured outside the kernels). */
   kernelTimed?: boolean
+  /** GPU: the tokens per expert from which its layer calls run the large-batch kernel; each format is
+   *  probed once more at that many tokens (the plan's largest bytes) for DeviceRates.largeBatch. */
+  largeBatchTokens?: number
 }
 
 export interface CalibrationProbes {
@@ -143,6 +146,15 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
       flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / t)
     }
     rates.flopsPerS[format] = flopRate
+    if (dev.largeBatchTokens !== undefined) {
+      // Weights streamed by the large-batch kernel at its fewest tokens, where the arithmetic is small
+      // next to the reads: the plan's largest probe, less the fixed time the read fit found (charged
+      // apart), at most half of it (a fixed time near the probe's is noise).
+      const lbBytes = plan.bytes[plan.bytes.length - 1]
+      const t = await medianOf(repeats, () => probe({ format, bytes: lbBytes, flopsPerToken: flopsFor(lbBytes), tokens: dev.largeBatchTokens! }))
+      rates.largeBatch ??= { minTokens: dev.largeBatchTokens, readBytesPerS: {} }
+      rates.largeBatch.readBytesPerS[format] = lbBytes / Math.max(t - intercept, t / 2)
+    }
   }
   // A probe's fixed time includes dispatching its layer, which the cost model charges once per layer.
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
@@ -319,7 +331,7 @@ export function describeCalibration(c: Calibration): string {
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
       `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
-      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
+      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
     ]
   }
   return [

@@ -40,6 +40,11 @@ export interface DeviceRates {
   asyncCallS?: number
   /** GPU only: the most rows a call with no CPU work beside it ran inline with when measured. */
   inlineRows?: number
+  /** GPU only: the weight-read rate of calls whose busiest expert has at least `minTokens` tokens, which
+   *  run another kernel (native/cuda/moe_launch.cuh: the sm_90a large-batch kernel from
+   *  HETMOE_WGMMA_MIN tokens): it streamed sigma-lite's experts at ~3.3 TB/s at 256-token batches on
+   *  the H200, where the decode kernel's fitted rate was 4.47. Absent: readBytesPerS throughout. */
+  largeBatch?: { minTokens: number; readBytesPerS: Partial<Record<FormatKey, number>> }
 }
 
 export interface Calibration {
@@ -118,19 +123,29 @@ export class CostModel {
     return roofline(this.calibration.cpu, e)
   }
 
-  /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. */
-  gpuRoofline(e: ExpertShape): Roofline {
+  /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. `largeBatch`:
+   *  the expert runs in a call whose busiest expert has the large-batch kernel's tokens (gpuLargeBatch). */
+  gpuRoofline(e: ExpertShape, largeBatch = false): Roofline {
     const g = this.calibration.gpu
-    return g ? roofline(g, e) : { fixedS: Infinity, readS: Infinity, perTokenS: Infinity, rowS: Infinity }
+    if (!g) return { fixedS: Infinity, readS: Infinity, perTokenS: Infinity, rowS: Infinity }
+    const r = roofline(g, e)
+    const rate = largeBatch ? g.largeBatch?.readBytesPerS[e.format] : undefined
+    return rate ? { ...r, readS: e.bytes / rate } : r
+  }
+
+  /** Whether a GPU call whose busiest expert gets `maxTokens` tokens runs the large-batch kernel. */
+  gpuLargeBatch(maxTokens: number): boolean {
+    const lb = this.calibration.gpu?.largeBatch
+    return lb !== undefined && maxTokens >= lb.minTokens
   }
 
   tCpu(e: ExpertShape, n: number): number {
     return evalRoofline(this.cpuRoofline(e), n)
   }
 
-  /** Time on the GPU when the expert is resident there. */
-  tGpu(e: ExpertShape, n: number): number {
-    return evalRoofline(this.gpuRoofline(e), n)
+  /** Time on the GPU when the expert is resident there (`largeBatch`: see gpuRoofline). */
+  tGpu(e: ExpertShape, n: number, largeBatch = false): number {
+    return evalRoofline(this.gpuRoofline(e, largeBatch), n)
   }
 
   /** Time to copy `bytes` of weights to the GPU (Infinity without one). */

@@ -32,10 +32,12 @@ export class LayerTimeModel {
     this.gpuS = new Float64Array(E)
     this.share = Float64Array.from(share)
     this.bytes = new Float64Array(E)
+    // The GPU's kernel follows the call's busiest expert: the layer's, at its expected count.
+    const largeBatch = cost.gpuLargeBatch(batchTokens * Math.max(0, ...this.share))
     for (let e = 0; e < E; e++) {
       this.bytes[e] = experts[e].bytes
       this.cpuS[e] = expectedRooflineTime(cost.cpuRoofline(experts[e]), batchTokens, this.share[e])
-      this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e]), batchTokens, this.share[e]) : Infinity
+      this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e], largeBatch), batchTokens, this.share[e]) : Infinity
     }
     this.cpuLayerS = cost.cpuLayerS(experts)
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0

@@ -35,11 +35,15 @@ export function planStreaming(
   let cpuBusy = false
   let gpuBusy = false
   const cold: number[] = []
+  // The GPU's kernel follows the call's busiest expert (taken over the whole layer: streamed ones join it).
+  let maxCount = 0
+  for (let e = 0; e < experts.length; e++) maxCount = Math.max(maxCount, counts[e])
+  const largeBatch = cost.gpuLargeBatch(maxCount)
   for (let e = 0; e < experts.length; e++) {
     const n = counts[e]
     if (n <= 0) continue
     if (resident(e)) {
-      gpu += cost.tGpu(experts[e], n)
+      gpu += cost.tGpu(experts[e], n, largeBatch)
       gpuBusy = true
     } else {
       cpu += cost.tCpu(experts[e], n)
@@ -58,7 +62,7 @@ export function planStreaming(
   if (!cost.hasGpu) return { stream, layerS: withoutS, withoutS }
 
   const onCpu = cold.map((e) => cost.tCpu(experts[e], counts[e]))
-  const onGpu = cold.map((e) => cost.tPcie(experts[e].bytes) + cost.tGpu(experts[e], counts[e]))
+  const onGpu = cold.map((e) => cost.tPcie(experts[e].bytes) + cost.tGpu(experts[e], counts[e], largeBatch))
   const taken = new Uint8Array(cold.length)
   let left = cold.length
   let now = withoutS

@@ -70,14 +70,15 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     const noise = 1 + 0.002 * ((calls * 7) % 5) // repeat-to-repeat jitter; the fit takes the best of repeats
     return (15e-6 + Math.max(bytes / bw, (tokens * flopsPerToken) / flops)) * noise
   }
-  const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / 1.5e12, (tokens * flopsPerToken) / 500e12)
+  // From 32 tokens an expert the GPU runs its large-batch kernel, which streams weights at 1.1 TB/s.
+  const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / (tokens >= 32 ? 1.1e12 : 1.5e12), (tokens * flopsPerToken) / 500e12)
   const c = await calibrate({
     machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
     source: 'synthetic',
     cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
     // Kernel-timed GPU probes: their 5 µs intercept is the kernels' own cost a call, on top of the
     // 20 µs measured outside the kernels.
-    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256 },
+    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256, largeBatchTokens: 32 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
@@ -103,6 +104,30 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   t.equal(c.gpu!.asyncCallS, 150e-6)
   t.equal(c.gpu!.inlineRows, 256)
   t.match(describeCalibration(c), /off-thread call \+150(\.0)? µs \(inline up to 256 rows\)/)
+  t.equal(c.gpu!.largeBatch?.minTokens, 32)
+  near(c.gpu!.largeBatch!.readBytesPerS['dense/bf16']!, 1.1e12, 0.01, 'GPU GB/s of the large-batch kernel')
+  t.match(describeCalibration(c), /GPU [^]*dense\/bf16 +weights 1500\.\d GB\/s \(11\d\d\.\d GB\/s from 32 tokens an expert\)/)
+  t.equal(c.cpu.largeBatch, undefined, 'the CPU has one kernel')
+})
+
+t.test('GPU calls whose busiest expert reaches the large-batch kernel read at its rate', async (t) => {
+  const base = testCalibration()
+  const cost = new CostModel({ ...base, gpu: { ...base.gpu!, largeBatch: { minTokens: 32, readBytesPerS: { 'dense/bf16': base.gpu!.readBytesPerS['dense/bf16']! / 2 } } } })
+  const plain = new CostModel(base)
+  const e: ExpertShape = { bytes: 64 << 20, flopsPerToken: 2 * (32 << 20), format: 'dense/bf16' }
+  t.equal(cost.gpuRoofline(e, true).readS, 2 * plain.gpuRoofline(e).readS, 'half the rate: twice the read time')
+  t.equal(cost.gpuRoofline(e).readS, plain.gpuRoofline(e).readS, 'the decode kernel keeps the fitted rate')
+  t.notOk(cost.gpuLargeBatch(31))
+  t.ok(cost.gpuLargeBatch(32))
+  t.notOk(plain.gpuLargeBatch(4096), 'without a large-batch rate: never')
+  const other: ExpertShape = { ...e, format: '75%/bf16' }
+  t.equal(cost.gpuRoofline(other, true).readS, plain.gpuRoofline(other).readS, 'a format it has no rate for keeps its own')
+  // A layer of 16 experts, the busiest with an eighth of the tokens: large from 256 tokens (32 of them).
+  const experts = Array.from({ length: 16 }, () => e)
+  const share = Array.from({ length: 16 }, (_, i) => (i === 0 ? 0.125 : 0.875 / 15))
+  const at = (B: number, c: CostModel) => new LayerTimeModel(experts, share, B, c).timeOf(() => true)
+  t.equal(at(128, cost), at(128, plain), 'batch 128: its busiest expert expects 16 tokens, the decode kernel')
+  t.ok(at(256, cost) > at(256, plain) * 1.3, 'batch 256: 32 tokens, the large-batch kernel reads slower')
 })
 
 t.test('a GPU call off the calling thread costs its hand-over: above the inline rows, or beside CPU work', async (t) => {
