@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A short device call (about 4-5 minutes) for what came after call 2, most needed first, each part packed
+# into $OUT/all.tgz as it ends:
+#   A. test/gpu-layer.test.ts (default switch-over)
+#   C. issue #7: `hetmoe bench overhead` on the tiny models, gaps 0 and 300 µs (the headline of
+#      bench/overhead-xeon.sh, without its variants): the crew fix 6b9fb87
+#   B. issue #6: calibration, then place vs run at batch 1, 16, 256 and 4096 (25% budget)
+#   G. one sigma-lite expert on the CPU alone at 64/148/256 tokens (device-all.sh's G)
+# From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-3.sh
+set -u
+O=/tmp/o3; mkdir -p $O
+pack() { tar czf $OUT/all.tgz -C $O . 2>/dev/null; }
+H="node dist/runtime/cli/main.js"
+export HETMOE_CACHE_DIR=/tmp/hetmoe-cache CI=true
+echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+if ! node -e "require.resolve('tap')" 2>/dev/null; then
+  mkdir -p node_modules/tap && cp test/gpu-tap-shim.cjs node_modules/tap/index.cjs
+  echo '{"name":"tap","version":"0.0.0-shim","main":"index.cjs"}' > node_modules/tap/package.json
+fi
+mkdir -p $O/A $O/C $O/B $O/G
+timeout -k 5 60 node dist/test/gpu-layer.test.js > $O/A/gpu-layer.log 2>&1
+echo "A rc $?: $(grep -E '^# [0-9]+ assertions' $O/A/gpu-layer.log | tail -1)"; grep -E "not ok" $O/A/gpu-layer.log | head -3
+pack
+timeout -k 5 90 $H bench overhead --models tiny-rre,tiny-gate --gap-us 0,300 --iters 2000 --json $O/C/overhead.json > $O/C/stdout.txt 2>/dev/null
+echo "C rc $?"; sed -n 3,16p $O/C/stdout.txt
+pack
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="1:0.25 16:0.25 256:0.25 4096:0.25" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+echo "B rc $?"; grep -E "ratio|wall|layer 0" $O/B/stdout.txt
+$H info | grep -A8 "^calibration" | head -10
+pack
+timeout -k 5 60 $H bench cpu --preset sigma-lite --isa amx --formats dense --tokens 64,148,256 --weights-mib 64 --no-onednn --no-verify --min-time 0.3 --json $O/G/cpu.json > $O/G/stdout.txt 2>&1
+echo "G rc $?"; tail -6 $O/G/stdout.txt
+pack
+echo done
