@@ -26,7 +26,7 @@ echo "C rc $?"; sed -n 3,16p $O/C/stdout.txt
 pack
 OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="1:0.25 16:0.25 256:0.25 4096:0.25" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall|layer 0" $O/B/stdout.txt
-$H info | grep -A8 "^calibration" | head -10
+$H info | grep -A8 "^calibration" | head -10; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
 timeout -k 5 60 $H bench cpu --preset sigma-lite --isa amx --formats dense --tokens 64,148,256 --weights-mib 64 --no-onednn --no-verify --min-time 0.3 --json $O/G/cpu.json > $O/G/stdout.txt 2>&1
 echo "G rc $?"; tail -6 $O/G/stdout.txt
