@@ -15,10 +15,18 @@ import { buildFile, gpuSkipReason, referenceRow, rng, type Dtype, type Format } 
 
 const skip = gpuSkipReason()
 
-t.test('GPU layer kernel matches a float64 reference in every format', { skip }, async (t) => {
+/** The experts written to a weights file in a temporary folder and mapped, both undone at the test's end. */
+function mappedExperts(t: { teardown(f: () => unknown): void }, specs: Parameters<typeof buildFile>[1]): { experts: ReturnType<typeof buildFile>; id: number } {
   const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'weights.bin')
+  const experts = buildFile(file, specs)
+  const { id } = native().mapWeights(file)
+  t.teardown(() => native().unmapWeights(id))
+  return { experts, id }
+}
+
+t.test('GPU layer kernel matches a float64 reference in every format', { skip }, async (t) => {
   const D = 256
   const specs = [
     { key: 'dense-a', ffn: 'swiglu' as const, D, F: 320, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 11 },
@@ -30,9 +38,7 @@ t.test('GPU layer kernel matches a float64 reference in every format', { skip },
     { key: 's75-b', ffn: 'swiglu' as const, D, F: 320, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 17 },
     { key: 's75-c', ffn: 'gelu' as const, D, F: 192, format: '75%' as Format, dtype: 'fp32' as Dtype, seed: 18 },
   ]
-  const experts = buildFile(file, specs)
-  const { id } = native().mapWeights(file)
-  t.teardown(() => native().unmapWeights(id))
+  const { experts, id } = mappedExperts(t, specs)
 
   const arena = new Arena({ bytes: 16 << 20 })
   const notes: string[] = []
@@ -165,9 +171,6 @@ function relError(
 // step), partial row blocks (F/2 = 288 and D/2 = 320 stored rows) and token counts that are not
 // multiples of the 64/128/256-token tiles.
 t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const file = join(dir, 'weights.bin')
   const D = 640, F = 576
   const specs = [
     { key: 'dense-k', ffn: 'swiglu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 21 },
@@ -176,9 +179,7 @@ t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async
     { key: 's75-kg', ffn: 'gelu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 24 },
   ]
   const cnt = [45, 150, 70, 37]
-  const experts = buildFile(file, specs)
-  const { id } = native().mapWeights(file)
-  t.teardown(() => native().unmapWeights(id))
+  const { experts, id } = mappedExperts(t, specs)
   const gpu = GpuBackend.open({})
   t.teardown(() => gpu.close())
   for (const e of experts) gpu.upload(e.key, id, e.ffn, e.refs)
@@ -213,9 +214,6 @@ t.test('GPU layer kernel at long K matches a float64 reference', { skip }, async
 // within bf16 tolerance of float64, and the split gives the same bits every run (warp 0 adds the
 // others' sums in warp order).
 t.test('GPU decode kernel with K split across warps matches a float64 reference', { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const file = join(dir, 'weights.bin')
   const D = 1088, F = 1216
   const specs = [
     { key: 'dense-s', ffn: 'swiglu' as const, D, F, format: 'dense' as Format, dtype: 'bf16' as Dtype, seed: 31 },
@@ -224,9 +222,7 @@ t.test('GPU decode kernel with K split across warps matches a float64 reference'
     { key: 's75-s', ffn: 'swiglu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 34 },
     { key: 's75-g', ffn: 'gelu' as const, D, F, format: '75%' as Format, dtype: 'bf16' as Dtype, seed: 35 },
   ]
-  const experts = buildFile(file, specs)
-  const { id } = native().mapWeights(file)
-  t.teardown(() => native().unmapWeights(id))
+  const { experts, id } = mappedExperts(t, specs)
   const split = GpuBackend.open({})
   t.teardown(() => split.close())
   const before = process.env.HETMOE_MMA_KSPLIT
@@ -271,12 +267,7 @@ t.test('GPU decode kernel with K split across warps matches a float64 reference'
 })
 
 t.test('GPU cache budget: a full cache is GPU_OOM', { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const file = join(dir, 'weights.bin')
-  const [e] = buildFile(file, [{ key: 'x', ffn: 'swiglu', D: 128, F: 128, format: '2:4', dtype: 'bf16', seed: 3 }])
-  const { id } = native().mapWeights(file)
-  t.teardown(() => native().unmapWeights(id))
+  const { experts: [e], id } = mappedExperts(t, [{ key: 'x', ffn: 'swiglu', D: 128, F: 128, format: '2:4', dtype: 'bf16', seed: 3 }])
   const gpu = GpuBackend.open({ budgetBytes: 40000 })
   t.teardown(() => gpu.close())
   t.throws(() => gpu.upload('x', id, 'swiglu', e.refs), (err: unknown) => err instanceof HetmoeError && err.code === 'GPU_OOM')
