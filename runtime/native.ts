@@ -217,8 +217,9 @@ export interface NativeGpuApi {
    * named by outRows overwritten (fp32), nothing else written. hidden/out inside a registered range
    * (16-byte aligned) move by DMA / zero-copy, otherwise through a pinned staging buffer.
    * Resolves with the stream time of the call and of its kernels, and the native thread's wall time.
+   * `sleepWait`: that thread sleeps until the device is done rather than spinning (a call beside CPU work).
    */
-  gpuRunLayer(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array): Promise<NativeGpuLayerTiming>
+  gpuRunLayer(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array, sleepWait?: boolean): Promise<NativeGpuLayerTiming>
   /** gpuRunLayer on the calling thread, which waits (spinning) for the stream: for decode-size calls. */
   gpuRunLayerSync(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array): NativeGpuLayerTiming
   /** The GPU bench (native/cuda/gpu_bench.cu), synchronous; returns its results as JSON text. */

@@ -307,7 +307,8 @@ export class Runtime extends EventEmitter {
       let gpuRows = 0
       for (const w of gpuWork) gpuRows += w.count
       const inline = cpuWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
-      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, inline).then(() => void (gpuDone = performance.now())))
+      const besideCpu = cpuWork.length > 0 || shared > 0
+      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
       const cpuJobs: Promise<unknown>[] = []
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
       for (let s = 0; s < shared; s++) {
@@ -359,9 +360,9 @@ export class Runtime extends EventEmitter {
   }
 
   /** GPU experts of one layer; on a GPU failure the same experts rerun on the CPU (same results). */
-  async #runGpu(work: LayerWork, signal: AbortSignal | undefined, inline: boolean): Promise<void> {
+  async #runGpu(work: LayerWork, signal: AbortSignal | undefined, how: { inline: boolean; besideCpu: boolean }): Promise<void> {
     try {
-      const timing = await this.#gpu!.run(work, signal, { inline })
+      const timing = await this.#gpu!.run(work, signal, how)
       this.#gpuFailures = 0
       if (timing) {
         // The device's own event timings: copies + kernels (stream), and the projection kernels alone.

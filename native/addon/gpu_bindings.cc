@@ -276,6 +276,7 @@ struct LayerArgs {
   const float* hidden = nullptr;
   float* out = nullptr;
   int T = 0, D = 0, outRows = 0;
+  bool sleepWait = false;  // gpu::runLayer's
 };
 
 template <typename Keep>
@@ -334,7 +335,7 @@ Napi::Object timingObject(Napi::Env env, const gpu::LayerTiming& t) {
 }
 
 gpu::LayerTiming runLayerWith(int handle, const LayerArgs& a) {
-  return gpu::runLayer(handle, a.experts, a.hidden, a.T, a.D, a.out, a.outRows);
+  return gpu::runLayer(handle, a.experts, a.hidden, a.T, a.D, a.out, a.outRows, a.sleepWait);
 }
 
 // The layer call runs on a libuv thread so JavaScript (and the CPU workers) go on meanwhile.
@@ -355,12 +356,13 @@ class LayerWorker : public Napi::AsyncWorker {
   std::string code = "GPU_ERROR";
 };
 
-// gpuRunLayer(handle, experts[{key, tokenRows, outRows, scale?}], hidden, D, out) -> Promise<timing>
+// gpuRunLayer(handle, experts[{key, tokenRows, outRows, scale?}], hidden, D, out, sleepWait?) -> Promise<timing>
 Napi::Value RunLayer(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   auto* w = new LayerWorker(env, handleArg(cb));
   try {
     w->args = layerArgs(cb, [w](const Napi::Value& v) { w->refs.push_back(Napi::Persistent(v.As<Napi::Object>())); });
+    w->args.sleepWait = cb.Length() > 5 && cb[5].ToBoolean().Value();
   } catch (...) {
     delete w;
     throw;

@@ -99,6 +99,7 @@ struct Backend {
   cudaStream_t stream = nullptr;  // layer calls, and every free of expert memory
   cudaMemPool_t pool = nullptr;   // expert and scratch memory; nullptr: plain cudaMalloc / cudaFree
   cudaEvent_t ev[4] = {};
+  cudaEvent_t evSleep = nullptr;  // blocking-sync: runLayer's sleepWait
   std::map<std::string, DevExpert> cache;
   std::vector<Registered> registered;
   int metaVariant = 0;
@@ -376,6 +377,7 @@ int open(int device, size_t budgetBytes) {
   check(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "creating a CUDA stream");
   check(cudaStreamCreateWithFlags(&b->up.stream, cudaStreamNonBlocking), "creating the upload stream");
   for (auto& e : b->ev) check(cudaEventCreate(&e), "creating CUDA events");
+  check(cudaEventCreateWithFlags(&b->evSleep, cudaEventBlockingSync | cudaEventDisableTiming), "creating CUDA events");
   for (auto& e : b->up.chunkFree) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating CUDA events");
   // A pool of our own (not the device's default one, which other code in the process may use): freed
   // blocks stay in it (release threshold: never), so evict + upload reuse memory without returning it
@@ -432,6 +434,7 @@ void close(int h) {
   if (b->stage) cudaFreeHost(b->stage);
   if (b->up.pinned) cudaFreeHost(b->up.pinned);
   for (auto& e : b->ev) cudaEventDestroy(e);
+  if (b->evSleep) cudaEventDestroy(b->evSleep);
   for (auto& e : b->up.chunkFree) cudaEventDestroy(e);
   cudaStreamDestroy(b->stream);
   cudaStreamDestroy(b->up.stream);
@@ -529,7 +532,7 @@ void unregisterHost(int h, void* p) {
 }
 
 LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float* hidden, int T, int D, float* out,
-                     int outRowsTotal) {
+                     int outRowsTotal, bool sleepWait) {
   const auto start = std::chrono::steady_clock::now();
   const auto msSince = [start] { return std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(); };
   std::shared_ptr<Backend> keep = getShared(h);
@@ -660,6 +663,10 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
           "copying outputs back (staged)");
   }
   check(cudaEventRecord(b.ev[3], b.stream), "recording an event");
+  if (sleepWait) {
+    check(cudaEventRecord(b.evSleep, b.stream), "recording an event");
+    check(cudaEventSynchronize(b.evSleep), "running the expert layer");
+  }
   check(cudaStreamSynchronize(b.stream), "running the expert layer");
   if (!outReg)
     for (int i = 0; i < S; ++i) std::memcpy(out + size_t(orow[i]) * D, b.stage + size_t(i) * D * 4, size_t(D) * 4);

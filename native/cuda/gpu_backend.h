@@ -81,8 +81,10 @@ void unregisterHost(int handle, void* p);
 
 // Blocking (call it from a worker thread); layer calls serialize among themselves. hidden: T x D fp32; out: outRowsTotal x D fp32; only the
 // rows named in outRows are written.
+// sleepWait: the calling thread sleeps until the device is done instead of spinning (a call beside CPU
+// work, whose workers want every core); it wakes a little later.
 LayerTiming runLayer(int handle, const std::vector<LayerExpert>& experts, const float* hidden, int T, int D,
-                     float* out, int outRowsTotal);
+                     float* out, int outRowsTotal, bool sleepWait = false);
 
 // The benchmark (gpu_bench.cu): returns its results as a JSON text.
 struct BenchOptions {
