@@ -75,7 +75,8 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     const fit = Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))
     const runs = Math.max(3, Math.min(idle ? GAP_RUNS : 100, fit))
     const sleeper = idle ? new Int32Array(new SharedArrayBuffer(4)) : undefined
-    const gapMs = gapS === undefined ? IDLE_GAP_MS : Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1e3 * gapS))
+    // (A NaN timeout would make Atomics.wait wait for ever.)
+    const gapMs = gapS === undefined || Number.isNaN(gapS) ? IDLE_GAP_MS : Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1e3 * gapS))
     for (let i = 0; i < runs; i++)
       for (let layer = 0; layer < L; layer++) {
         if (sleeper) {

@@ -91,6 +91,12 @@ t.test('routing time is measured on the model and added to every layer of the pr
   t.ok(close(withRoute.layers[0].predictedMs.layer, without.layers[0].predictedMs.layer + 1e3 * batch), 'per layer, too')
   t.same(withRoute.predicted.routeUs, { batch: 1e6 * batch, prefill: 1e6 * prefill })
   t.same(without.predicted.routeUs, { batch: 0, prefill: 0 }, 'not measured: 0')
+  // Pool-sized batches are timed after the layer's predicted time idle (bounded), never waiting for ever.
+  for (const gapS of [5e-3, Number.NaN, Number.POSITIVE_INFINITY, 0]) {
+    const start = performance.now()
+    const s = measureRouteS(m, 4096, 'd0', gapS)
+    t.ok(s > 0 && Number.isFinite(s) && performance.now() - start < 5000, `4096 tokens after a gap of ${gapS} s: ${(1e6 * s).toFixed(1)} µs a layer`)
+  }
 })
 
 t.test('the table, the plan file (JSON or msgpack), and profiles round-trip through place', async (t) => {
