@@ -338,7 +338,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: largeBatchTokens() }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)
@@ -351,14 +351,6 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     for (const m of models) m.close()
     arena.close()
   }
-}
-
-/** From how many tokens an expert the GPU's layer calls run the large-batch kernel (moe_launch.cuh:
- *  wgOptionsFor): on compute capability 9.0, unless HETMOE_WGMMA=0; HETMOE_WGMMA_MIN, default 32. */
-function largeBatchTokens(env: NodeJS.ProcessEnv = process.env): number | undefined {
-  if (!native().info().gpu.devices[0]?.wgmmaSparse || env.HETMOE_WGMMA === '0') return undefined
-  const min = Number.parseInt(env.HETMOE_WGMMA_MIN ?? '', 10)
-  return Number.isFinite(min) ? Math.max(1, min) : 32
 }
 
 /** This machine as calibrations are keyed: CPU model and the first GPU's name. */

@@ -209,6 +209,12 @@ export class GpuBackend {
     return call(() => native().gpuBudget(this.handle))
   }
 
+  /** Tokens of a call's busiest expert from which it runs the large-batch kernel; 0: never here. */
+  get largeBatchMinTokens(): number {
+    this.#live()
+    return call(() => native().gpuLargeBatchMinTokens(this.handle))
+  }
+
   resident(): NativeGpuResident[] {
     this.#live()
     return call(() => native().gpuResidentExperts(this.handle))

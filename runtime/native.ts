@@ -208,6 +208,9 @@ export interface NativeGpuApi {
   gpuResident(handle: number, key: string): boolean
   gpuBytesUsed(handle: number): number
   gpuBudget(handle: number): number
+  /** Tokens of a layer call's busiest expert from which its group runs the large-batch kernel (sm_90a,
+   *  HETMOE_WGMMA / HETMOE_WGMMA_MIN); 0: never on this device. */
+  gpuLargeBatchMinTokens(handle: number): number
   gpuResidentExperts(handle: number): NativeGpuResident[]
   /** cudaHostRegister (mapped) of the view's bytes; '' on success, else the reason (copies then stage). */
   gpuRegisterHost(handle: number, view: Uint8Array): string

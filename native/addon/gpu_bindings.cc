@@ -232,6 +232,11 @@ Napi::Value BytesUsed(const Napi::CallbackInfo& cb) {
 Napi::Value Budget(const Napi::CallbackInfo& cb) {
   return guarded(cb.Env(), [&] { return Napi::Number::New(cb.Env(), static_cast<double>(gpu::budget(handleArg(cb)))); });
 }
+
+// gpuLargeBatchMinTokens(handle) -> tokens of a call's busiest expert from which the large-batch kernel runs; 0: never
+Napi::Value LargeBatchMinTokens(const Napi::CallbackInfo& cb) {
+  return guarded(cb.Env(), [&] { return Napi::Number::New(cb.Env(), gpu::largeBatchMinTokens(handleArg(cb))); });
+}
 Napi::Value ResidentExperts(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   return guarded(env, [&] {
@@ -420,7 +425,7 @@ void registerGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuAvailable", Napi::Function::New(env, Available, "gpuAvailable"));
 #ifndef HETMOE_HAVE_CUDA
   for (const char* name : {"gpuOpen", "gpuClose", "gpuDeviceName", "gpuUpload", "gpuUploadAsync", "gpuEvict", "gpuResident", "gpuBytesUsed",
-                           "gpuBudget", "gpuResidentExperts", "gpuRegisterHost", "gpuUnregisterHost", "gpuRunLayer",
+                           "gpuBudget", "gpuLargeBatchMinTokens", "gpuResidentExperts", "gpuRegisterHost", "gpuUnregisterHost", "gpuRunLayer",
                            "gpuRunLayerSync", "gpuBench"})
     exports.Set(name, Napi::Function::New(env, NoCuda, name));
 #else
@@ -433,6 +438,7 @@ void registerGpu(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuResident", Napi::Function::New(env, Resident, "gpuResident"));
   exports.Set("gpuBytesUsed", Napi::Function::New(env, BytesUsed, "gpuBytesUsed"));
   exports.Set("gpuBudget", Napi::Function::New(env, Budget, "gpuBudget"));
+  exports.Set("gpuLargeBatchMinTokens", Napi::Function::New(env, LargeBatchMinTokens, "gpuLargeBatchMinTokens"));
   exports.Set("gpuResidentExperts", Napi::Function::New(env, ResidentExperts, "gpuResidentExperts"));
   exports.Set("gpuRegisterHost", Napi::Function::New(env, RegisterHost, "gpuRegisterHost"));
   exports.Set("gpuUnregisterHost", Napi::Function::New(env, UnregisterHost, "gpuUnregisterHost"));

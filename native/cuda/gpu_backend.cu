@@ -479,6 +479,11 @@ size_t bytesUsed(int h) {
 
 size_t budget(int h) { return getShared(h)->budget; }
 
+int largeBatchMinTokens(int h) {
+  const WgOptions& o = getShared(h)->wg;
+  return o.enabled ? o.minTokens : 0;
+}
+
 std::vector<ExpertInfo> residentExperts(int h) {
   std::shared_ptr<Backend> keep = getShared(h);
   Backend& b = *keep;

@@ -72,6 +72,8 @@ bool evict(int handle, const std::string& key);
 bool resident(int handle, const std::string& key);
 size_t bytesUsed(int handle);  // resident experts plus uploads in flight
 size_t budget(int handle);
+// Tokens of a call's busiest expert from which its format group runs the large-batch kernel; 0: never.
+int largeBatchMinTokens(int handle);
 std::vector<ExpertInfo> residentExperts(int handle);
 
 // Page-locks host memory (the runtime's arena) for DMA and zero-copy. Returns "" on success, or the
