@@ -310,10 +310,11 @@ export class Runtime extends EventEmitter {
       const besideCpu = cpuWork.length > 0 || shared > 0
       if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
       const cpuJobs: Promise<unknown>[] = []
-      if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal))
+      const besideGpu = gpuWork.length > 0
+      if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal, besideGpu))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
-        cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal))
+        cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal, besideGpu))
       }
       if (jobs.length === 0 && cpuJobs.length === 1) {
         // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.

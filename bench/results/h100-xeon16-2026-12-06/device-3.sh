@@ -6,8 +6,8 @@
 #      bench/overhead-xeon.sh, without its variants): the crew fix 6b9fb87
 #   B. issue #6: calibration, then place vs run at batch 1, 16, 256 and 4096 (25% budget)
 #   G. one sigma-lite expert on the CPU alone at 64/148/256 tokens (device-all.sh's G)
-#   S. the 4096-token plan run again with HETMOE_GPU_SLEEP_BESIDE_CPU=1 and without, alternating: does the
-#      GPU call's spinning thread slow the CPU expert beside it?
+#   S. the 4096-token plan run again with HETMOE_GPU_SLEEP_BESIDE_CPU=0/1, HETMOE_CPU_JOIN_BESIDE_GPU=1/0
+#      and 16 or 15 CPU threads, alternating: does oversubscription slow the CPU expert beside the GPU?
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-3.sh
 set -u
 O=/tmp/o3; mkdir -p $O
@@ -35,9 +35,14 @@ echo "G rc $?"; tail -6 $O/G/stdout.txt
 pack
 if [ -f $O/B/plan-b4096-0.25.json ]; then
   mkdir -p $O/S
-  for s in 0 1 0 1; do
-    HETMOE_GPU_SLEEP_BESIDE_CPU=$s $H run --model /tmp/sl --plan $O/B/plan-b4096-0.25.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $O/S/run-sleep$s.json 2>/dev/null
-    node -e "const r=require('$O/S/run-sleep$s.json').report; console.log('b4096 HETMOE_GPU_SLEEP_BESIDE_CPU=$s', r.tokensPerS.toFixed(0), 'tokens/s; cpu ms', r.perLayer.map(l=>(l.cpuMs??0).toFixed(3)).join(' '), '; gpu ms', r.perLayer.map(l=>(l.gpuMs??0).toFixed(3)).join(' '), '; host', r.perLayer.map(l=>(l.gpuHostMs??0).toFixed(3)).join(' '))"
+  # variants: GPU thread spins or sleeps (SLEEP), main thread joins the CPU job or waits (JOIN),
+  # 16 or 15 workers (THREADS); alternating, twice each
+  for round in 1 2; do
+    for v in "0 1 16" "1 1 16" "1 0 16" "0 0 16" "1 1 15" "1 0 15"; do
+      set -- $v; tag="sleep$1-join$2-t$3-r$round"
+      HETMOE_GPU_SLEEP_BESIDE_CPU=$1 HETMOE_CPU_JOIN_BESIDE_GPU=$2 HETMOE_CPU_THREADS=$3 timeout -k 5 30 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.25.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $O/S/run-$tag.json 2>/dev/null
+      node -e "const r=require('$O/S/run-$tag.json').report; console.log('$tag', r.tokensPerS.toFixed(0), 'tok/s; cpu', r.perLayer.map(l=>(l.cpuMs??0).toFixed(2)).join(' '), '; gpu', r.perLayer.map(l=>(l.gpuMs??0).toFixed(2)).join(' '), '; route', r.perLayer.map(l=>(l.routeMs??0).toFixed(2)).join(' '))" 2>&1 | tail -1
+    done
   done
   pack
 fi
