@@ -110,8 +110,9 @@ export interface NativeCpuApi {
   /**
    * Runs the gate job at `descOffset` (native/cpu/gate_job.h) on this thread and the crew: posts it,
    * computes blocks, waits for all of them and for every worker to leave. The board must be free.
-   * Returns the index of the first non-finite hidden value (then nothing is computed), else -1; -2 when a
-   * worker died inside the job (the logits are incomplete; the other workers have left, the board is free).
+   * Returns -1; the index of the first non-finite hidden value; -3 (GATE_WEIGHT_NOT_FINITE) when the hidden
+   * states are finite and a gate weight is not; -2 when a worker died inside the job (the logits are
+   * incomplete; the other workers have left, the board is free).
    */
   gateJobRun(arena: Uint8Array, board: number, descOffset: number): number
   /** Closes the posted job; true once no worker is inside it (spins at most `micros`; call again while false). */
@@ -245,8 +246,9 @@ export interface NativeGpuApi {
 export interface NativeRouterApi {
   /**
    * Gate logits in float64, the same bits as scheduler/route-gate.ts computes them (on every ISA):
-   * logits[t·E + e] = W[e] · x[t]. Returns the index of the first non-finite hidden value (then nothing
-   * is computed), else -1.
+   * logits[t·E + e] = W[e] · x[t]. Returns -1, the index of the first non-finite hidden value, or -3
+   * (GATE_WEIGHT_NOT_FINITE) when the hidden states are finite and a gate weight is not. Checked on the
+   * logits, not the hidden states (native/cpu/router_math.h: checkLogits).
    */
   gateLogits(hidden: Float32Array, weight: Float32Array, T: number, D: number, E: number, logits: Float64Array): number
   /** Index of the first NaN or ±Inf among x[0..n), else -1. */

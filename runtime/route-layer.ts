@@ -49,6 +49,9 @@ function notFinite(h: Float32Array, i: number, D: number): HetmoeError {
   return new HetmoeError('BAD_INPUT', `hidden state row ${row} (column ${i - row * D}) is ${h[i]}; hetmoe needs finite values`)
 }
 
+/** native gateLogits / gateJobRun: the hidden states are finite and the layer's gate weights are not. */
+const GATE_WEIGHT_NOT_FINITE = -3
+
 // Gate logits scratch, grown to the largest batch × experts seen.
 let logitsScratch: Float64Array = new Float64Array(0)
 
@@ -91,6 +94,8 @@ export function routeLayer(
       logits = logitsScratch
       bad = native().gateLogits(hidden, router.weight, T, D, E, logits)
     }
+    if (bad === GATE_WEIGHT_NOT_FINITE)
+      throw new HetmoeError('BAD_MODEL', `layer ${layer}'s gate weights hold a NaN or ±Inf (the model file is damaged): import or synthesise the model again`)
     if (bad >= 0) throw notFinite(hidden, bad, D)
     router.routeLogits(logits, T, sel)
   }

@@ -49,11 +49,9 @@ t.test('crew gate logits: bit for bit the single-thread GEMM and the JS router, 
           t.ok(logits.every((v, i) => Object.is(v, single[i]) && Object.is(v, js[i])), `threads=${threads} T=${T} D=${hidden} E=${E} ${isa || 'best ISA'}: same bits`)
         }
         delete process.env.HETMOE_ISA
-        // A non-finite hidden value: its index, nothing computed.
+        // A non-finite hidden value: its index.
         x[T * hidden - 2] = NaN
-        logits.fill(7)
         t.equal(crew.gateLogits(x, gate, T, hidden, E, logits, 0), T * hidden - 2, 'NaN found')
-        t.ok(logits.every((v) => v === 7), 'logits untouched')
         hl.release()
         ll.release()
       }

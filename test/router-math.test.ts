@@ -78,19 +78,33 @@ t.test('the summation order is the documented one (eight lanes, tail into lane 0
   }
 })
 
-t.test('a non-finite hidden value is found and nothing is computed', async (t) => {
+t.test('a non-finite hidden value is found (the gate checks its logits, then scans for the index)', async (t) => {
   const D = 96
   const T = 4
-  for (const bad of [NaN, Infinity, -Infinity]) {
-    const hidden = randn(T * D)
-    const at = Math.floor(rand() * T * D)
-    hidden[at] = bad
-    if (at + 5 < T * D) hidden[at + 5] = NaN
-    t.equal(native().firstNonFinite(hidden, T * D), at, `${bad} at ${at}`)
-    const logits = new Float64Array(T * 2).fill(7)
-    t.equal(native().gateLogits(hidden, randn(2 * D), T, D, 2, logits), at)
-    t.ok(logits.every((x) => x === 7), 'logits untouched')
+  for (const isa of ['', ...levels]) {
+    if (isa) process.env.HETMOE_ISA = isa
+    else delete process.env.HETMOE_ISA
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const hidden = randn(T * D)
+      const at = Math.floor(rand() * T * D)
+      hidden[at] = bad
+      if (at + 5 < T * D) hidden[at + 5] = NaN
+      t.equal(native().firstNonFinite(hidden, T * D), at, `${bad} at ${at}`)
+      // Zero weights where the bad value is: Inf·0 is NaN, so its logits are still not finite.
+      const W = randn(2 * D)
+      W[at % D] = 0
+      W[D + (at % D)] = 0
+      t.equal(native().gateLogits(hidden, W, T, D, 2, new Float64Array(T * 2)), at, `${isa || 'best ISA'}: gate finds ${bad} at ${at}`)
+    }
+    // The largest finite values give finite float64 logits: no false alarm.
+    const huge = new Float32Array(T * D).map((_, i) => (i % 3 ? 3.4e38 : -3.4e38))
+    t.equal(native().gateLogits(huge, new Float32Array(2 * D).fill(3.4e38), T, D, 2, new Float64Array(T * 2)), -1, 'finite extremes pass')
+    // Finite hidden states and a non-finite gate weight: -3, not a hidden index.
+    const W = randn(2 * D)
+    W[D + 7] = NaN
+    t.equal(native().gateLogits(randn(T * D), W, T, D, 2, new Float64Array(T * 2)), -3, 'a NaN gate weight')
   }
+  delete process.env.HETMOE_ISA
   t.equal(native().firstNonFinite(randn(5000), 5000), -1)
   t.equal(native().firstNonFinite(Float32Array.from([1, 2, NaN]), 2), -1, 'only the first n values are read')
   t.throws(() => native().gateLogits(randn(10), randn(10), 1, 10, 2, new Float64Array(2)), /gate weight holds 10 values; 20 needed/)

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createRuntime, type Runtime } from '../runtime/runtime.js'
@@ -188,6 +188,28 @@ t.test('abort, bad inputs and bad options: clear errors, nothing leaked', async 
   await t.rejects(createRuntime({ model: m, gpu: 'yes' as never }), /options\.gpu must be 'auto', 'off' or a device index/)
   await t.rejects(createRuntime({ model: m, plan: { layers: [{ layer: 0, gpuExperts: [99] }] } }), /options\.plan must be expert ids of layer 0 in \[0, 8\)/)
   m.close()
+})
+
+t.test('gated routing: a NaN hidden value is named by row and column; a damaged gate weight is a model error', async (t) => {
+  const m = await model(tinyGated)
+  const rt = await createRuntime({ model: m, gpu: 'off', cpuThreads: 1 })
+  const x = randomHidden(3, 64, 5)
+  x[64 + 9] = -Infinity
+  await t.rejects(rt.forward(0, x, {}), { code: 'BAD_INPUT', message: /row 1 \(column 9\) is -Infinity/ })
+  await rt.close()
+  const routing = m.manifest.layers[0].routing
+  if (routing.kind !== 'gate') throw new Error('tinyGated is gate-routed')
+  const dir = join(m.weightsPath, '..')
+  m.close()
+  // One gate weight set to NaN in weights.bin (a file damaged after import).
+  const fd = openSync(join(dir, 'weights.bin'), 'r+')
+  writeSync(fd, new Uint8Array(Float32Array.of(NaN).buffer), 0, 4, routing.weight.offset + 4 * 70)
+  closeSync(fd)
+  const damaged = await loadModel(dir)
+  const rt2 = await createRuntime({ model: damaged, gpu: 'off', cpuThreads: 1 })
+  await t.rejects(rt2.forward(0, randomHidden(3, 64, 6), {}), { code: 'BAD_MODEL', message: /layer 0's gate weights hold a NaN/ })
+  await rt2.close()
+  damaged.close()
 })
 
 t.test('GPU strategies: LRU within the budget, Fiddler threshold, stream-at-32 drops what it streamed', async (t) => {

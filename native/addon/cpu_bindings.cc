@@ -184,9 +184,9 @@ Napi::Value CrewJoin(const Napi::CallbackInfo& cb) {
   return Napi::String::New(cb.Env(), names[static_cast<int>(s)]);
 }
 
-// gateJobRun(arena, board, desc) → index of the first non-finite hidden value (nothing computed),
-// else -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed by this thread and the crew,
-// or -2 when a worker died inside it (logits incomplete; the board is free).
+// gateJobRun(arena, board, desc) → -1 once the gate job at `desc` (native/cpu/gate_job.h) is computed
+// by this thread and the crew, the index of the first non-finite hidden value, -3 when the gate weights
+// are not finite, or -2 when a worker died inside it (logits incomplete; the board is free).
 Napi::Value GateJobRun(const Napi::CallbackInfo& cb) {
   Span<uint8_t> a = arenaArg(cb[0]);
   const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");

@@ -22,8 +22,8 @@ Span<T> atLeast(Span<T> s, int64_t n, const Napi::Env& env, const char* what) {
   return s;
 }
 
-// gateLogits(hidden f32 [T×D], weight f32 [E×D], T, D, E, logits f64 [T×E]) → index of the first
-// non-finite hidden value (nothing computed), else -1.
+// gateLogits(hidden f32 [T×D], weight f32 [E×D], T, D, E, logits f64 [T×E]) → -1, or the index of
+// the first non-finite hidden value, or -3: the hidden states are finite, the gate weights are not.
 Napi::Value GateLogits(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   const int T = dim(cb[2], "T"), D = dim(cb[3], "D"), E = dim(cb[4], "E");

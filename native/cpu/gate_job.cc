@@ -97,8 +97,6 @@ int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc, bool testHook
 
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
   GateJob j = parse(arena, arenaBytes, desc);
-  const int64_t bad = firstNonFiniteParallel(j.args.x, int64_t(j.T) * j.args.D);
-  if (bad >= 0) return bad;
   atomicAt(j.hdr + gAbort).store(0, std::memory_order_seq_cst);
   atomicAt(j.hdr + gNext).store(0, std::memory_order_seq_cst);
   atomicAt(j.hdr + gDone).store(0, std::memory_order_seq_cst);
@@ -128,7 +126,7 @@ int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc)
     }
   }
   while (!crewRetire(arena, arenaBytes, board, 1000)) sched_yield();
-  return -1;
+  return checkLogits(j.args.logits, int64_t(j.T) * j.E, j.args.x, int64_t(j.T) * j.args.D);
 }
 
 }  // namespace cpu

@@ -31,9 +31,10 @@ int32_t runGateJob(uint8_t* arena, size_t arenaBytes, size_t desc, bool testHook
 // gateJobRun's answer when a worker died inside the job: the logits are incomplete, the other
 // workers have left and the board is free; compute the logits on this thread.
 constexpr int64_t kGateWorkerDied = -2;
-// Main side: the first non-finite hidden value's index (nothing computed) or -1 after posting the
-// job to the crew on `board`, computing blocks, and waiting for every block and for every worker to
-// leave the job; kGateWorkerDied (above). The board must be free (no layer job posted).
+// Main side: posts the job to the crew on `board`, computes blocks, and waits for every block and for
+// every worker to leave the job; then -1, or checkLogits's answer for a non-finite logit (the first
+// non-finite hidden value's index, or kGateWeightNotFinite); kGateWorkerDied (above). The board must
+// be free (no layer job posted).
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
 
 }  // namespace cpu

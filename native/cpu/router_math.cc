@@ -3,6 +3,7 @@
 #include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "cpu/kernels.h"
@@ -38,12 +39,18 @@ GateBlockFn gateBlockForEnv() { return gateBlockFor(resolveIsa("")); }
 
 // firstNonFinite is in parallel_scan.cc, with the vector clones of its loop.
 
+int64_t checkLogits(const double* logits, int64_t n, const float* x, int64_t xn) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(logits[i]);
+  if (finite) return -1;
+  const int64_t bad = firstNonFiniteParallel(x, xn);
+  return bad >= 0 ? bad : kGateWeightNotFinite;
+}
+
 int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* logits) {
-  const int64_t bad = firstNonFiniteParallel(x, int64_t(T) * D);
-  if (bad >= 0) return bad;
   // Same bits at every level (see the header); HETMOE_ISA or the best level picks the kernel.
   gateBlockForEnv()(GateArgs{x, W, D, E, logits}, 0, T, 0, E);
-  return -1;
+  return checkLogits(logits, int64_t(T) * E, x, int64_t(T) * D);
 }
 
 void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g) {

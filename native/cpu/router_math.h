@@ -14,8 +14,16 @@ namespace cpu {
 // in ascending j, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). Every float×float product
 // is exact in float64, so an FMA rounds like a multiply then an add and the result is the same bits
 // on every ISA and machine, whatever the register tiling and whichever thread computes a logit.
-// Returns the index of the first non-finite value of x (nothing computed), else -1.
+// Returns the index of the first non-finite value of x, else -1, or kGateWeightNotFinite (checkLogits).
 int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* logits);
+// No float×float product overflows float64 and no sum of 2^31 of them does, so a logit is non-finite
+// exactly when its token's hidden row or its expert's gate row holds a NaN or ±Inf: the T×E logits
+// are checked instead of the T×D hidden states (one pass over the hidden states fewer), and only when
+// one is not finite are the hidden states scanned for the index to report.
+constexpr int64_t kGateWeightNotFinite = -3;
+// -1 when all n logits are finite; else the index of the first non-finite value of x[0..xn), or
+// kGateWeightNotFinite when x is finite (the gate's weights are not).
+int64_t checkLogits(const double* logits, int64_t n, const float* x, int64_t xn);
 // The same for tokens [t0, t1) × experts [e0, e1) only (x, W and logits are the whole arrays; no
 // finiteness check), at one ISA level. The blocks of a parallel gate job (router_job.h).
 struct GateArgs {
