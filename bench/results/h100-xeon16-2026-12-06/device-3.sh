@@ -8,7 +8,7 @@
 #   G. one sigma-lite expert on the CPU alone at 64/148/256 tokens (device-all.sh's G)
 #   S. the 4096-token plan run again with HETMOE_GPU_SLEEP_BESIDE_CPU=0/1, HETMOE_CPU_JOIN_BESIDE_GPU=1/0
 #      and 16 or 15 CPU threads, alternating: does oversubscription slow the CPU expert beside the GPU?
-#   V. overhead variants: tiny-gate CPU block sizes; real-width gates shared with the crew from 256K products
+#   V. overhead variants: tiny-gate CPU block sizes and whole-expert blocks; real-width gates shared with the crew from 256K products
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-3.sh
 set -u
 O=/tmp/o3; mkdir -p $O
@@ -51,7 +51,7 @@ fi
 #    real-width gates with the gate GEMM shared with the crew from 256K products (default 1M: mixtral's
 #    16-token gate, 0.5M, runs on the calling thread)
 mkdir -p $O/V
-for v in "default" "rows64 HETMOE_CPU_BLOCK_ROWS=64" "rows128 HETMOE_CPU_BLOCK_ROWS=128"; do
+for v in "default" "rows64 HETMOE_CPU_BLOCK_ROWS=64" "rows128 HETMOE_CPU_BLOCK_ROWS=128" "whole1m HETMOE_CPU_WHOLE_EXPERT_WORK=1048576" "default2" "whole1m2 HETMOE_CPU_WHOLE_EXPERT_WORK=1048576"; do
   set -- $v; name=$1; shift
   env "$@" timeout -k 5 40 $H bench overhead --models tiny-gate --gap-us 0,300 --iters 1500 --json $O/V/gate-$name.json > $O/V/gate-$name.txt 2>/dev/null
   echo "V tiny-gate $name: $(grep -E '^dispatch +tiny-gate' $O/V/gate-$name.txt | awk '{printf "%s@%s=%s+%s+%s ", $6, $5, $9, $10, $11}')"
