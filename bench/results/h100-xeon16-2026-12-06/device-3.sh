@@ -53,13 +53,15 @@ fi
 mkdir -p $O/V
 for v in "default" "rows64 HETMOE_CPU_BLOCK_ROWS=64" "rows128 HETMOE_CPU_BLOCK_ROWS=128" "whole1m HETMOE_CPU_WHOLE_EXPERT_WORK=1048576" "default2" "whole1m2 HETMOE_CPU_WHOLE_EXPERT_WORK=1048576"; do
   set -- $v; name=$1; shift
+  [ $SECONDS -gt 500 ] && { echo "V: out of time at $SECONDS s"; break; }
   env "$@" timeout -k 5 40 $H bench overhead --models tiny-gate --gap-us 0,300 --iters 1500 --json $O/V/gate-$name.json > $O/V/gate-$name.txt 2>/dev/null
   echo "V tiny-gate $name: $(grep -E '^dispatch +tiny-gate' $O/V/gate-$name.txt | awk '{printf "%s@%s=%s+%s+%s ", $6, $5, $9, $10, $11}')"
 done
 for v in "default" "gate256k HETMOE_GATE_PARALLEL_MIN=262144" "default2" "gate256k2 HETMOE_GATE_PARALLEL_MIN=262144"; do
   set -- $v; name=$1; shift
+  [ $SECONDS -gt 530 ] && { echo "V: out of time at $SECONDS s"; break; }
   env "$@" timeout -k 5 40 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/V/width-$name.json > $O/V/width-$name.txt 2>/dev/null
   echo "V width $name: $(grep -E '^width' $O/V/width-$name.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
 done
 pack
-echo done
+echo "done at $SECONDS s"
