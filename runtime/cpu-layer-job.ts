@@ -29,23 +29,6 @@ const BLOCK_ROWS_ENV = (() => {
   return n
 })()
 
-/** Jobs whose every expert has at most this much work (weight bytes × tokens) run each expert whole
- *  on one thread (one block per expert, both phases) instead of in row blocks: for the tiniest experts
- *  the hand-over of h from phase-1 to phase-2 threads — claims, counters and cache lines moving
- *  between cores — costs more than the arithmetic. HETMOE_CPU_WHOLE_EXPERT_WORK (measurements);
- *  0: never. */
-export let WHOLE_EXPERT_MAX_WORK = (() => {
-  const raw = process.env.HETMOE_CPU_WHOLE_EXPERT_WORK
-  if (raw === undefined || raw === '') return 0
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < 0) throw new RangeError(`HETMOE_CPU_WHOLE_EXPERT_WORK must be an integer >= 0 (got "${raw}")`)
-  return n
-})()
-/** @internal For tests and benches: sets the whole-expert threshold (read per job). */
-export function setWholeExpertMaxWork(work: number): void {
-  WHOLE_EXPERT_MAX_WORK = work
-}
-
 const JOB_MAGIC = 0x314a4d48
 const HEADER_WORDS = 32
 const EXPERT_WORDS = 64
@@ -193,13 +176,6 @@ export function blockRows(job: CpuLayerJob, threads: number): number {
   return MIN_ROWS_PER_BLOCK
 }
 
-/** The largest work (weight bytes × tokens) of one of the job's experts. */
-function maxExpertWork(job: CpuLayerJob): number {
-  let most = 0
-  for (const e of job.experts) most = Math.max(most, encodedExpert(e.matrices).bytes * e.tokens.count)
-  return most
-}
-
 /** The job's weight bytes, and its work: weight bytes × tokens, summed over its experts. */
 export function jobSize(job: CpuLayerJob): { weightBytes: number; work: number } {
   let weightBytes = 0
@@ -226,7 +202,7 @@ function resolveIsa(requested: CpuIsa | undefined): CpuIsa {
  * Writes the job's descriptor and scratch into a fresh lease of `arena` (layout: native/cpu/layer_job.h):
  * header | expert table | block table | per expert: h fp32 [n × F], xPacked, hPacked (AMX only).
  */
-export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number; rowsPerBlock?: number; wholeExperts?: boolean } = {}): EncodedCpuLayerJob {
+export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number; rowsPerBlock?: number } = {}): EncodedCpuLayerJob {
   checkJob(job)
   const isa = resolveIsa(job.isa)
   const D = job.hiddenSize
@@ -235,11 +211,9 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
   const ne = experts.length
   const rows = options.rowsPerBlock ?? ROWS_PER_BLOCK
   if (!Number.isInteger(rows) || rows < 32 || rows % 32 !== 0) throw new HetmoeError('BAD_INPUT', `cpu layer job: rowsPerBlock must be a positive multiple of 32 (got ${rows})`)
-  // Whole experts: one phase-3 block per expert, and no phase-1 or phase-2 blocks.
-  const whole = options.wholeExperts === true
-  const blocks1 = whole ? 0 : Math.ceil(F / rows)
-  const blocks2 = whole ? 0 : Math.ceil(D / rows)
-  const numBlocks = whole ? ne : ne * (blocks1 + blocks2)
+  const blocks1 = Math.ceil(F / rows)
+  const blocks2 = Math.ceil(D / rows)
+  const numBlocks = ne * (blocks1 + blocks2)
   const headerBytes = up64(HEADER_WORDS * 4)
   const expertBytes = up64(ne * EXPERT_WORDS * 4)
   const blockBytes = up64(numBlocks * BLOCK_WORDS * 4)
@@ -319,11 +293,6 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
         w[i + 2] = k * rows
         w[i + 3] = 2
       }
-      if (whole) {
-        const i = blockWord + ei * BLOCK_WORDS
-        w[i + 1] = ei
-        w[i + 3] = 3
-      }
     }
     return { descOffset: base, numBlocks, isa, weightBytes, work, release: () => lease.release() }
   } catch (err) {
@@ -357,8 +326,7 @@ export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, optio
     // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
     solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
     const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
-    const wholeExperts = !solo && WHOLE_EXPERT_MAX_WORK > 0 && job.experts.length > 1 && maxExpertWork(job) <= WHOLE_EXPERT_MAX_WORK
-    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock: wholeExperts ? ROWS_PER_BLOCK : rowsPerBlock, wholeExperts })
+    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
   } catch (err) {
     return Promise.reject(err)
   }

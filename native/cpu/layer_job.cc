@@ -152,13 +152,14 @@ Job parse(uint8_t* arena, size_t arenaBytes, size_t descOffset) {
     x.xPacked = arenaPtr<uint16_t>(arena, arenaBytes, u64(r + eXPacked), x.amx ? amxPackedElems(x.n, j.D) * 2 : 0, "xPacked");
     x.hPacked = arenaPtr<uint16_t>(arena, arenaBytes, u64(r + eHPacked), x.amx ? amxPackedElems(x.n, j.F) * 2 : 0, "hPacked");
   }
+  // Blocks are checked here, before any is claimed: a bad one found mid-run would leave a claimed
+  // block that no thread finishes.
   for (int32_t b = 0; b < j.numBlocks; ++b) {
     const int32_t* blk = j.blocks + b * kBlockWords;
     const int32_t e = blk[1], r0 = blk[2], phase = blk[3];
     if (e < 0 || e >= ne) bad("block " + std::to_string(b) + " names an unknown expert");
-    if (phase < 1 || phase > 3 || r0 < 0) bad("block " + std::to_string(b) + " has phase " + std::to_string(phase) + " and row " + std::to_string(r0));
-    // A whole-expert block computes h itself: no phase-1 block of its expert may write h beside it.
-    if (phase == 3 && j.experts[e].rec[eNb1] != 0) bad("expert " + std::to_string(e) + " has a whole-expert block and phase-1 blocks");
+    if ((phase != 1 && phase != 2) || r0 < 0 || r0 >= (phase == 1 ? j.F : j.D))
+      bad("block " + std::to_string(b) + " has phase " + std::to_string(phase) + " and row " + std::to_string(r0));
   }
   return j;
 }
@@ -205,7 +206,7 @@ bool ensurePacked(Job& j, Expert& x) {
 
 bool runPhase1(Job& j, Expert& x, int32_t r0) {
   const int32_t r1 = r0 + j.rowsPerBlock < j.F ? r0 + j.rowsPerBlock : j.F;
-  if (x.n == 0 || r0 >= j.F) return true;
+  if (x.n == 0) return true;
   if (x.amx) {
     if (!ensurePacked(j, x)) return false;
     AmxGateUpArgs a;
@@ -251,7 +252,7 @@ bool runPhase1(Job& j, Expert& x, int32_t r0) {
 bool runPhase2(Job& j, Expert& x, int32_t r0) {
   const int32_t r1 = r0 + j.rowsPerBlock < j.D ? r0 + j.rowsPerBlock : j.D;
   if (!waitFor(j, x, x.rec + eDone1, x.rec[eNb1])) return false;
-  if (x.n == 0 || r0 >= j.D) return true;
+  if (x.n == 0) return true;
   if (x.amx) {
     AmxDownArgs a;
     a.down = &x.down;
@@ -281,17 +282,6 @@ bool runPhase2(Job& j, Expert& x, int32_t r0) {
   return true;
 }
 
-// Phase 3: the whole expert, both phases, on this thread. For experts so small that handing h from
-// the threads of phase 1 to those of phase 2 (claims, counters and cache lines passed between cores)
-// costs more than their arithmetic; the expert's record has no phase-1 blocks to wait for.
-bool runWhole(Job& j, Expert& x) {
-  for (int32_t r0 = 0; r0 < j.F; r0 += j.rowsPerBlock)
-    if (!runPhase1(j, x, r0)) return false;
-  for (int32_t r0 = 0; r0 < j.D; r0 += j.rowsPerBlock)
-    if (!runPhase2(j, x, r0)) return false;
-  return true;
-}
-
 JobRunResult runParsed(Job& j, bool testHooks, const std::function<void(int32_t, int32_t)>* afterBlock = nullptr) {
   JobRunResult res;
   int32_t* h = j.hdr;
@@ -316,7 +306,7 @@ JobRunResult runParsed(Job& j, bool testHooks, const std::function<void(int32_t,
     }
     const int32_t e = blk[1], r0 = blk[2], phase = blk[3];
     Expert& x = j.experts[e];  // e and phase checked by parse
-    const bool ok = phase == 1 ? runPhase1(j, x, r0) : phase == 2 ? runPhase2(j, x, r0) : runWhole(j, x);
+    const bool ok = phase == 1 ? runPhase1(j, x, r0) : runPhase2(j, x, r0);
     if (!ok) {
       res.status = JobStatus::Aborted;
       return res;

@@ -36,8 +36,7 @@
 //     20-21 hPacked (arena, bf16, amxPackedElems(n, F))
 //     24.. 3 matrices (gate, up, down), kMatrixWords each: format, dtype, rows, cols,
 //          values 64 (weights), meta 64 (weights), select 64 (weights)
-//   block b, 4 words at blocks + b * 16: state (0 free, 1 claimed, 2 done), expert, row0, phase (1|2|3)
-//     phase 3: the whole expert (both phases, row0 = 0) on one thread; its record has no phase-1 blocks
+//   block b, 4 words at blocks + b * 16: state (0 free, 1 claimed, 2 done), expert, row0, phase (1|2)
 //
 // Protocol. A thread loops: if abort, return; b = next++; if b >= numBlocks, return; CAS state
 // free -> claimed (a block done by an earlier run is skipped); run it; state = done. Phase 1 of
