@@ -114,13 +114,19 @@ const SLOT_WINDOW = 4
 const SLOT_PEAK = 5
 const SLOT_PEEKED = 6
 
-/** The gate GEMM size (T·E·D products) from which routing shares it with the crew (CpuCrew.gateLogits):
- *  on the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16 tokens) and won from
- *  2M (the 64-expert gate at 16 tokens: 52 → 33 µs). HETMOE_GATE_PARALLEL_MIN overrides it. */
-export let GATE_PARALLEL_MIN_PRODUCTS = Number(process.env.HETMOE_GATE_PARALLEL_MIN ?? 0) || 1 << 20
-/** @internal For tests: sets the threshold (routing reads it per call). */
-export function setGateParallelMinProducts(products: number): void {
-  GATE_PARALLEL_MIN_PRODUCTS = products
+let gateMinOverride: number | undefined = Number(process.env.HETMOE_GATE_PARALLEL_MIN ?? 0) || undefined
+/** The gate GEMM size (T·E·D products) from which routing shares it with a crew of `workers`
+ *  (CpuCrew.gateLogits). On the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16
+ *  tokens) and won from 2M (the 64-expert gate at 16 tokens: 52 → 33 µs). On the 16-vCPU Xeon
+ *  (bench/results/h100-xeon16-2026-12-06, call 3) sharing from 256K products halved the 64-expert gate
+ *  at 4 tokens (0.5M products: 63-71 → 33-37 µs a forward's routing) and left mixtral's 16-token gate
+ *  (0.5M products in only 4 blocks) where it was. HETMOE_GATE_PARALLEL_MIN overrides it. */
+export function gateParallelMinProducts(workers: number): number {
+  return gateMinOverride ?? (workers >= 8 ? 1 << 18 : 1 << 20)
+}
+/** @internal For tests: sets the threshold for every crew size (undefined: the default again). */
+export function setGateParallelMinProducts(products: number | undefined): void {
+  gateMinOverride = products
 }
 const GATE_MAGIC = 0x31474d48
 const GATE_WORDS = 32
@@ -407,8 +413,8 @@ export class CpuCrew {
    * and the crew's workers together, which are idle while the main thread routes. `hidden` and
    * `logits` must lie in the arena, the gate weight in the mapped weights file `weightsId`. Returns
    * undefined (compute on this thread) when the crew is busy with a layer job, closing, the GEMM is
-   * below `minProducts` (measured: below ~1M products the post and the join cost more than the split
-   * saves), or a worker died inside the job (`testDieCount`: that many workers die holding a block,
+   * below `minProducts` (gateParallelMinProducts: below it the post and the join cost more than the
+   * split saves), or a worker died inside the job (`testDieCount`: that many workers die holding a block,
    * with HETMOE_TEST_HOOKS=1 only); else the index of the first non-finite hidden value, or -1.
    */
   gateLogits(
@@ -418,7 +424,7 @@ export class CpuCrew {
     D: number,
     E: number,
     logits: Float64Array,
-    minProducts = GATE_PARALLEL_MIN_PRODUCTS,
+    minProducts = gateParallelMinProducts(this.threads),
     testDieCount = 0,
   ): number | undefined {
     if (this.#closing || this.#busy || T * E * D < minProducts) return undefined

@@ -8,7 +8,7 @@ import { selectionBytes, selectionViews } from '../scheduler/selection.js'
 import type { ModelFile } from '../scheduler/model-file.js'
 import type { GateRouting } from '../experts/manifest.js'
 import { native } from './native.js'
-import { crewOf, GATE_PARALLEL_MIN_PRODUCTS } from './cpu-crew.js'
+import { crewOf, gateParallelMinProducts } from './cpu-crew.js'
 
 export interface Selection {
   counts: Int32Array
@@ -80,7 +80,8 @@ export function routeLayer(
     // The gate GEMM natively, the same bits as router.route(hidden, T, sel) (test/router-math.test.ts):
     // large ones shared with the runtime's idle CPU crew, others on this thread.
     const D = model.manifest.hiddenSize
-    const crew = T * E * D >= GATE_PARALLEL_MIN_PRODUCTS && model.weightsId !== undefined ? crewOf(l.arena) : undefined
+    const shared = model.weightsId !== undefined ? crewOf(l.arena) : undefined
+    const crew = shared && T * E * D >= gateParallelMinProducts(shared.threads) ? shared : undefined
     let logits = logitsScratch
     let bad: number | undefined
     if (crew) {

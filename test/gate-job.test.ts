@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { loadModel } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { createRuntime } from '../runtime/runtime.js'
-import { crewOf, GATE_PARALLEL_MIN_PRODUCTS, setGateParallelMinProducts } from '../runtime/cpu-crew.js'
+import { crewOf, gateParallelMinProducts, setGateParallelMinProducts } from '../runtime/cpu-crew.js'
 import { native } from '../runtime/native.js'
 import { GateRouter } from '../scheduler/route-gate.js'
 import type { GateRouting } from '../experts/manifest.js'
@@ -75,7 +75,8 @@ t.test('crew gate logits: below the threshold, off the arena, or with a layer jo
   const T = 4
   const x = rt.arena.lease(T * D * 4).f32(T * D).fill(0.25)
   const logits = rt.arena.lease(T * E * 8).f64(T * E)
-  t.ok(GATE_PARALLEL_MIN_PRODUCTS > 0, `threshold ${GATE_PARALLEL_MIN_PRODUCTS} products`)
+  t.equal(gateParallelMinProducts(2), 1 << 20, '2 workers: from 1M products')
+  t.equal(gateParallelMinProducts(16), 1 << 18, '16 workers: from 256K products')
   t.equal(crew.gateLogits(x, gate, T, D, E, logits, T * E * D + 1), undefined, 'below the threshold: the caller computes')
   t.equal(crew.gateLogits(x, gate, T, D, E, logits, T * E * D), -1, 'at the threshold: the crew computes')
   t.equal(crew.gateLogits(new Float32Array(T * D), gate, T, D, E, logits, 0), undefined, 'hidden outside the arena')
@@ -106,10 +107,10 @@ t.test('forwards route and compute the same with the gate on the crew or on the 
   await synthModel({ preset: { name: 'g', layers: 1, hidden, inner: 32, ffn: 'swiglu', routing: { kind: 'gate', experts: E, topK: 6, normalize: false }, vocabSize: 100 }, out: join(dir, 'm') })
   const model = await loadModel(join(dir, 'm'))
   t.teardown(() => model.close())
-  const T = Math.max(64, Math.ceil(GATE_PARALLEL_MIN_PRODUCTS / (E * hidden)))
+  const saved = gateParallelMinProducts(2)
+  const T = Math.max(64, Math.ceil(saved / (E * hidden)))
   const x = Float32Array.from({ length: T * hidden }, (_, i) => Math.cos(i * 0.11))
-  const saved = GATE_PARALLEL_MIN_PRODUCTS
-  t.teardown(() => setGateParallelMinProducts(saved))
+  t.teardown(() => setGateParallelMinProducts(undefined))
   const outs: Float32Array[] = []
   for (const [threads, min] of [[1, saved], [2, saved], [2, Infinity], [3, 1]]) {
     setGateParallelMinProducts(min)
