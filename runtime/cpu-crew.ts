@@ -114,6 +114,20 @@ const SLOT_WINDOW = 4
 const SLOT_PEAK = 5
 const SLOT_PEEKED = 6
 
+/** Combines and row copies (runtime/combine.ts) reading at least this many floats are shared with a
+ *  crew of `workers`. On the 2-core dev VM, with 2 workers, the split lost 7-14% at 16-64 tokens
+ *  (K=2, D=4096), broke even at 256 and won 1.19× at 4096 (6.1 → 5.1 ms: two cores share one memory
+ *  bus). With 8 or more workers it starts at 1M floats (a 4 MiB sum, ~0.1 ms on one of the Xeon's
+ *  cores), well above the crew's few µs of coordination; not yet measured there.
+ *  HETMOE_COMBINE_PARALLEL_MIN overrides it. */
+export function combineParallelMinFloats(workers: number): number {
+  return combineMinOverride ?? (workers >= 8 ? 1 << 20 : 1 << 22)
+}
+let combineMinOverride: number | undefined = Number(process.env.HETMOE_COMBINE_PARALLEL_MIN ?? 0) || undefined
+/** @internal For tests: sets the combine threshold for every crew size (undefined: the default again). */
+export function setCombineParallelMinFloats(floats: number | undefined): void {
+  combineMinOverride = floats
+}
 let gateMinOverride: number | undefined = Number(process.env.HETMOE_GATE_PARALLEL_MIN ?? 0) || undefined
 /** The gate GEMM size (T·E·D products) from which routing shares it with a crew of `workers`
  *  (CpuCrew.gateLogits). On the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16
@@ -458,6 +472,35 @@ export class CpuCrew {
     const r = native().gateJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset)
     // A worker died inside the job (its replacement comes from #serve's handler): the caller computes.
     return r === GATE_WORKER_DIED ? undefined : r
+  }
+
+  /**
+   * The top-k combine (runtime/combine.ts: out[t] = Σ_k rows[t·K + k] + g[t] · Σ_s shared[s·T + t]) by
+   * this thread and the crew's workers, idle once the layer's experts are done: each output row is
+   * summed by one thread in the fixed order, so the bits are the single thread's. The buffers may lie
+   * anywhere: the native call hands the workers their addresses and holds them until every block is
+   * done. Returns false (sum on this thread) when the crew is
+   * busy or closing, the sums are below `minFloats` values read, or a worker died inside the job
+   * (`testDieCount`: that many workers die holding a block, with HETMOE_TEST_HOOKS=1 only).
+   */
+  combine(
+    rows: Float32Array,
+    shared: Float32Array | undefined,
+    S: number,
+    out: Float32Array,
+    T: number,
+    K: number,
+    D: number,
+    scale: Float32Array | undefined,
+    minFloats = combineParallelMinFloats(this.threads),
+    testDieCount = 0,
+  ): boolean {
+    if (this.#closing || this.#busy || T * (K + S) * D < minFloats || T < 2) return false
+    // About four blocks a thread, whole tokens each: a block streams its rows once.
+    const tokensPerBlock = Math.max(1, Math.ceil(T / (4 * (this.threads + 1))))
+    this.#serveAll()
+    const r = native().combineJobRun(this.#u8, this.#board.offset, this.#gateDesc.offset, rows, shared ?? null, S, out, T, K, D, scale ?? null, tokensPerBlock, testDieCount)
+    return r !== GATE_WORKER_DIED
   }
 
   /** Closes the posted job once no worker is inside it (a dead one is cleared by #serve's handler). */

@@ -257,6 +257,13 @@ export interface NativeRouterApi {
   scanPoolMinFloats(): number
   /** out[t] = Σ_k rows[t·K + k] (+ g[t] · Σ_s shared[s·T + t]), fp32, in that fixed order. */
   combineRows(rows: Float32Array, shared: Float32Array | null, S: number, out: Float32Array, T: number, K: number, D: number, g?: Float32Array | null): void
+  /**
+   * The same sums computed by this thread and the crew on `board` (its descriptor written at
+   * `descOffset`, GATE_WORDS words), in blocks of `tokensPerBlock` tokens; the board must be free.
+   * -1 when `out` holds them; -2 when a worker died inside the job (some rows not summed, the board
+   * free). `dieCount`: the test hook of native/cpu/gate_job.h's word 12.
+   */
+  combineJobRun(arena: Uint8Array, board: number, descOffset: number, rows: Float32Array, shared: Float32Array | null, S: number, out: Float32Array, T: number, K: number, D: number, g: Float32Array | null, tokensPerBlock: number, dieCount: number): number
 }
 
 export interface NativeAddon extends NativeInfoApi, NativeWeightsApi, NativeCpuApi, NativeGpuApi, NativeRouterApi {}

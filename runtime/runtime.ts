@@ -6,7 +6,7 @@ import { Arena, type Lease } from './arena.js'
 import { CpuCrew, idleSpinSetting, type IdleSpin } from './cpu-crew.js'
 import { HetmoeError, badOption } from './errors.js'
 import { envConfig } from './config.js'
-import { combineTopK, copyF32, sharedGate } from './combine.js'
+import { combineTopK, copyRows, sharedGate } from './combine.js'
 import type { ExpertBackend, ExpertWork, LayerWork } from './layer-work.js'
 import type { ModelManifest } from '../experts/manifest.js'
 import { routeLayer, type Selection } from './route-layer.js'
@@ -244,7 +244,7 @@ export class Runtime extends EventEmitter {
         const hiddenLease = lease(T * D * 4)
         hiddenOffset = hiddenLease.offset
         h = hiddenLease.f32(T * D)
-        if (hidden instanceof Float32Array) copyF32(h, hidden)
+        if (hidden instanceof Float32Array) copyRows(h, hidden, T, D, this.#crew)
         else bf16ToF32InPlace(h, hidden)
       }
 
@@ -332,11 +332,11 @@ export class Runtime extends EventEmitter {
       const out = options.out ?? new Float32Array(T * D)
       if (outInPlace) {
         // written by the experts
-      } else if (direct) copyF32(out, rowsF32())
+      } else if (direct) copyRows(out, rowsF32(), T, D, this.#crew)
       else {
         const gate = m.layers[layer].sharedExpertGate
         const scale = gate ? sharedGate(new Float32Array(this.model.view(gate)), h, T, D) : undefined
-        combineTopK(rowsF32(), sharedLease?.f32(shared * T * D), shared, out, T, K, D, scale)
+        combineTopK(rowsF32(), sharedLease?.f32(shared * T * D), shared, out, T, K, D, scale, this.#crew)
       }
       const tEnd = performance.now()
 

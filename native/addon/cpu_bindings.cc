@@ -16,14 +16,6 @@
 namespace hetmoe {
 namespace {
 
-Span<uint8_t> arenaArg(const Napi::Value& v) { return typedSpan<uint8_t>(v, napi_uint8_array, "arena (a Uint8Array over the whole arena)"); }
-
-size_t offsetArg(const Napi::Value& v, const char* what) {
-  const int64_t o = intArg(v, what);
-  if (o < 0) throw Napi::RangeError::New(v.Env(), std::string(what) + " must be >= 0");
-  return static_cast<size_t>(o);
-}
-
 // cpuIsa(): { best, levels: [{ name, available, missing? }] }
 Napi::Value CpuIsa(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
@@ -85,15 +77,6 @@ Napi::Value CpuLayerReset(const Napi::CallbackInfo& cb) {
 }
 
 // --- the crew (cpu/crew.h) ---------------------------------------------------------------------
-
-template <class F>
-auto nativeErrors(Napi::Env env, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::runtime_error& e) {
-    throw Napi::Error::New(env, e.what());
-  }
-}
 
 const char* waitName(cpu::JobWait w) { return w == cpu::JobWait::Done ? "done" : w == cpu::JobWait::Aborted ? "aborted" : "pending"; }
 

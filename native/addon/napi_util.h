@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 namespace hetmoe {
@@ -35,6 +36,24 @@ inline int64_t intArg(const Napi::Value& v, const char* what) {
   if (d != static_cast<double>(static_cast<int64_t>(d)))
     throw Napi::RangeError::New(v.Env(), std::string(what) + " must be an integer");
   return static_cast<int64_t>(d);
+}
+
+inline Span<uint8_t> arenaArg(const Napi::Value& v) { return typedSpan<uint8_t>(v, napi_uint8_array, "arena (a Uint8Array over the whole arena)"); }
+
+inline size_t offsetArg(const Napi::Value& v, const char* what) {
+  const int64_t o = intArg(v, what);
+  if (o < 0) throw Napi::RangeError::New(v.Env(), std::string(what) + " must be >= 0");
+  return static_cast<size_t>(o);
+}
+
+// Runs f, turning the native side's std::runtime_error (a bad descriptor, a missing ISA) into a JS Error.
+template <class F>
+auto nativeErrors(Napi::Env env, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
 }
 
 }  // namespace hetmoe

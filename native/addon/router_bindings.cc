@@ -4,6 +4,7 @@
 
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
+#include "cpu/gate_job.h"
 #include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
@@ -45,19 +46,52 @@ Napi::Value ScanPoolMinFloats(const Napi::CallbackInfo& cb) {
   return Napi::Number::New(cb.Env(), static_cast<double>(cpu::scanPoolMinFloats()));
 }
 
+struct CombineArgs {
+  const float* rows;
+  const float* shared;
+  int S;
+  float* out;
+  int T, K, D;
+  const float* g;
+};
+
+// (rows f32 [T·K×D], shared f32 [S·T×D] | null, S, out f32 [T×D], T, K, D, g f32 [T] | null) from cb[at..]
+CombineArgs combineArgs(const Napi::CallbackInfo& cb, size_t at) {
+  Napi::Env env = cb.Env();
+  CombineArgs c{};
+  c.S = dim(cb[at + 2], "S");
+  c.T = dim(cb[at + 4], "T");
+  c.K = dim(cb[at + 5], "K");
+  c.D = dim(cb[at + 6], "D");
+  if (c.K < 1) throw Napi::RangeError::New(env, "K must be >= 1");
+  c.rows = atLeast(typedSpan<float>(cb[at], napi_float32_array, "rows"), int64_t(c.T) * c.K * c.D, env, "rows").data;
+  if (c.S > 0) c.shared = atLeast(typedSpan<float>(cb[at + 1], napi_float32_array, "shared"), int64_t(c.S) * c.T * c.D, env, "shared").data;
+  c.out = atLeast(typedSpan<float>(cb[at + 3], napi_float32_array, "out"), int64_t(c.T) * c.D, env, "out").data;
+  if (cb.Length() > at + 7 && cb[at + 7].IsTypedArray())
+    c.g = atLeast(typedSpan<float>(cb[at + 7], napi_float32_array, "shared scale"), c.T, env, "shared scale").data;
+  return c;
+}
+
 // combineRows(rows f32 [T·K×D], shared f32 [S·T×D] | null, S, out f32 [T×D], T, K, D, g f32 [T] | null)
 Napi::Value CombineRows(const Napi::CallbackInfo& cb) {
-  Napi::Env env = cb.Env();
-  const int S = dim(cb[2], "S"), T = dim(cb[4], "T"), K = dim(cb[5], "K"), D = dim(cb[6], "D");
-  if (K < 1) throw Napi::RangeError::New(env, "K must be >= 1");
-  auto rows = atLeast(typedSpan<float>(cb[0], napi_float32_array, "rows"), int64_t(T) * K * D, env, "rows");
-  const float* shared = nullptr;
-  if (S > 0) shared = atLeast(typedSpan<float>(cb[1], napi_float32_array, "shared"), int64_t(S) * T * D, env, "shared").data;
-  auto out = atLeast(typedSpan<float>(cb[3], napi_float32_array, "out"), int64_t(T) * D, env, "out");
-  const float* g = nullptr;
-  if (cb.Length() > 7 && cb[7].IsTypedArray()) g = atLeast(typedSpan<float>(cb[7], napi_float32_array, "shared scale"), T, env, "shared scale").data;
-  cpu::combineRows(rows.data, shared, S, out.data, T, K, D, g);
-  return env.Undefined();
+  const CombineArgs c = combineArgs(cb, 0);
+  cpu::combineRows(c.rows, c.shared, c.S, c.out, c.T, c.K, c.D, c.g);
+  return cb.Env().Undefined();
+}
+
+// combineJobRun(arena, board, desc, rows, shared | null, S, out, T, K, D, g | null, tokensPerBlock, dieCount)
+// → -1 once `out` holds the sums, computed by this thread and the crew on `board` (native/cpu/gate_job.h);
+// -2 when a worker died inside the job (some rows not summed; the board is free).
+Napi::Value CombineJobRun(const Napi::CallbackInfo& cb) {
+  Span<uint8_t> a = arenaArg(cb[0]);
+  const size_t board = offsetArg(cb[1], "board offset"), desc = offsetArg(cb[2], "descriptor offset");
+  const CombineArgs c = combineArgs(cb, 3);
+  const int tpb = dim(cb[11], "tokens per block");
+  const int die = dim(cb[12], "die count");
+  const int64_t r = nativeErrors(cb.Env(), [&] {
+    return cpu::combineJobRun(a.data, a.length, board, desc, c.rows, c.shared, c.S, c.out, c.T, c.K, c.D, c.g, tpb, die);
+  });
+  return Napi::Number::New(cb.Env(), static_cast<double>(r));
 }
 
 }  // namespace
@@ -67,6 +101,7 @@ void registerRouter(Napi::Env env, Napi::Object exports) {
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite, "firstNonFinite"));
   exports.Set("scanPoolMinFloats", Napi::Function::New(env, ScanPoolMinFloats, "scanPoolMinFloats"));
   exports.Set("combineRows", Napi::Function::New(env, CombineRows, "combineRows"));
+  exports.Set("combineJobRun", Napi::Function::New(env, CombineJobRun, "combineJobRun"));
 }
 
 }  // namespace hetmoe

@@ -328,10 +328,10 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
   }
 }
 
-void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc) {
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, bool wake) {
   int32_t* w = boardAt(arena, arenaBytes, board);
   validate(arena, arenaBytes, desc);
-  open(arena, w, board, desc, true);
+  open(arena, w, board, desc, wake);
 }
 
 JoinStatus crewJoin(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, JoinMode mode, int64_t spinMicros, int64_t retireMicros) {

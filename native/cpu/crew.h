@@ -51,8 +51,8 @@ int crewAlert(uint8_t* arena, size_t arenaBytes, size_t board, int count);
 // the process alive; the runtime sends it back in before its next job).
 ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot, bool testHooks, int64_t idleMicros);
 // Main side: validates the descriptor (throws std::runtime_error naming what is wrong), then opens it
-// to the workers and wakes the sleeping ones.
-void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+// to the workers and, with `wake`, wakes the sleeping ones (without: only spinning workers come).
+void crewPost(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, bool wake = true);
 enum class JoinStatus : int32_t { Done = 0, Aborted = 1, Pending = 2, Unretired = 3 };
 // Alone: the whole job runs on the calling thread and no worker ever sees it. WakeLazily: workers
 // that spin join at once; sleeping ones are woken once the calling thread has timed its first

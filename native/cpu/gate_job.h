@@ -10,6 +10,11 @@
 //   12 dieCount: test hook (HETMOE_TEST_HOOKS=1 in the worker), as layer jobs' word 12
 //   16-17 hidden (arena, fp32 [T × D])   18-19 gate weight (weights file `weightsId`, fp32 [E × D])
 //   20-21 logits (arena, f64 [T × E])
+//   13 kind: 0 the gate GEMM (above), 1 the top-k combine (router_math.h: combineRows), whose blocks
+//      are token ranges and whose words are 4 T, 5 numBlocks, 6 K, 8 D, 9 tokens per block, 10 S,
+//      16-17 rows, 18-19 shared (0 when S = 0), 20-21 the shared experts' scale (0: 1), 22-23 out.
+//      The combine's four are raw addresses, written by combineJobRun on the calling thread, which
+//      holds those buffers until every block is done: its `out` need not lie in the arena.
 // Block b covers token block b / ceil(E / epb) and expert block b % ceil(E / epb). Words 2 and 5 sit
 // where a layer job has its claim counter and block count, so the crew's "anything left to claim"
 // test reads both kinds alike.
@@ -36,6 +41,12 @@ constexpr int64_t kGateWorkerDied = -2;
 // non-finite hidden value's index, or kGateWeightNotFinite); kGateWorkerDied (above). The board must
 // be free (no layer job posted).
 int64_t gateJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc);
+// Main side of the combine: writes the descriptor at `desc`, posts it, computes blocks of
+// `tokensPerBlock` tokens, waits for every block and worker as gateJobRun does; -1 when `out` holds
+// the sums, kGateWorkerDied when a worker died (some rows not summed: sum them on this thread).
+// `dieCount` is the test hook of word 12.
+int64_t combineJobRun(uint8_t* arena, size_t arenaBytes, size_t board, size_t desc, const float* rows, const float* shared, int S,
+                      float* out, int T, int K, int D, const float* scale, int tokensPerBlock, int32_t dieCount);
 
 }  // namespace cpu
 }  // namespace hetmoe

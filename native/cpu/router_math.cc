@@ -53,8 +53,8 @@ int64_t gateLogits(const float* x, const float* W, int T, int D, int E, double* 
   return checkLogits(logits, int64_t(T) * E, x, int64_t(T) * D);
 }
 
-void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g) {
-  for (int t = 0; t < T; ++t) {
+void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g, int t0, int t1) {
+  for (int t = t0; t < t1; ++t) {
     float* o = out + int64_t(t) * D;
     const float* r = rows + int64_t(t) * K * D;
     for (int d = 0; d < D; ++d) o[d] = r[d];

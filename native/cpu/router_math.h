@@ -46,7 +46,11 @@ int64_t firstNonFinite(const float* x, int64_t n);
 
 // out[t] = Σ_{k<K} rows[t*K + k] (+ g[t] · Σ_{s<S} shared[s*T + t]), rows of D floats, fp32, in
 // that order (so results never depend on which backend finished first). g == nullptr: 1.
-void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g);
+// Tokens [t0, t1) only (the blocks of a combine crew job, gate_job.h); T is the shared blocks' stride.
+void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g, int t0, int t1);
+inline void combineRows(const float* rows, const float* shared, int S, float* out, int T, int K, int D, const float* g) {
+  combineRows(rows, shared, S, out, T, K, D, g, 0, T);
+}
 
 namespace {  // internal linkage: included by files built with different ISA flags
 
