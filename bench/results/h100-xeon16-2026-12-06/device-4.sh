@@ -2,6 +2,7 @@
 # A short device call (about 4 minutes) after call 3, most needed first, each part packed into $OUT/all.tgz:
 #   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs), twice
 #   W. routing and combine at real widths (gate GEMMs shared from 256K products on 8+ workers, 585c73f)
+#   P. the combine and row copies on the crew against the calling thread (bench/combine-probe.ts)
 #   B. issue #6: calibration, then place vs run at batch 4096 with a 10% budget (a hybrid plan, CPU experts
 #      beside the GPU), and at batch 256 and 4096 with 25%
 #   S. the 10% plan at 4096 again: GPU wait spinning or sleeping, main thread joining the CPU job or not,
@@ -22,6 +23,11 @@ done
 pack
 timeout -k 5 60 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/W/width.json > $O/W/stdout.txt 2>/dev/null
 echo "W: $(grep -E '^width' $O/W/stdout.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
+pack
+# P. the combine and row copies on the crew against the calling thread (508bba7), decode to prefill sizes
+mkdir -p $O/P
+timeout -k 5 60 node dist/bench/combine-probe.js 16x2x4096,64x2x4096,256x2x4096,4096x2x4096,4096x6x2048,4096x1x2048 30 > $O/P/stdout.txt 2>&1
+echo "P rc $?"; cat $O/P/stdout.txt
 pack
 OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-4096:0.1 256:0.25 4096:0.25}" timeout -k 5 200 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall|layer 0" $O/B/stdout.txt
