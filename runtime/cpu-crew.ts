@@ -145,6 +145,13 @@ export function setGateParallelMinProducts(products: number | undefined): void {
 const GATE_MAGIC = 0x31474d48
 const GATE_WORDS = 32
 const GATE_WORKER_DIED = -2
+const GATE_BLOCK_TOKENS = (() => {
+  const raw = process.env.HETMOE_GATE_BLOCK_TOKENS
+  if (raw === undefined || raw === '') return 4
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`HETMOE_GATE_BLOCK_TOKENS must be a positive integer (got "${raw}")`)
+  return n
+})()
 
 const crews = new WeakMap<Arena, CpuCrew>()
 /** The crew serving `arena`'s runtime, if any (routing finds it through its leases). */
@@ -444,8 +451,10 @@ export class CpuCrew {
     if (this.#closing || this.#busy || T * E * D < minProducts) return undefined
     if (hidden.buffer !== this.#u8.buffer || logits.buffer !== this.#u8.buffer || logits.byteOffset % 8 !== 0) return undefined
     // Blocks of 4 tokens (one register tile) × an expert range: about four blocks per thread.
+    // HETMOE_GATE_BLOCK_TOKENS (measurements): fewer tokens a block, so that gates of few experts
+    // (mixtral's 8 at 16 tokens: 4 blocks) spread over more workers.
     const threads = this.threads + 1
-    const tpb = Math.min(T, 4)
+    const tpb = Math.min(T, GATE_BLOCK_TOKENS)
     const tBlocks = Math.ceil(T / tpb)
     const eSplit = Math.max(1, Math.min(Math.ceil(E / 8), Math.ceil((4 * threads) / tBlocks)))
     const epb = Math.ceil(E / eSplit)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A short device call (about 4 minutes) after call 3, most needed first, each part packed into $OUT/all.tgz:
 #   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs), twice
-#   W. routing and combine at real widths (gate GEMMs shared from 256K products on 8+ workers, 585c73f)
+#   W. routing and combine at real widths (gate GEMMs shared from 256K products on 8+ workers, 585c73f),
+#      and gate blocks of 1, 2 or 4 tokens (HETMOE_GATE_BLOCK_TOKENS)
 #   P. the combine and row copies on the crew against the calling thread (bench/combine-probe.ts)
 #   B. issue #6: calibration, then place vs run at batch 4096 with a 10% budget (a hybrid plan, CPU experts
 #      beside the GPU), and at batch 256 and 4096 with 25%
@@ -21,8 +22,11 @@ for r in ${C_RUNS:-1 2}; do
   grep -E '^clock' $O/C/stdout-r$r.txt
 done
 pack
-timeout -k 5 60 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/W/width.json > $O/W/stdout.txt 2>/dev/null
-echo "W: $(grep -E '^width' $O/W/stdout.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
+for v in "default" "tokens1 HETMOE_GATE_BLOCK_TOKENS=1" "tokens2 HETMOE_GATE_BLOCK_TOKENS=2" "default2" "tokens1b HETMOE_GATE_BLOCK_TOKENS=1"; do
+  set -- $v; name=$1; shift
+  env "$@" timeout -k 5 60 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/W/width-$name.json > $O/W/stdout-$name.txt 2>/dev/null
+  echo "W $name: $(grep -E '^width' $O/W/stdout-$name.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
+done
 pack
 # P. the combine and row copies on the crew against the calling thread (508bba7), decode to prefill sizes
 mkdir -p $O/P
