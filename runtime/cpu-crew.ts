@@ -114,44 +114,38 @@ const SLOT_WINDOW = 4
 const SLOT_PEAK = 5
 const SLOT_PEEKED = 6
 
+/** A size from which a side job (gate GEMM, combine) is shared with a crew of `workers`: `few` below 8
+ *  workers, `many` from 8; the environment variable `env` overrides both, and so does `set` (tests;
+ *  undefined: the default again). */
+function crewThreshold(env: string, few: number, many: number): { of: (workers: number) => number; set: (value: number | undefined) => void } {
+  let override = Number(process.env[env] ?? 0) || undefined
+  return { of: (workers) => override ?? (workers >= 8 ? many : few), set: (value) => void (override = value) }
+}
 /** Combines and row copies (runtime/combine.ts) reading at least this many floats are shared with a
- *  crew of `workers`. On the 2-core dev VM, with 2 workers, the split lost 7-14% at 16-64 tokens
- *  (K=2, D=4096), broke even at 256 and won 1.19× at 4096 (6.1 → 5.1 ms: two cores share one memory
- *  bus). With 8 or more workers it starts at 1M floats (a 4 MiB sum, ~0.1 ms on one of the Xeon's
- *  cores), well above the crew's few µs of coordination; not yet measured there.
- *  HETMOE_COMBINE_PARALLEL_MIN overrides it. */
-export function combineParallelMinFloats(workers: number): number {
-  return combineMinOverride ?? (workers >= 8 ? 1 << 20 : 1 << 22)
-}
-let combineMinOverride: number | undefined = Number(process.env.HETMOE_COMBINE_PARALLEL_MIN ?? 0) || undefined
+ *  crew of `workers`. On the 2-core dev VM, with 2 workers serving (bench/combine-probe.ts), the split
+ *  lost 3-12% at 16-256 tokens (K=2, D=4096) and won 1.83× at 4096 and 1.69× for a 4096 × 2048 copy.
+ *  With 8 or more workers it starts at 1M floats (a 4 MiB sum, ~0.1 ms on one of the Xeon's cores),
+ *  well above the crew's few µs of coordination; not yet measured there. HETMOE_COMBINE_PARALLEL_MIN
+ *  overrides it. */
+const combineMin = crewThreshold('HETMOE_COMBINE_PARALLEL_MIN', 1 << 22, 1 << 20)
+export const combineParallelMinFloats = combineMin.of
 /** @internal For tests: sets the combine threshold for every crew size (undefined: the default again). */
-export function setCombineParallelMinFloats(floats: number | undefined): void {
-  combineMinOverride = floats
-}
-let gateMinOverride: number | undefined = Number(process.env.HETMOE_GATE_PARALLEL_MIN ?? 0) || undefined
+export const setCombineParallelMinFloats = combineMin.set
 /** The gate GEMM size (T·E·D products) from which routing shares it with a crew of `workers`
  *  (CpuCrew.gateLogits). On the 2-core dev VM the split lost at 0.5M products (mixtral's gate at 16
  *  tokens) and won from 2M (the 64-expert gate at 16 tokens: 52 → 33 µs). On the 16-vCPU Xeon
  *  (bench/results/h100-xeon16-2026-12-06, call 3) sharing from 256K products halved the 64-expert gate
  *  at 4 tokens (0.5M products: 63-71 → 33-37 µs a forward's routing) and left mixtral's 16-token gate
  *  (0.5M products in only 4 blocks) where it was. HETMOE_GATE_PARALLEL_MIN overrides it. */
-export function gateParallelMinProducts(workers: number): number {
-  return gateMinOverride ?? (workers >= 8 ? 1 << 18 : 1 << 20)
-}
-/** @internal For tests: sets the threshold for every crew size (undefined: the default again). */
-export function setGateParallelMinProducts(products: number | undefined): void {
-  gateMinOverride = products
-}
+const gateMin = crewThreshold('HETMOE_GATE_PARALLEL_MIN', 1 << 20, 1 << 18)
+export const gateParallelMinProducts = gateMin.of
+/** @internal For tests: sets the gate threshold for every crew size (undefined: the default again). */
+export const setGateParallelMinProducts = gateMin.set
 const GATE_MAGIC = 0x31474d48
 const GATE_WORDS = 32
 const GATE_WORKER_DIED = -2
-const GATE_BLOCK_TOKENS = (() => {
-  const raw = process.env.HETMOE_GATE_BLOCK_TOKENS
-  if (raw === undefined || raw === '') return 4
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < 1) throw new RangeError(`HETMOE_GATE_BLOCK_TOKENS must be a positive integer (got "${raw}")`)
-  return n
-})()
+const GATE_BLOCK_TOKENS = envCount('HETMOE_GATE_BLOCK_TOKENS', 4)
+if (GATE_BLOCK_TOKENS < 1) throw new RangeError('HETMOE_GATE_BLOCK_TOKENS must be at least 1')
 
 const crews = new WeakMap<Arena, CpuCrew>()
 /** The crew serving `arena`'s runtime, if any (routing finds it through its leases). */

@@ -36,7 +36,7 @@ struct CombineArgs {
   const float* shared;  // nullptr when S == 0
   const float* scale;   // nullptr: 1
   float* out;
-  int K, S;
+  int K, S, D;
 };
 
 struct GateJob {
@@ -62,8 +62,8 @@ GateJob parseCombine(int32_t* h) {
   j.eBlocks = 1;
   j.combine.K = h[cK];
   j.combine.S = h[cS];
-  j.args.D = h[gD];
-  if (j.T <= 0 || j.tpb <= 0 || j.combine.K <= 0 || j.combine.S < 0 || j.args.D <= 0) bad("combine header fields out of range");
+  j.combine.D = h[gD];
+  if (j.T <= 0 || j.tpb <= 0 || j.combine.K <= 0 || j.combine.S < 0 || j.combine.D <= 0) bad("combine header fields out of range");
   j.numBlocks = (j.T + j.tpb - 1) / j.tpb;
   if (h[gBlocks] != j.numBlocks) bad("the block count does not match T and the block size");
   j.combine.rows = address<const float>(h + cRows);
@@ -126,7 +126,7 @@ int32_t run(GateJob& j, bool testHooks) {
     const int t0 = (b / j.eBlocks) * j.tpb, t1 = t0 + j.tpb < j.T ? t0 + j.tpb : j.T;
     if (j.kind == kCombineKind) {
       const CombineArgs& c = j.combine;
-      combineRows(c.rows, c.shared, c.S, c.out, j.T, c.K, j.args.D, c.scale, t0, t1);
+      combineRows(c.rows, c.shared, c.S, c.out, j.T, c.K, c.D, c.scale, t0, t1);
     } else {
       const int e0 = (b % j.eBlocks) * j.epb;
       j.fn(j.args, t0, t1, e0, e0 + j.epb < j.E ? e0 + j.epb : j.E);
