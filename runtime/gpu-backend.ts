@@ -50,6 +50,9 @@ export interface GpuLayerTiming {
   gpuMs: number
   /** The projection kernels alone. */
   kernelMs: number
+  /** Of gpuMs, what comes before the kernels: the selection arrays and hidden rows copied in and
+   *  converted to bf16 (what follows them, gpuMs − copyInMs − kernelMs, is the output rows going back). */
+  copyInMs: number
   /** Hidden or out went through the pinned staging buffer (not inside the registered arena). */
   staged: boolean
   /** Wall time of the call on its native thread (preparing, enqueueing, waiting for the stream),
@@ -234,7 +237,7 @@ export class GpuBackend {
     this.#live()
     const D = c.D ?? (c.experts.length ? this.#D.get(c.experts[0].key) : undefined)
     if (D === undefined) {
-      if (c.experts.length === 0) return { gpuMs: 0, kernelMs: 0, staged: false, hostMs: 0, prepMs: 0 }
+      if (c.experts.length === 0) return { gpuMs: 0, kernelMs: 0, copyInMs: 0, staged: false, hostMs: 0, prepMs: 0 }
       throw new HetmoeError('BAD_INPUT', `runLayer: expert ${c.experts[0].key} is not resident on the GPU`)
     }
     try {

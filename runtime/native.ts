@@ -142,6 +142,7 @@ export interface NativeGpuMatrix {
 export interface NativeGpuLayerTiming {
   gpuMs: number
   kernelMs: number
+  copyInMs: number
   staged: boolean
   hostMs: number
   prepMs: number

@@ -91,10 +91,10 @@ export interface LayerStats {
   cpuExperts: number
   /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
    *  to its completion (they overlap; a side's time counts only in forwards where it had work);
-   *  gpuStream / gpuKernel: the device's event timings of its layer calls (copies in, kernels, copies
-   *  out / the expert kernels alone); gpuHost: those calls' wall time on their native thread; gpuPlace:
+   *  gpuStream / gpuKernel / gpuCopyIn: the device's event timings of its layer calls (copies in,
+   *  kernels, copies out / the expert kernels alone / the copies in alone); gpuHost: those calls' wall time on their native thread; gpuPlace:
    *  choosing the GPU's experts for the batch (the cache strategy, streaming uploads included). */
-  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number; gpuHost: number; gpuPlace: number }
+  ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number; gpuCopyIn: number; gpuHost: number; gpuPlace: number }
   /** Forwards in which the CPU side, and the GPU side, had work. */
   cpuForwards: number
   gpuForwards: number
@@ -154,7 +154,7 @@ export class Runtime extends EventEmitter {
     this.#cpu = new CpuBackend(crew, arena, model)
     this.#gpu = gpu
     this.#cache = cache
-    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, gpuExperts: 0, cpuExperts: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0, gpuHost: 0, gpuPlace: 0 } }))
+    this.#stats = this.#manifest.layers.map(() => ({ forwards: 0, tokens: 0, gpuRows: 0, cpuRows: 0, gpuExperts: 0, cpuExperts: 0, cpuForwards: 0, gpuForwards: 0, gpuStagedCalls: 0, ms: { route: 0, compute: 0, combine: 0, total: 0, cpu: 0, gpu: 0, gpuStream: 0, gpuKernel: 0, gpuCopyIn: 0, gpuHost: 0, gpuPlace: 0 } }))
   }
 
   /** @internal use createRuntime() */
@@ -370,6 +370,7 @@ export class Runtime extends EventEmitter {
         const st = this.#stats[work.layer]
         st.ms.gpuStream += timing.gpuMs
         st.ms.gpuKernel += timing.kernelMs
+        st.ms.gpuCopyIn += timing.copyInMs
         st.ms.gpuHost += timing.hostMs
         if (timing.staged) st.gpuStagedCalls++
       }

@@ -22,11 +22,12 @@ export interface StreamReport {
   /** Share of (token, expert) rows computed on the GPU. */
   gpuTokenShare: number
   /** Per layer, milliseconds per batch; cpuMs / gpuMs: each side from dispatch to completion, averaged
-   *  over the batches where that side had work (absent when it never had); gpuStreamMs / gpuKernelMs:
-   *  the device's own timing of those GPU calls (copies + kernels / the expert kernels alone);
+   *  over the batches where that side had work (absent when it never had); gpuStreamMs / gpuKernelMs /
+   *  gpuCopyInMs: the device's own timing of those GPU calls (copies + kernels / the expert kernels
+   *  alone / the copies in before them);
    *  gpuHostMs: their wall time on the native thread; gpuPlaceMs: choosing the GPU's experts.
    */
-  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuStreamMs?: number; gpuKernelMs?: number; gpuHostMs?: number; gpuPlaceMs?: number; gpuShare: number }[]
+  perLayer: { layer: number; msPerBatch: number; routeMs: number; computeMs: number; combineMs: number; cpuMs?: number; gpuMs?: number; gpuStreamMs?: number; gpuKernelMs?: number; gpuCopyInMs?: number; gpuHostMs?: number; gpuPlaceMs?: number; gpuShare: number }[]
 }
 
 export interface StreamOptions {
@@ -106,6 +107,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
             gpuMs: (s.ms.gpu - p.ms.gpu) / (s.gpuForwards - p.gpuForwards),
             gpuStreamMs: (s.ms.gpuStream - p.ms.gpuStream) / (s.gpuForwards - p.gpuForwards),
             gpuKernelMs: (s.ms.gpuKernel - p.ms.gpuKernel) / (s.gpuForwards - p.gpuForwards),
+            gpuCopyInMs: (s.ms.gpuCopyIn - p.ms.gpuCopyIn) / (s.gpuForwards - p.gpuForwards),
             gpuHostMs: (s.ms.gpuHost - p.ms.gpuHost) / (s.gpuForwards - p.gpuForwards),
             gpuPlaceMs: (s.ms.gpuPlace - p.ms.gpuPlace) / (s.gpuForwards - p.gpuForwards),
           }

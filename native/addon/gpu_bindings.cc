@@ -333,6 +333,7 @@ Napi::Object timingObject(Napi::Env env, const gpu::LayerTiming& t) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("gpuMs", t.gpuMs);
   o.Set("kernelMs", t.kernelMs);
+  o.Set("copyInMs", t.copyInMs);
   o.Set("staged", t.staged);
   o.Set("hostMs", t.hostMs);
   o.Set("prepMs", t.prepMs);

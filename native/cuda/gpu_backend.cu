@@ -677,6 +677,7 @@ LayerTiming runLayer(int h, const std::vector<LayerExpert>& experts, const float
     for (int i = 0; i < S; ++i) std::memcpy(out + size_t(orow[i]) * D, b.stage + size_t(i) * D * 4, size_t(D) * 4);
   cudaEventElapsedTime(&timing.gpuMs, b.ev[0], b.ev[3]);
   cudaEventElapsedTime(&timing.kernelMs, b.ev[1], b.ev[2]);
+  cudaEventElapsedTime(&timing.copyInMs, b.ev[0], b.ev[1]);
   timing.hostMs = msSince();
   return timing;
 }

@@ -50,6 +50,7 @@ struct LayerExpert {
 struct LayerTiming {
   float gpuMs = 0;        // stream time of the whole call (copies in, kernels, copies out)
   float kernelMs = 0;     // the two projection launches of every format group
+  float copyInMs = 0;     // of gpuMs, before the kernels: selection arrays and hidden rows in, bf16 conversion
   bool staged = false;    // hidden or out went through the pinned staging buffer
   float hostMs = 0;       // wall time of the call on its thread: preparing, enqueueing, waiting
   float prepMs = 0;       // of which before the first copy was enqueued (lookups, plan building)
