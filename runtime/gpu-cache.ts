@@ -3,7 +3,9 @@
 //
 // Strategies (the first is hetmoe's; the others reproduce how other systems decide, for the benches):
 //   hetmoe         the placement plan's experts stay resident (pinned); per batch, cold experts are
-//                  streamed in when the cost model says copy + GPU beats the CPU (prefill), then dropped
+//                  streamed in when the cost model says copy + GPU beats the CPU (prefill), then dropped.
+//                  Their copies run off the JavaScript thread while the CPU works on the rest of the
+//                  batch (GpuBatchChoice.streamed): the cost model charges a copy to the GPU side only
 //   on-demand-lru  every active expert runs on the GPU, copied in when missing; LRU eviction
 //                  (mixtral-offloading)
 //   fiddler-rule   resident experts on the GPU; a missing expert runs on the CPU below 10 tokens,
@@ -28,8 +30,13 @@ export type GpuStrategy = (typeof GPU_STRATEGIES)[number]
 export interface GpuBatchChoice {
   /** Experts of the layer that run on the GPU this batch (all resident now). */
   onGpu: Set<number>
-  /** Experts copied in for this batch. */
+  /** Experts copied in for this batch before choose() returned (the other strategies' copies). */
   uploaded: number
+  /** Cold experts being copied in for this batch off this thread (hetmoe strategy; empty when none):
+   *  `streamed` resolves with those whose copies succeeded, which then run on the GPU too; the rest
+   *  stay with the CPU. It never rejects. */
+  streaming: number[]
+  streamed: Promise<Set<number>>
   /** Ends the batch: unpins its experts and drops the ones streamed for it alone. */
   release(): void
 }
@@ -70,6 +77,9 @@ export class GpuExpertCache {
   #onRelease: (() => void)[] = []
   #moving = false
   #uploadInFlight = false
+  /** Streaming copies under way, by expert: a batch that wants one a batch before it is copying in
+   *  waits for that copy instead of starting another. */
+  readonly #streamingNow = new Map<number, Promise<boolean>>()
   #stopped = false
   uploads = 0
   evictions = 0
@@ -135,10 +145,10 @@ export class GpuExpertCache {
     // While a re-placement copies an expert in, streaming (a synchronous copy) would wait for that
     // copy on this thread: this batch's cold experts stay on the CPU instead. With none cold there
     // is nothing to decide (the common case at decode with a good placement).
+    let streaming: number[] = []
     if (this.strategy === 'hetmoe' && this.#cost && cold > 0 && !this.#uploadInFlight) {
       const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
-      want.push(...s.stream)
-      temporary.push(...s.stream)
+      streaming = s.stream
     }
     for (const e of onGpu) this.#touch(layer, e)
     let uploaded = 0
@@ -151,10 +161,17 @@ export class GpuExpertCache {
     }
     for (const e of onGpu) if (!want.includes(e)) this.#pin(layer, e)
     for (const e of temporary) if (onGpu.has(e)) this.#temporary.add(key(layer, e))
+    for (const e of streaming) this.#pin(layer, e)
+    const streamed = streaming.length ? this.#streamIn(layer, streaming) : Promise.resolve(new Set<number>())
     return {
       onGpu,
       uploaded,
+      streaming,
+      streamed,
+      // The runtime calls release() only after the batch's GPU side has settled, which waits for
+      // `streamed`: every copy has finished by then.
       release: () => {
+        for (const e of streaming) onGpu.add(e) // pinned in choose(), copied in or not; dropped below when temporary
         for (const e of onGpu) this.#unpin(layer, e)
         // The last batch using an expert streamed in (by it or by an earlier batch) drops it; so does
         // the last one using an expert a re-placement removed.
@@ -271,6 +288,39 @@ export class GpuExpertCache {
     this.#gpu.evict(layer, e)
     this.#lru.delete(key(layer, e))
     this.evictions++
+  }
+
+  /** Streams a batch's experts in (pinned by the caller until its release), one copy at a time off this thread. An expert
+   *  another batch is copying in is waited for; one that is already resident is taken as it is. A
+   *  failed copy (no room left: batches beside this one streamed too; or a device error, which the
+   *  layer call will meet and report) leaves its expert on the CPU. Resolves with the experts resident. */
+  async #streamIn(layer: number, experts: readonly number[]): Promise<Set<number>> {
+    const ok = new Set<number>()
+    for (const e of experts) {
+      const k = key(layer, e)
+      let copy = this.#streamingNow.get(k)
+      if (!copy && !this.#lru.has(k)) {
+        copy = this.#copyIn(layer, e).finally(() => this.#streamingNow.delete(k))
+        this.#streamingNow.set(k, copy)
+      }
+      if ((!copy || (await copy)) && this.#lru.has(k)) ok.add(e)
+    }
+    return ok
+  }
+
+  /** One streaming copy: resident and temporary (dropped when its last batch ends) once it is in. */
+  async #copyIn(layer: number, e: number): Promise<boolean> {
+    const bytes = this.#shapes[layer][e].bytes
+    if (this.#stopped || this.#gpu.residentBytes() + bytes > this.#gpu.budgetBytes) return false
+    try {
+      await (this.#gpu.uploadAsync ? this.#gpu.uploadAsync(layer, e) : Promise.resolve().then(() => this.#gpu.upload(layer, e)))
+    } catch {
+      return false
+    }
+    this.#lru.set(key(layer, e), { layer, e, bytes })
+    this.#temporary.add(key(layer, e))
+    this.uploads++
+    return true
   }
 
   /** Copies an expert in, evicting least-recently-used unpinned experts until it fits. False: no room. */

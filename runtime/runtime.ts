@@ -92,8 +92,10 @@ export interface LayerStats {
   /** Milliseconds, summed over forwards: the stages, and within compute each side from its dispatch
    *  to its completion (they overlap; a side's time counts only in forwards where it had work);
    *  gpuStream / gpuKernel / gpuCopyIn: the device's event timings of its layer calls (copies in,
-   *  kernels, copies out / the expert kernels alone / the copies in alone); gpuHost: those calls' wall time on their native thread; gpuPlace:
-   *  choosing the GPU's experts for the batch (the cache strategy, streaming uploads included). */
+   *  kernels, copies out / the expert kernels alone / the copies in alone); gpuHost: those calls' wall
+   *  time on their native thread; gpuPlace: choosing the GPU's experts for the batch (the cache
+   *  strategy, with the other strategies' synchronous copies; hetmoe's streaming copies run beside the
+   *  CPU and count in the GPU side). */
   ms: { route: number; compute: number; combine: number; total: number; cpu: number; gpu: number; gpuStream: number; gpuKernel: number; gpuCopyIn: number; gpuHost: number; gpuPlace: number }
   /** Forwards in which the CPU side, and the GPU side, had work. */
   cpuForwards: number
@@ -268,6 +270,7 @@ export class Runtime extends EventEmitter {
 
       const gpuWork: ExpertWork[] = []
       const cpuWork: ExpertWork[] = []
+      const streamWork: ExpertWork[] = [] // cold experts whose weights are being copied in for this batch
       let choice: GpuBatchChoice | undefined
       if (this.#gpu && this.#gpuHealthy) {
         const tPlace = performance.now()
@@ -287,7 +290,7 @@ export class Runtime extends EventEmitter {
           outRows: sel.outRowsOffset + 4 * offsets[e],
           scales: scalesOffset !== undefined ? scalesOffset + 4 * offsets[e] : undefined,
         }
-        ;(choice?.onGpu.has(e) ? gpuWork : cpuWork).push(w)
+        ;(choice?.onGpu.has(e) ? gpuWork : choice?.streaming.includes(e) ? streamWork : cpuWork).push(w)
       }
       // Shared experts see every token and write block s of the shared output.
       const sharedWorks: ExpertWork[] = []
@@ -304,13 +307,31 @@ export class Runtime extends EventEmitter {
       // to a libuv thread and back costs more than the wait saves (gpu-backend.ts: runLayer).
       let gpuDone = 0
       let cpuDone = 0
+      let lateCpuDone = 0
+      const lateWork: ExpertWork[] = [] // streamed experts whose copies failed: computed by the CPU after all
       let gpuRows = 0
       for (const w of gpuWork) gpuRows += w.count
-      const inline = cpuWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
+      const inline = cpuWork.length === 0 && streamWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
       const besideCpu = cpuWork.length > 0 || shared > 0
-      if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
+      if (streamWork.length) {
+        // Streaming (prefill): the CPU starts on its share below while the cold experts' weights are
+        // copied in; the GPU's call waits for them and takes those that arrived. One whose copy failed
+        // runs on the CPU after all, as a job of its own.
+        const streamed = choice!.streamed.then(async (arrived) => {
+          const late = streamWork.filter((w) => !arrived.has(w.expert))
+          lateWork.push(...late)
+          for (const w of streamWork) if (arrived.has(w.expert)) (gpuWork.push(w), (gpuRows += w.count))
+          const sides: Promise<unknown>[] = []
+          if (gpuWork.length) sides.push(this.#runGpu(gpuJob, options.signal, { inline: false, besideCpu: besideCpu || late.length > 0 }).then(() => void (gpuDone = performance.now())))
+          if (late.length) sides.push(this.#cpu.run({ layer, hidden: hiddenRef, out: outRef, experts: late }, options.signal, gpuWork.length > 0).then(() => void (lateCpuDone = performance.now())))
+          const settled = await Promise.allSettled(sides)
+          const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
+          if (failed) throw failed.reason
+        })
+        jobs.push(streamed)
+      } else if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
       const cpuJobs: Promise<unknown>[] = []
-      const besideGpu = gpuWork.length > 0
+      const besideGpu = gpuWork.length > 0 || streamWork.length > 0
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal, besideGpu))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
@@ -328,6 +349,7 @@ export class Runtime extends EventEmitter {
       throwIfAborted(options.signal)
       const tCompute = performance.now()
       if (cpuJobs.length && !cpuDone) cpuDone = tCompute // the one CPU job, awaited alone
+      if (lateCpuDone) cpuDone = Math.max(cpuDone, lateCpuDone)
 
       const out = options.out ?? new Float32Array(T * D)
       if (outInPlace) {
@@ -345,8 +367,9 @@ export class Runtime extends EventEmitter {
       st.tokens += T
       st.gpuRows += gpuRows
       st.gpuExperts += gpuWork.length
-      st.cpuExperts += cpuWork.length
+      st.cpuExperts += cpuWork.length + lateWork.length
       for (const w of cpuWork) st.cpuRows += w.count
+      for (const w of lateWork) st.cpuRows += w.count
       st.ms.route += tRoute - t0
       st.ms.compute += tCompute - tRoute
       st.ms.combine += tEnd - tCompute

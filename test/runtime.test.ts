@@ -10,6 +10,7 @@ import { layerForwardRef } from '../experts/reference.js'
 import { relativeError } from '../experts/formats.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { FakeGpu } from './helpers/fake-gpu.js'
+import { testCalibration } from './helpers/calibration.js'
 
 const root = mkdtempSync(join(tmpdir(), 'hetmoe-rt-'))
 t.teardown(() => rmSync(root, { recursive: true, force: true }))
@@ -210,6 +211,55 @@ t.test('gated routing: a NaN hidden value is named by row and column; a damaged 
   await t.rejects(rt2.forward(0, randomHidden(3, 64, 6), {}), { code: 'BAD_MODEL', message: /layer 0's gate weights hold a NaN/ })
   await rt2.close()
   damaged.close()
+})
+
+t.test('hetmoe streaming: cold experts are copied in while the CPU works on the rest, join the GPU call, and go after the batch', async (t) => {
+  const m = await model(PRESETS.tiny)
+  // A CPU slow enough (1 GFLOP/s) that a cold expert with a few dozen tokens is worth streaming.
+  const cal = testCalibration()
+  const slowCpu = { ...cal, cpu: { ...cal.cpu, flopsPerS: { 'dense/bf16': 1e9 }, readBytesPerS: { 'dense/bf16': 1e9 } } }
+  const delay = 60
+  const make = async () => {
+    const gpu = new FakeGpu(m, new Map([[0, [0]], [1, [0]]]))
+    // Room for two streamed experts beside the two resident ones: domain 0's other two cold ones stay on the CPU.
+    gpu.budgetBytes = 4 * gpu.expertBytes
+    gpu.uploadDelayMs = delay
+    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu, _calibration: slowCpu, replace: false, plan: { layers: [{ layer: 0, gpuExperts: [0] }, { layer: 1, gpuExperts: [0] }] } })
+    gpu.arena = rt.arena
+    return { gpu, rt }
+  }
+  {
+    const { gpu, rt } = await make()
+    await checkLayer(t, rt, m, 0, 200, 70) // domain 0: ~50 tokens for each of its 4 experts
+    const st = rt.stats().layers[0]
+    const streamed = gpu.uploadLog.filter((x) => x.startsWith('+0/'))
+    t.ok(streamed.length > 0, `cold experts streamed in (${streamed.join(' ')})`)
+    t.same(gpu.resident().get(0), [0], 'and dropped after the batch: only the plan stays')
+    t.ok(st.cpuRows > 0 && st.gpuRows > 0, 'both sides computed rows')
+    t.ok(st.ms.gpuPlace < delay / 2, `choosing did not wait for the copies (${st.ms.gpuPlace.toFixed(1)} ms)`)
+    t.ok(st.ms.gpu >= delay * 0.9, `the GPU side waited for them (${st.ms.gpu.toFixed(1)} ms)`)
+    t.ok(st.ms.cpu < st.ms.gpu, `the CPU side ran beside the copies (${st.ms.cpu.toFixed(1)} ms < ${st.ms.gpu.toFixed(1)} ms)`)
+    t.equal(rt.stats().gpu.uploads, streamed.length)
+    await rt.close()
+  }
+  {
+    // A copy that fails leaves its expert to the CPU, after its share: the numbers stay right.
+    const { gpu, rt } = await make()
+    gpu.failUploads = 1
+    await checkLayer(t, rt, m, 0, 200, 71)
+    const rows = rt.stats().layers[0]
+    t.equal(rows.cpuRows + rows.gpuRows, 200, 'every row computed once')
+    t.same(gpu.resident().get(0), [0], 'nothing left behind')
+    // Two batches at once on the same layer: one copy per expert, both batches right.
+    gpu.uploadLog = []
+    await Promise.all([checkLayer(t, rt, m, 0, 200, 72), checkLayer(t, rt, m, 0, 200, 72)])
+    const ins = gpu.uploadLog.filter((x) => x.startsWith('+'))
+    t.equal(new Set(ins).size, ins.length, `no expert copied in twice for concurrent batches (${ins.join(' ')})`)
+    t.same(gpu.resident().get(0), [0])
+    t.ok(gpu.maxResidentBytes <= gpu.budgetBytes, 'within the budget')
+    await rt.close()
+  }
+  m.close()
 })
 
 t.test('GPU strategies: LRU within the budget, Fiddler threshold, stream-at-32 drops what it streamed', async (t) => {

@@ -3,7 +3,7 @@
 #   L. bench/layer-probe.ts: a sigma-lite-sized layer, all experts on the GPU, at 1/16/256/4096 tokens, with
 #      the hidden rows untouched, rewritten by a residual add, or copied fresh before each forward; the GPU
 #      call split into copies in, kernels and copies out (copyInMs, new)
-#   B. calibration, then place vs run on sigma-lite at batch 1, 4096 and 256 with a 25% budget
+#   B. calibration, then place vs run on sigma-lite: batch 1 (25% budget), 4096 (10%: streaming beside the CPU), 4096 and 256 (25%)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-5.sh
 set -u
 O=/tmp/o5; mkdir -p $O/L $O/B
@@ -13,7 +13,7 @@ echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version -
 timeout -k 5 120 node dist/bench/layer-probe.js ${L_TOKENS:-1,16,256,4096} ${L_FORWARDS:-20} --json $O/L/layer-probe.json > $O/L/stdout.txt 2>&1
 echo "L rc $?"; cat $O/L/stdout.txt
 pack
-OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-1:0.25 4096:0.25 256:0.25}" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-1:0.25 4096:0.1 4096:0.25 256:0.25}" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall|layer [0-9]" $O/B/stdout.txt
 node dist/runtime/cli/main.js info | grep -A8 "^calibration" | head -10; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
