@@ -1,6 +1,8 @@
 // Lookahead for RRE models: routes depend only on token ids, so as soon as a batch's ids are known
-// the experts of *every* layer are too. The runtime uses this to start copying the weights that later
-// layers will stream to the GPU while earlier layers still compute.
+// the experts of *every* layer are too, and which of them a batch would stream. An embedding app (or a
+// future runtime prefetch) can start copying those weights while earlier layers compute. The runtime
+// does not prefetch across layers yet: it streams a layer's cold experts when that layer's forward
+// starts, beside its CPU work (runtime/gpu-cache.ts).
 import type { CostModel, ExpertShape } from './cost-model.js'
 import type { RreRouter } from './route-rre.js'
 import { planStreaming } from './streaming.js'
