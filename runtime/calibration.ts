@@ -84,22 +84,33 @@ const ACT_FEW = 512
 const ACT_MANY = 4096
 
 /** Bytes per second a GPU layer call moves activations at: the device's stream time for ACT_MANY vs
- *  ACT_FEW rows through an expert with next to no arithmetic; each row is 4·D bytes in and 4·D out. */
+ *  ACT_FEW rows through an expert with next to no arithmetic; each row is 4·D bytes in and 4·D out.
+ *  The hidden rows are rewritten by this thread before each call, as a model loop's residual add
+ *  does between layers: the device reads states the CPU has just written more slowly (bench/layer-
+ *  probe.ts on the H100 machine, 4096 rows of 2048: 42 GB/s in when untouched, 27 just written; out
+ *  51 either way), and calibrating on untouched ones predicted sigma-lite's 4096-token copies at 1.29
+ *  ms where they took 1.7-1.75 (call 5, 6f6852d). */
 function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<number> {
   const D = m.manifest.hiddenSize
-  let lease: { hidden: number; out: number; rows: number } | undefined
+  let lease: { hidden: Float32Array; out: number; rows: number } | undefined
+  const source = randomHidden(64, D, 9)
   return async () => {
     if (!lease) {
       const h = arena.lease(ACT_MANY * D * 4)
-      h.f32(ACT_MANY * D).set(randomHidden(ACT_MANY, D, 9))
       const o = arena.lease(ACT_MANY * D * 4)
       const r = arena.lease(ACT_MANY * 4)
       r.i32(ACT_MANY).forEach((_, i, a) => (a[i] = i))
-      lease = { hidden: h.offset, out: o.offset, rows: r.offset }
+      lease = { hidden: h.f32(ACT_MANY * D), out: o.offset, rows: r.offset }
     }
     const l = lease
-    const call = async (n: number) =>
-      (await g.run({ layer: 0, hidden: { offset: l.hidden, rows: n }, out: { offset: l.out, rows: n }, experts: [{ expert: 0, count: n, tokens: l.rows, outRows: l.rows }] })).gpuMs / 1000
+    let round = 0
+    const call = async (n: number) => {
+      // Fresh states: every value changes (a scaled copy of 64 random rows, repeated).
+      const k = 1 + (++round % 7) / 8
+      for (let i = 0; i < n * D; i++) l.hidden[i] = k * source[i % source.length]
+      const hidden = { offset: l.hidden.byteOffset, rows: n }
+      return (await g.run({ layer: 0, hidden, out: { offset: l.out, rows: n }, experts: [{ expert: 0, count: n, tokens: l.rows, outRows: l.rows }] })).gpuMs / 1000
+    }
     g.upload(0, 0)
     try {
       await call(ACT_MANY) // warm: scratch buffers sized, pages touched
@@ -109,6 +120,59 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
       return many > few ? (bytes(ACT_MANY) - bytes(ACT_FEW)) / (many - few) : bytes(ACT_MANY) / many
     } finally {
       g.evict(0, 0)
+    }
+  }
+}
+
+/** Tokens of the uneven call that measures DeviceRates.serial: its experts get shares of them ∝ 1/(e+1),
+ *  Zipf-like, as a prefill batch's experts do. */
+const UNEVEN_TOKENS = 4096
+
+/**
+ * DeviceRates.serial on the GPU: one call of every expert of the dense probe model with uneven token
+ * counts (1212 down to 76 of 4096), its kernels timed by the device's events, against the sum over its
+ * experts of the roofline's max(read, arithmetic) at the rates fitted before: what the kernels took
+ * beyond that, as a share of the sum of the min(read, arithmetic). (The kernels' fixed cost, charged
+ * per layer, counts in it too: a few µs of a call of about a millisecond.)
+ */
+function serialProbe(g: GpuExperts, m: Model, arena: Arena): (rates: DeviceRates) => Promise<number> {
+  const D = m.manifest.hiddenSize
+  const E = m.manifest.layers[0].experts.length
+  const harmonic = Array.from({ length: E }, (_, e) => 1 / (e + 1)).reduce((a, b) => a + b, 0)
+  const counts = Array.from({ length: E }, (_, e) => Math.max(1, Math.round(UNEVEN_TOKENS / (e + 1) / harmonic)))
+  const maxN = Math.max(...counts)
+  const total = counts.reduce((a, b) => a + b, 0)
+  let work: LayerWork | undefined
+  return async (rates) => {
+    if (!work) {
+      const hidden = arena.lease(maxN * D * 4)
+      hidden.f32(maxN * D).set(randomHidden(maxN, D, 13))
+      const out = arena.lease(total * D * 4)
+      const rows = arena.lease(2 * total * 4)
+      const r = rows.i32(2 * total)
+      let at = 0
+      const experts: LayerWork['experts'] = []
+      counts.forEach((n, e) => {
+        for (let i = 0; i < n; i++) (r[at + i] = i), (r[total + at + i] = at + i)
+        experts.push({ expert: e, count: n, tokens: rows.offset + 4 * at, outRows: rows.offset + 4 * (total + at) })
+        at += n
+      })
+      work = { layer: 0, hidden: { offset: hidden.offset, rows: maxN }, out: { offset: out.offset, rows: total }, experts }
+    }
+    for (let e = 0; e < E; e++) g.upload(0, e)
+    try {
+      await g.run(work) // warm: scratch sized
+      const s = (await g.run(work)).kernelMs / 1000
+      const shape = expertShape(m.expert(0, 0))
+      const lb = rates.largeBatch && maxN >= rates.largeBatch.minTokens ? rates.largeBatch.readBytesPerS[shape.format] : undefined
+      const read = shape.bytes / (lb ?? rates.readBytesPerS[shape.format]!)
+      const perToken = shape.flopsPerToken / rates.flopsPerS[shape.format]!
+      let longer = 0
+      let shorter = 0
+      for (const n of counts) (longer += Math.max(read, n * perToken)), (shorter += Math.min(read, n * perToken))
+      return shorter > 0 ? (s - longer) / shorter : 0
+    } finally {
+      for (let e = 0; e < E; e++) g.evict(0, e)
     }
   }
 }
@@ -263,6 +327,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     // probe model set below). Tiny experts showed 96 µs a call and 2.6 µs an expert, while sigma-lite's
     // calls spent ~0.3 ms a layer outside their kernels at 16 tokens.
     let denseModel: Model | undefined
+    let gpuSerial: ((rates: DeviceRates) => Promise<number>) | undefined
     let forwardFit: ReturnType<GpuForwardProbe["fit"]> | undefined
     const forwardCosts = () => (forwardFit ??= (forwardProbe ??= gpuForwardProbe(denseModel!)).fit())
     const gpuOverhead = async () => (await forwardCosts()).layerS
@@ -289,7 +354,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
-        if (f === 'dense') denseModel = m
+        if (f === 'dense') (denseModel = m), (gpuSerial = serialProbe(g, m, arena))
         gpuProbes[key] = async ({ bytes, tokens }) => {
           // k timed experts, then at least 3 others (≥ 144 MB) run between the timed call and its
           // warm-up, so that none of the timed weights is still in the 50 MB L2 (a 48 MB expert fits
@@ -338,7 +403,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, serial: gpuSerial, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

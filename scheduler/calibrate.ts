@@ -58,6 +58,9 @@ export interface DeviceProbes {
   /** The format probes time the kernels alone (device events): their fitted fixed time is the
    *  kernels' own per-call cost, which adds to the layer overhead (measured outside the kernels). */
   kernelTimed?: boolean
+  /** GPU: DeviceRates.serial given the rates fitted before it (an uneven call's kernels against their
+   *  roofline), in [0, 1]. */
+  serial?: (rates: DeviceRates) => number | Promise<number>
   /** GPU: the tokens per expert from which its layer calls run the large-batch kernel; each format is
    *  probed once more at that many tokens (the plan's largest bytes) for DeviceRates.largeBatch. */
   largeBatchTokens?: number
@@ -163,6 +166,7 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
   // Given the rates fitted so far: an off-thread call's time less what they already charge for it.
   if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall(rates))
+  if (dev.serial) rates.serial = Math.min(1, Math.max(0, await medianOf(repeats, () => dev.serial!(rates))))
   if (dev.inlineRows !== undefined) rates.inlineRows = dev.inlineRows
   return rates
 }
@@ -332,6 +336,7 @@ export function describeCalibration(c: Calibration): string {
     return [
       `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
+      ...(d.serial !== undefined ? [`      reads and arithmetic: ${(100 * d.serial).toFixed(0)}% of the shorter adds to the longer (0%: the plain roofline)`] : []),
     ]
   }
   return [

@@ -1,7 +1,14 @@
 // Predicted time of one expert on one device: a roofline per weight format.
 //
 //   t(n) = 0                                              n = 0
-//   t(n) = expertOverhead + max(bytes / readRate, n · flopsPerToken / flopRate) + n · rowS   n ≥ 1
+//   t(n) = expertOverhead + max(r, c) + serial · min(r, c) + n · rowS              n ≥ 1
+//          with r = bytes / readRate, c = n · flopsPerToken / flopRate
+//
+// `serial` is the share of the smaller of the two that does not hide under the larger: 0 is the ideal
+// roofline (max), 1 is reads and arithmetic one after the other (sum). The CPU's is 0 (not measured);
+// the GPU's is measured on an uneven prefill-like call (runtime/calibration.ts), because its grouped
+// kernel came out near 1 there: sigma-lite's 4096-token layers ran their kernels in 1.0-1.1 ms where
+// the max predicted 0.65 and the sum 1.0 (call 5, 6f6852d).
 //
 // rowS is the GPU's copy of one output row back to host memory (4·D bytes at its measured activation
 // rate; 0 on the CPU, which writes rows in place); the GPU's per-layer cost adds the copy of the
@@ -40,6 +47,9 @@ export interface DeviceRates {
   asyncCallS?: number
   /** GPU only: the most rows a call with no CPU work beside it ran inline with when measured. */
   inlineRows?: number
+  /** Share (0-1) of the smaller of an expert's read time and arithmetic time that adds to the larger
+   *  (the roofline's `serial`, above). Absent: 0, the plain roofline (older calibrations, the CPU). */
+  serial?: number
   /** GPU only: the weight-read rate of calls whose busiest expert has at least `minTokens` tokens, which
    *  run another kernel (native/cuda/moe_launch.cuh: the sm_90a large-batch kernel from
    *  HETMOE_WGMMA_MIN tokens): it streamed sigma-lite's experts at ~3.3 TB/s at 256-token batches on
@@ -99,13 +109,16 @@ export function expertShape(e: ExpertRef): ExpertShape {
   }
 }
 
-/** Roofline parameters of one expert on one device: t(n≥1) = fixed + max(readS, n·perTokenS) + n·rowS. */
+/** Roofline parameters of one expert on one device:
+ *  t(n≥1) = fixed + max(readS, n·perTokenS) + serial·min(readS, n·perTokenS) + n·rowS. */
 export interface Roofline {
   fixedS: number
   readS: number
   perTokenS: number
   /** Per routed row, outside the roofline's max (the GPU's copy of the row back; 0 on the CPU). */
   rowS: number
+  /** DeviceRates.serial (0 when absent). */
+  serial: number
 }
 
 export class CostModel {
@@ -127,7 +140,7 @@ export class CostModel {
    *  the expert runs in a call whose busiest expert has the large-batch kernel's tokens (gpuLargeBatch). */
   gpuRoofline(e: ExpertShape, largeBatch = false): Roofline {
     const g = this.calibration.gpu
-    if (!g) return { fixedS: Infinity, readS: Infinity, perTokenS: Infinity, rowS: Infinity }
+    if (!g) return { fixedS: Infinity, readS: Infinity, perTokenS: Infinity, rowS: Infinity, serial: 0 }
     const r = roofline(g, e)
     const rate = largeBatch ? g.largeBatch?.readBytesPerS[e.format] : undefined
     return rate ? { ...r, readS: e.bytes / rate } : r
@@ -187,7 +200,9 @@ export class CostModel {
 }
 
 export function evalRoofline(r: Roofline, n: number): number {
-  return n <= 0 ? 0 : r.fixedS + Math.max(r.readS, n * r.perTokenS) + n * r.rowS
+  if (n <= 0) return 0
+  const c = n * r.perTokenS
+  return r.fixedS + Math.max(r.readS, c) + (r.serial > 0 ? r.serial * Math.min(r.readS, c) : 0) + n * r.rowS
 }
 
 /**
@@ -204,6 +219,8 @@ export function expectedRooflineTime(r: Roofline, batch: number, p: number): num
   const pEmpty = q >= 1 ? 0 : Math.exp(batch * Math.log1p(-q))
   const base = (1 - pEmpty) * (r.fixedS + r.readS) + r.rowS * batch * q
   if (r.perTokenS <= 0) return base
+  // max + s·min = (1 − s)·max + s·(r + c): the expected sum is exact without the pmf.
+  if (r.serial > 0) return (1 - r.serial) * expectedRooflineTime({ ...r, serial: 0 }, batch, p) + r.serial * (base + r.perTokenS * batch * q)
   const m = r.readS / r.perTokenS
   let below = 0 // E[(m − N)⁺]
   if (q < 1) {
@@ -224,6 +241,7 @@ function roofline(d: DeviceRates, e: ExpertShape): Roofline {
     readS: e.bytes / rateFor(d.readBytesPerS, e.format),
     perTokenS: e.flopsPerToken / rateFor(d.flopsPerS, e.format),
     rowS: d.activationBytesPerS && e.hiddenSize ? (4 * e.hiddenSize) / d.activationBytesPerS : 0,
+    serial: Math.min(1, Math.max(0, d.serial ?? 0)),
   }
 }
 

@@ -46,17 +46,22 @@ t.test('expected time under Binomial(batch, p) matches brute-force summation', a
   const cases: [number, number, number][] = [[1, 0.3, 15], [16, 0.05, 15], [64, 0.2, 15], [300, 0.04, 15], [4096, 0.01, 15], [20, 1, 15], [5000, 0.15, 15],
     // P(N = 0) underflows (e^-722) while P(N < m) is about one half: needs the log-space pmf.
     [100_000, 0.0072, 700]]
-  for (const [B, p, m] of cases) {
-    const r = { fixedS: 3e-6, readS: m * 4e-5, perTokenS: 4e-5, rowS: 3e-7 } // crossover at m tokens
-    let want = 0
-    for (let n = 0; n <= B; n++) {
-      const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(logFact[B] - logFact[n] - logFact[B - n] + n * Math.log(p) + (B - n) * Math.log1p(-p))
-      want += pmf * evalRoofline(r, n)
+  // serial: the share of min(read, arithmetic) added to the max (0: the plain roofline; 1: their sum).
+  for (const serial of [0, 0.4, 1])
+    for (const [B, p, m] of cases) {
+      const r = { fixedS: 3e-6, readS: m * 4e-5, perTokenS: 4e-5, rowS: 3e-7, serial } // crossover at m tokens
+      let want = 0
+      for (let n = 0; n <= B; n++) {
+        const pmf = p === 1 ? (n === B ? 1 : 0) : Math.exp(logFact[B] - logFact[n] - logFact[B - n] + n * Math.log(p) + (B - n) * Math.log1p(-p))
+        want += pmf * evalRoofline(r, n)
+      }
+      const got = expectedRooflineTime(r, B, p)
+      t.ok(Math.abs(got - want) <= 1e-8 * want, `serial ${serial}, B ${B}, p ${p}, crossover ${m}: ${got} vs ${want}`)
     }
-    const got = expectedRooflineTime(r, B, p)
-    t.ok(Math.abs(got - want) <= 1e-8 * want, `B ${B}, p ${p}, crossover ${m}: ${got} vs ${want}`)
-  }
-  t.equal(expectedRooflineTime({ fixedS: 1, readS: 1, perTokenS: 1, rowS: 1 }, 16, 0), 0)
+  const r = { fixedS: 1e-6, readS: 2e-5, perTokenS: 1e-6, rowS: 0, serial: 0.5 }
+  t.ok(Math.abs(evalRoofline(r, 10) - 26e-6) < 1e-15, 'below the crossover: the read plus half the arithmetic')
+  t.ok(Math.abs(evalRoofline(r, 40) - 51e-6) < 1e-15, 'above it: the arithmetic plus half the read')
+  t.equal(expectedRooflineTime({ fixedS: 1, readS: 1, perTokenS: 1, rowS: 1, serial: 0 }, 16, 0), 0)
 })
 
 t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
