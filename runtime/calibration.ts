@@ -19,7 +19,7 @@ import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
 import { expertShape, type Calibration, type DeviceRates, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type ActivationCosts, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -83,14 +83,15 @@ async function activationModel(): Promise<Model> {
 const ACT_FEW = 512
 const ACT_MANY = 4096
 
-/** Bytes per second a GPU layer call moves activations at: the device's stream time for ACT_MANY vs
- *  ACT_FEW rows through an expert with next to no arithmetic; each row is 4·D bytes in and 4·D out.
- *  The hidden rows are rewritten by this thread before each call, as a model loop's residual add
- *  does between layers: the device reads states the CPU has just written more slowly (bench/layer-
- *  probe.ts on the H100 machine, 4096 rows of 2048: 42 GB/s in when untouched, 27 just written; out
- *  51 either way), and calibrating on untouched ones predicted sigma-lite's 4096-token copies at 1.29
- *  ms where they took 1.7-1.75 (call 5, 6f6852d). */
-function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<number> {
+/** What a GPU layer call's activation copies cost: bytes per second from the device's stream time for
+ *  ACT_MANY vs ACT_FEW rows through an expert with next to no arithmetic (each row is 4·D bytes in
+ *  and 4·D out), and what a call of ACT_FEW rows pays more when this thread has just written them (as
+ *  a model loop's residual add does between layers) than when they sit untouched: rows still in the
+ *  writing core's cache are read by the device at a fraction of the rate (call 6, b6f3551, H100
+ *  machine: sigma-lite's 256-token layers copied their 2 MB in in 0.28 ms, where the rate predicted
+ *  0.04; bench/layer-probe.ts: 0.08 untouched, 0.17 just written). The rate comes from freshly written
+ *  rows too, but the difference of two calls cancels their cached tails, hence the second number. */
+function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<ActivationCosts> {
   const D = m.manifest.hiddenSize
   let lease: { hidden: Float32Array; out: number; rows: number } | undefined
   const source = randomHidden(64, D, 9)
@@ -104,20 +105,22 @@ function activationProbe(g: GpuExperts, m: Model, arena: Arena): () => Promise<n
     }
     const l = lease
     let round = 0
-    const call = async (n: number) => {
+    const call = async (n: number, fresh: boolean) => {
       // Fresh states: every value changes (a scaled copy of 64 random rows, repeated).
       const k = 1 + (++round % 7) / 8
-      for (let i = 0; i < n * D; i++) l.hidden[i] = k * source[i % source.length]
+      if (fresh) for (let i = 0; i < n * D; i++) l.hidden[i] = k * source[i % source.length]
       const hidden = { offset: l.hidden.byteOffset, rows: n }
       return (await g.run({ layer: 0, hidden, out: { offset: l.out, rows: n }, experts: [{ expert: 0, count: n, tokens: l.rows, outRows: l.rows }] })).gpuMs / 1000
     }
     g.upload(0, 0)
     try {
-      await call(ACT_MANY) // warm: scratch buffers sized, pages touched
-      const few = await call(ACT_FEW)
-      const many = await call(ACT_MANY)
+      await call(ACT_MANY, true) // warm: scratch buffers sized, pages touched
+      const few = await call(ACT_FEW, true)
+      const fewAgain = await call(ACT_FEW, false) // the same rows, read by the device once already
+      const many = await call(ACT_MANY, true)
       const bytes = (n: number) => 8 * D * n
-      return many > few ? (bytes(ACT_MANY) - bytes(ACT_FEW)) / (many - few) : bytes(ACT_MANY) / many
+      const bytesPerS = many > few ? (bytes(ACT_MANY) - bytes(ACT_FEW)) / (many - few) : bytes(ACT_MANY) / many
+      return { bytesPerS, freshS: Math.max(0, few - fewAgain), freshRows: ACT_FEW }
     } finally {
       g.evict(0, 0)
     }
@@ -389,7 +392,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
         }
       }
     }
-    let activation: (() => Promise<number>) | undefined
+    let activation: (() => Promise<ActivationCosts>) | undefined
     if (gpu) {
       const m = await activationModel()
       models.push(m)

@@ -49,8 +49,8 @@ export interface DeviceProbes {
   readRateFrom?: 'fit' | 'job'
   /** Bytes per second the device streams from memory (a measured bound on every format's read rate). */
   streamBytesPerS?: number
-  /** GPU: bytes per second of activations a layer call moves (hidden rows in, output rows out). */
-  activation?: () => number | Promise<number>
+  /** GPU: what a layer call's activation copies cost (DeviceRates.activationBytesPerS, freshRowsS). */
+  activation?: () => ActivationCosts | Promise<ActivationCosts>
   /** GPU: seconds a layer call costs more on a libuv thread than inline (DeviceRates.asyncCallS), and
    *  the most rows an inline call had when it was measured. */
   asyncCall?: (rates: DeviceRates) => number | Promise<number>
@@ -64,6 +64,14 @@ export interface DeviceProbes {
   /** GPU: the tokens per expert from which its layer calls run the large-batch kernel; each format is
    *  probed once more at that many tokens (the plan's largest bytes) for DeviceRates.largeBatch. */
   largeBatchTokens?: number
+}
+
+/** A GPU's activation copies: bytes per second of rows in and out, and what a call of `freshRows` rows
+ *  pays more when the CPU has just written them (DeviceRates.freshRows). */
+export interface ActivationCosts {
+  bytesPerS: number
+  freshS?: number
+  freshRows?: number
 }
 
 export interface CalibrationProbes {
@@ -163,7 +171,13 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
   rates.expertOverheadS = perExpert ?? Math.max(0, median(fixed) - rates.layerOverheadS)
   if (tails.length) rates.jobTailReads = median(tails)
   if (dev.kernelTimed) rates.layerOverheadS += median(fixed)
-  if (dev.activation) rates.activationBytesPerS = await medianOf(repeats, dev.activation)
+  if (dev.activation) {
+    const runs: ActivationCosts[] = []
+    for (let i = 0; i < repeats; i++) runs.push(await dev.activation())
+    rates.activationBytesPerS = median(runs.map((r) => r.bytesPerS))
+    const fresh = runs.filter((r) => r.freshS !== undefined && r.freshRows)
+    if (fresh.length) rates.freshRows = { rows: fresh[0].freshRows!, seconds: median(fresh.map((r) => r.freshS!)) }
+  }
   // Given the rates fitted so far: an off-thread call's time less what they already charge for it.
   if (dev.asyncCall) rates.asyncCallS = Math.max(0, await dev.asyncCall(rates))
   if (dev.serial) rates.serial = Math.min(1, Math.max(0, await medianOf(repeats, () => dev.serial!(rates))))
@@ -334,7 +348,7 @@ export function describeCalibration(c: Calibration): string {
     if (!d) return [`${name.padEnd(5)} none`]
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
-      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
+      `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.freshRows ? ` (+${us(d.freshRows.seconds)} a call of ${d.freshRows.rows} rows just written)` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
       ...(d.serial !== undefined ? [`      reads and arithmetic: ${(100 * d.serial).toFixed(0)}% of the shorter adds to the longer (0%: the plain roofline)`] : []),
     ]

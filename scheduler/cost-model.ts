@@ -41,6 +41,10 @@ export interface DeviceRates {
   /** GPU only: bytes per second its layer calls move activations at (hidden rows in, output rows out,
    *  through the registered arena, fp32 conversions included). Absent: not charged (older calibrations). */
   activationBytesPerS?: number
+  /** GPU only: what a layer call of `rows` hidden rows the CPU has just written pays beyond their bytes
+   *  at activationBytesPerS (the device reads rows still in the writing core's cache slowly); charged
+   *  in proportion up to that many rows, in full from there (the cache holds no more). Absent: 0. */
+  freshRows?: { rows: number; seconds: number }
   /** GPU only: what a layer call costs beyond that when it goes to a libuv thread instead of running on
    *  the caller's (a call beside CPU work, or of more than `inlineRows` rows): the hand-over and the
    *  event loop's wake-up. Absent: not charged (older calibrations). */
@@ -184,7 +188,8 @@ export class CostModel {
   gpuLayerS(batchTokens: number, hiddenSize = 0): number {
     const g = this.calibration.gpu
     if (!g) return Infinity
-    const copies = g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0
+    const fresh = g.freshRows && g.freshRows.rows > 0 ? g.freshRows.seconds * Math.min(1, batchTokens / g.freshRows.rows) : 0
+    const copies = (g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0) + fresh
     return g.layerOverheadS + copies + (this.gpuCallsInline(batchTokens) ? 0 : (g.asyncCallS ?? 0))
   }
 

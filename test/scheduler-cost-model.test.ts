@@ -83,7 +83,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     cpu: { formats: { 'dense/bf16': probe, '2:4/bf16': probe }, layerOverhead: () => 12e-6 },
     // Kernel-timed GPU probes: their 5 µs intercept is the kernels' own cost a call, on top of the
     // 20 µs measured outside the kernels.
-    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => 21e9, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256, largeBatchTokens: 32 },
+    gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => ({ bytesPerS: 21e9, freshS: 200e-6, freshRows: 512 }), serial: () => 0.7, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256, largeBatchTokens: 32 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
@@ -98,6 +98,15 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   near(c.gpu!.readBytesPerS['dense/bf16']!, 1.5e12, 0.01, 'GPU GB/s')
   near(c.gpu!.flopsPerS['dense/bf16']!, 500e12, 0.05, 'GPU FLOP/s')
   t.equal(c.gpu!.activationBytesPerS, 21e9)
+  t.same(c.gpu!.freshRows, { rows: 512, seconds: 200e-6 })
+  t.equal(c.gpu!.serial, 0.7)
+  t.match(describeCalibration(c), /activations 21\.0 GB\/s \(\+200(\.0)? µs a call of 512 rows just written\)/)
+  t.match(describeCalibration(c), /reads and arithmetic: 70% of the shorter adds to the longer/)
+  // Rows just written cost in proportion up to the measured call's rows, then in full.
+  const cm = new CostModel(c)
+  const layer = (T: number) => cm.gpuLayerS(T, 2048) - (4 * 2048 * T) / 21e9 // less the rows' bytes at the rate
+  near(layer(256) - layer(1), (255 / 512) * 200e-6, 1e-6, 'half the rows, half the cost')
+  t.ok(Math.abs(layer(4096) - layer(512)) < 1e-12, 'flat from 512 rows (exactly)')
   near(c.gpu!.layerOverheadS, 25e-6, 0.01, 'GPU layer overhead: outside the kernels + the kernels\' intercept')
   t.equal(c.gpu!.expertOverheadS, 1e-6)
   t.equal(c.cpu.activationBytesPerS, undefined, 'the CPU reads activations in place')
