@@ -13,7 +13,7 @@ echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version -
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1
 echo "calibrate rc $?"; tail -12 $O/B/calibrate.txt; touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
-OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-1:0.25 4096:0.25 256:0.25 4096:0.1 16:0.25}" timeout -k 5 260 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-256:0.25 4096:0.25 1:0.25 4096:0.1 16:0.25}" timeout -k 5 260 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall|layer [0-9]" $O/B/stdout.txt
 pack
 timeout -k 5 80 $H bench overhead --models tiny-rre,tiny-gate --gap-us 0,300 --iters 2000 --json $O/C/overhead.json > $O/C/stdout.txt 2>/dev/null
