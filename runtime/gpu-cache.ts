@@ -5,7 +5,9 @@
 //   hetmoe         the placement plan's experts stay resident (pinned); per batch, cold experts are
 //                  streamed in when the cost model says copy + GPU beats the CPU (prefill), then dropped.
 //                  Their copies run off the JavaScript thread while the CPU works on the rest of the
-//                  batch (GpuBatchChoice.streamed): the cost model charges a copy to the GPU side only
+//                  batch (GpuBatchChoice.streamed): the cost model charges a copy to the GPU side only.
+//                  RRE models know a batch's next layer before it runs: prefetch() starts that layer's
+//                  copies as soon as this one lets go of its own (lookahead)
 //   on-demand-lru  every active expert runs on the GPU, copied in when missing; LRU eviction
 //                  (mixtral-offloading)
 //   fiddler-rule   resident experts on the GPU; a missing expert runs on the CPU below 10 tokens,
@@ -80,6 +82,10 @@ export class GpuExpertCache {
   /** Streaming copies under way, by expert: a batch that wants one a batch before it is copying in
    *  waits for that copy instead of starting another. */
   readonly #streamingNow = new Map<number, Promise<boolean>>()
+  /** Per layer, the experts prefetch() is copying in (or has) for the next batch to reach it: pinned
+   *  until that batch chooses, then left to it. */
+  readonly #prefetched = new Map<number, { experts: number[]; taken: boolean }>()
+  prefetches = 0
   #stopped = false
   uploads = 0
   evictions = 0
@@ -147,8 +153,12 @@ export class GpuExpertCache {
     // is nothing to decide (the common case at decode with a good placement).
     let streaming: number[] = []
     if (this.strategy === 'hetmoe' && this.#cost && cold > 0 && !this.#uploadInFlight) {
-      const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
-      streaming = s.stream
+      // Experts already being copied in (a prefetch, or a batch beside this one) are taken as they
+      // come: their copies are paid for, and their bytes are already out of the room.
+      const coming = (e: number) => this.#streamingNow.has(key(layer, e))
+      const s = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e) || coming(e), this.#cost, this.#gpu.budgetBytes - this.#gpu.residentBytes(), batchTokens)
+      for (let e = 0; e < counts.length; e++) if (counts[e] > 0 && coming(e) && !this.#leaving.has(key(layer, e))) streaming.push(e)
+      streaming.push(...s.stream)
     }
     for (const e of onGpu) this.#touch(layer, e)
     let uploaded = 0
@@ -163,6 +173,7 @@ export class GpuExpertCache {
     for (const e of temporary) if (onGpu.has(e)) this.#temporary.add(key(layer, e))
     for (const e of streaming) this.#pin(layer, e)
     const streamed = streaming.length ? this.#streamIn(layer, streaming) : Promise.resolve(new Set<number>())
+    this.#takePrefetch(layer) // after this batch's pins: what it uses stays, the rest goes
     return {
       onGpu,
       uploaded,
@@ -288,6 +299,51 @@ export class GpuExpertCache {
     this.#gpu.evict(layer, e)
     this.#lru.delete(key(layer, e))
     this.evictions++
+  }
+
+  /**
+   * Lookahead (hetmoe strategy, RRE): starts copying in the experts the next batch to reach `layer`
+   * would stream, given its routed `counts` (known from its token ids before the layer runs), with the
+   * room the budget has now. Their copies queue behind any under way and overlap whatever runs until
+   * that batch reaches the layer (the app's own work between layers). That batch's choose() finds
+   * them resident, or joins their copies; any it does not use are dropped then. A second prefetch
+   * for the layer replaces the first. Returns the experts whose copies it started or joined.
+   */
+  prefetch(layer: number, counts: Int32Array, batchTokens: number): number[] {
+    this.#takePrefetch(layer)
+    if (this.strategy !== 'hetmoe' || !this.#cost || this.#stopped || this.#uploadInFlight) return []
+    const room = this.#gpu.budgetBytes - this.#gpu.residentBytes()
+    const plan = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, room, batchTokens)
+    const experts = plan.stream.filter((e) => !this.isResident(layer, e))
+    if (experts.length === 0) return []
+    for (const e of experts) this.#pin(layer, e)
+    const entry = { experts, taken: false }
+    this.#prefetched.set(layer, entry)
+    this.prefetches++
+    // Copies that land after their batch chose without them are dropped as they land.
+    void this.#streamIn(layer, experts).then(() => {
+      if (entry.taken) this.#dropUnused(layer, experts)
+    })
+    return experts
+  }
+
+  /** The layer's prefetch meets its batch (or is replaced): its pins go; arrived experts nobody uses go. */
+  #takePrefetch(layer: number): void {
+    const entry = this.#prefetched.get(layer)
+    if (!entry) return
+    this.#prefetched.delete(layer)
+    entry.taken = true
+    for (const e of entry.experts) this.#unpin(layer, e)
+    this.#dropUnused(layer, entry.experts)
+  }
+
+  /** Drops experts streamed in (temporary) that no batch holds. */
+  #dropUnused(layer: number, experts: readonly number[]): void {
+    if (this.#stopped) return
+    for (const e of experts) {
+      const k = key(layer, e)
+      if (!this.#inUse.has(k) && this.#temporary.delete(k)) this.#evict(layer, e)
+    }
   }
 
   /** Streams a batch's experts in (pinned by the caller until its release), one copy at a time off this thread. An expert

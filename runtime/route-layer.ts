@@ -43,6 +43,16 @@ function routerOf(model: RoutingModel, layer: number): RreRouter | GateRouter {
   return r
 }
 
+/** Tokens per expert that `tokenIds` will route to in an RRE layer (lookahead: no hidden states
+ *  needed); undefined for a gated layer. Throws as routing would on bad ids or an unknown domain. */
+export function rreCounts(model: RoutingModel, layer: number, tokenIds: Int32Array, domain: string | number): Int32Array | undefined {
+  const router = routerOf(model, layer)
+  if (!(router instanceof RreRouter)) return undefined
+  const counts = new Int32Array(router.numExperts)
+  router.countInto(tokenIds, domain, counts)
+  return counts
+}
+
 /** BAD_INPUT naming hidden[i], the first NaN/Inf (native scan: at D = 4096 a JavaScript loop cost 100 µs). */
 function notFinite(h: Float32Array, i: number, D: number): HetmoeError {
   const row = Math.floor(i / D)

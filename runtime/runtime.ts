@@ -9,7 +9,7 @@ import { envConfig } from './config.js'
 import { combineTopK, copyRows, sharedGate } from './combine.js'
 import type { ExpertBackend, ExpertWork, LayerWork } from './layer-work.js'
 import type { ModelManifest } from '../experts/manifest.js'
-import { routeLayer, type Selection } from './route-layer.js'
+import { routeLayer, rreCounts, type Selection } from './route-layer.js'
 import { CpuBackend } from './cpu-backend.js'
 import { openGpu, type GpuExpertBackend } from './gpu-open.js'
 import type { Model } from '../experts/model.js'
@@ -105,6 +105,12 @@ export interface LayerStats {
   gpuStagedCalls: number
 }
 
+/** HETMOE_PREFETCH=0 (measurements): no lookahead copies for the next layer (GpuExpertCache.prefetch). */
+const PREFETCH = process.env.HETMOE_PREFETCH !== '0'
+/** Batches smaller than this look no layer ahead: a streamed copy costs milliseconds and an expert's CPU
+ *  time at decode tens of µs, so nothing would be streamed, and decode forwards keep the few µs. */
+const PREFETCH_MIN_TOKENS = 32
+
 export interface RuntimeStats {
   layers: LayerStats[]
   gpu: {
@@ -115,8 +121,10 @@ export interface RuntimeStats {
     residentBytes: number
     failures: number
     strategy: GpuStrategy | null
-    /** Expert copies to the GPU after start (streaming and cache misses), and evictions. */
+    /** Expert copies to the GPU after start (streaming, lookahead and cache misses), and evictions. */
     uploads: number
+    /** Lookahead prefetches started (RRE: the next layer's streamed experts, copied in early). */
+    prefetches: number
     evictions: number
     /** Re-placements applied, the experts they copied in and dropped, and whether one is under way. */
     replacements: number
@@ -230,6 +238,7 @@ export class Runtime extends EventEmitter {
     const shared = m.layers[layer].sharedExperts.length
     const leases: Lease[] = []
     const releases: (() => void)[] = []
+    let done = false
     const lease = (bytes: number) => {
       const l = this.#arena.lease(bytes)
       leases.push(l)
@@ -376,10 +385,30 @@ export class Runtime extends EventEmitter {
       st.ms.total += tEnd - t0
       if (gpuDone) (st.gpuForwards++, (st.ms.gpu += gpuDone - tRoute))
       if (cpuDone) (st.cpuForwards++, (st.ms.cpu += cpuDone - tRoute))
+      done = true
       return out
     } finally {
       for (const r of releases) r()
       for (const l of leases) l.release()
+      if (done) this.#prefetchNext(layer, options)
+    }
+  }
+
+  /**
+   * Lookahead (RRE): once a forward of `layer` has let go of its streamed experts, the copies its
+   * batch will want at the next layer start, to overlap what the app does in between. Any error
+   * (the next layer gated, the domain unknown there) only means no prefetch: that forward reports it.
+   */
+  #prefetchNext(layer: number, options: ForwardOptions): void {
+    const next = layer + 1
+    if (!PREFETCH || !this.#cache || !this.#gpuHealthy || next >= this.#manifest.layers.length || !options.tokenIds || options.domain === undefined) return
+    if (options.tokenIds.length < PREFETCH_MIN_TOKENS || this.#cache.strategy !== 'hetmoe') return
+    if (options.signal?.aborted) return
+    try {
+      const counts = rreCounts(this.model, next, options.tokenIds, options.domain)
+      if (counts) this.#cache.prefetch(next, counts, options.tokenIds.length)
+    } catch {
+      // nothing prefetched
     }
   }
 
@@ -429,6 +458,7 @@ export class Runtime extends EventEmitter {
         failures: this.#gpuFailures,
         strategy: this.#cache?.strategy ?? null,
         uploads: this.#cache?.uploads ?? 0,
+        prefetches: this.#cache?.prefetches ?? 0,
         evictions: this.#cache?.evictions ?? 0,
         ...(this.#replacement?.stats() ?? { replacements: 0, expertsMovedIn: 0, expertsMovedOut: 0, replacing: false }),
       },

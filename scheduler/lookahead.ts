@@ -1,8 +1,8 @@
 // Lookahead for RRE models: routes depend only on token ids, so as soon as a batch's ids are known
-// the experts of *every* layer are too, and which of them a batch would stream. An embedding app (or a
-// future runtime prefetch) can start copying those weights while earlier layers compute. The runtime
-// does not prefetch across layers yet: it streams a layer's cold experts when that layer's forward
-// starts, beside its CPU work (runtime/gpu-cache.ts).
+// the experts of *every* layer are too, and which of them a batch would stream. This is the planner's
+// view over all layers at once; the runtime looks one layer ahead with the same decision
+// (runtime/gpu-cache.ts: prefetch, started when a forward of the layer before lets go of its own
+// streamed experts, so that the copies overlap what the app does between layers).
 import type { CostModel, ExpertShape } from './cost-model.js'
 import type { RreRouter } from './route-rre.js'
 import { planStreaming } from './streaming.js'

@@ -262,6 +262,43 @@ t.test('hetmoe streaming: cold experts are copied in while the CPU works on the 
   m.close()
 })
 
+t.test('lookahead (RRE): a forward starts the next layer\'s copies for its batch; a different batch drops them', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const cal = testCalibration()
+  const slowCpu = { ...cal, cpu: { ...cal.cpu, flopsPerS: { 'dense/bf16': 1e9 }, readBytesPerS: { 'dense/bf16': 1e9 } } }
+  const delay = 40
+  const gpu = new FakeGpu(m, new Map([[0, [0]], [1, [0]]]))
+  gpu.budgetBytes = 4 * gpu.expertBytes
+  gpu.uploadDelayMs = delay
+  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu, _calibration: slowCpu, replace: false, plan: { layers: [{ layer: 0, gpuExperts: [0] }, { layer: 1, gpuExperts: [0] }] } })
+  gpu.arena = rt.arena
+  await checkLayer(t, rt, m, 0, 200, 80)
+  t.equal(rt.stats().gpu.prefetches, 1, 'layer 0 of the batch prefetched for layer 1')
+  await new Promise((r) => setTimeout(r, 3 * delay)) // the app's work between layers: the copies land
+  const landed = gpu.resident().get(1) ?? []
+  t.ok(landed.length > 1, `layer 1's streamed experts are resident before it runs (${landed.join(' ')})`)
+  await checkLayer(t, rt, m, 1, 200, 80) // the same batch (same ids and domain) at layer 1
+  const st = rt.stats().layers[1]
+  t.ok(st.ms.gpu < delay, `its GPU side did not wait for copies (${st.ms.gpu.toFixed(1)} ms)`)
+  t.ok(st.gpuExperts > 1, 'and ran the prefetched experts')
+  t.same(gpu.resident().get(1), [0], 'which went after the batch')
+  t.equal(rt.stats().gpu.prefetches, 1, 'the last layer looks no further')
+
+  // A different batch (the other domain) at layer 1: the prefetched experts are not its; they go.
+  await checkLayer(t, rt, m, 0, 200, 82)
+  await new Promise((r) => setTimeout(r, 3 * delay))
+  await checkLayer(t, rt, m, 1, 200, 83)
+  await new Promise((r) => setTimeout(r, 3 * delay))
+  t.same(gpu.resident().get(1), [0], 'nothing left behind')
+  t.ok(gpu.maxResidentBytes <= gpu.budgetBytes, 'within the budget')
+  // Decode-size batches do not look ahead.
+  const before = rt.stats().gpu.prefetches
+  await checkLayer(t, rt, m, 0, 4, 84)
+  t.equal(rt.stats().gpu.prefetches, before)
+  await rt.close()
+  m.close()
+})
+
 t.test('GPU strategies: LRU within the budget, Fiddler threshold, stream-at-32 drops what it streamed', async (t) => {
   const m = await model(PRESETS.tiny)
   const make = async (strategy: 'on-demand-lru' | 'fiddler-rule' | 'stream-at-32', resident: [number, number[]][], budget: number) => {
