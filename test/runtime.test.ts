@@ -213,21 +213,24 @@ t.test('gated routing: a NaN hidden value is named by row and column; a damaged 
   damaged.close()
 })
 
-t.test('hetmoe streaming: cold experts are copied in while the CPU works on the rest, join the GPU call, and go after the batch', async (t) => {
-  const m = await model(PRESETS.tiny)
-  // A CPU slow enough (1 GFLOP/s) that a cold expert with a few dozen tokens is worth streaming.
+/** A hybrid runtime on the fake GPU whose copies take `delay` ms, expert 0 of each layer resident, room
+ *  for two streamed experts beside them (domain 0's other two cold ones stay on the CPU), and a CPU slow
+ *  enough (1 GFLOP/s) in the cost model that a cold expert with a few dozen tokens is worth streaming. */
+async function streamingRuntime(m: Model, delay: number): Promise<{ gpu: FakeGpu; rt: Runtime }> {
   const cal = testCalibration()
   const slowCpu = { ...cal, cpu: { ...cal.cpu, flopsPerS: { 'dense/bf16': 1e9 }, readBytesPerS: { 'dense/bf16': 1e9 } } }
+  const gpu = new FakeGpu(m, new Map([[0, [0]], [1, [0]]]))
+  gpu.budgetBytes = 4 * gpu.expertBytes
+  gpu.uploadDelayMs = delay
+  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu, _calibration: slowCpu, replace: false, plan: { layers: [{ layer: 0, gpuExperts: [0] }, { layer: 1, gpuExperts: [0] }] } })
+  gpu.arena = rt.arena
+  return { gpu, rt }
+}
+
+t.test('hetmoe streaming: cold experts are copied in while the CPU works on the rest, join the GPU call, and go after the batch', async (t) => {
+  const m = await model(PRESETS.tiny)
   const delay = 60
-  const make = async () => {
-    const gpu = new FakeGpu(m, new Map([[0, [0]], [1, [0]]]))
-    // Room for two streamed experts beside the two resident ones: domain 0's other two cold ones stay on the CPU.
-    gpu.budgetBytes = 4 * gpu.expertBytes
-    gpu.uploadDelayMs = delay
-    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu, _calibration: slowCpu, replace: false, plan: { layers: [{ layer: 0, gpuExperts: [0] }, { layer: 1, gpuExperts: [0] }] } })
-    gpu.arena = rt.arena
-    return { gpu, rt }
-  }
+  const make = () => streamingRuntime(m, delay)
   {
     const { gpu, rt } = await make()
     await checkLayer(t, rt, m, 0, 200, 70) // domain 0: ~50 tokens for each of its 4 experts
@@ -264,14 +267,8 @@ t.test('hetmoe streaming: cold experts are copied in while the CPU works on the 
 
 t.test('lookahead (RRE): a forward starts the next layer\'s copies for its batch; a different batch drops them', async (t) => {
   const m = await model(PRESETS.tiny)
-  const cal = testCalibration()
-  const slowCpu = { ...cal, cpu: { ...cal.cpu, flopsPerS: { 'dense/bf16': 1e9 }, readBytesPerS: { 'dense/bf16': 1e9 } } }
   const delay = 40
-  const gpu = new FakeGpu(m, new Map([[0, [0]], [1, [0]]]))
-  gpu.budgetBytes = 4 * gpu.expertBytes
-  gpu.uploadDelayMs = delay
-  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 8 << 20, _gpuBackend: gpu, _calibration: slowCpu, replace: false, plan: { layers: [{ layer: 0, gpuExperts: [0] }, { layer: 1, gpuExperts: [0] }] } })
-  gpu.arena = rt.arena
+  const { gpu, rt } = await streamingRuntime(m, delay)
   await checkLayer(t, rt, m, 0, 200, 80)
   t.equal(rt.stats().gpu.prefetches, 1, 'layer 0 of the batch prefetched for layer 1')
   await new Promise((r) => setTimeout(r, 3 * delay)) // the app's work between layers: the copies land
