@@ -148,8 +148,8 @@ export class GpuExpertCache {
         temporary.push(e)
       }
     }
-    // While a re-placement copies an expert in, streaming (a synchronous copy) would wait for that
-    // copy on this thread: this batch's cold experts stay on the CPU instead. With none cold there
+    // While a re-placement copies an expert in, streaming copies would queue behind that copy and the
+    // GPU side would wait for both: this batch's cold experts stay on the CPU instead. With none cold there
     // is nothing to decide (the common case at decode with a good placement).
     let streaming: number[] = []
     if (this.strategy === 'hetmoe' && this.#cost && cold > 0 && !this.#uploadInFlight) {
@@ -346,8 +346,8 @@ export class GpuExpertCache {
     }
   }
 
-  /** Streams a batch's experts in (pinned by the caller until its release), one copy at a time off this thread. An expert
-   *  another batch is copying in is waited for; one that is already resident is taken as it is. A
+  /** Streams a batch's experts in (pinned by the caller until its release), one copy at a time off
+   *  this thread. An expert another batch is copying in is waited for; one already resident is taken. A
    *  failed copy (no room left: batches beside this one streamed too; or a device error, which the
    *  layer call will meet and report) leaves its expert on the CPU. Resolves with the experts resident. */
   async #streamIn(layer: number, experts: readonly number[]): Promise<Set<number>> {
