@@ -69,6 +69,8 @@ tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, wor
         if (values.json) console.log(JSON.stringify({ model: model.dir, gpu: stats.gpu, cpuThreads: stats.cpuThreads, report, ...(vsPlan ? { plan: vsPlan } : {}) }, null, 2))
         else {
           console.log(`devices  ${stats.gpu.enabled ? `GPU ${stats.gpu.device} (${stats.gpu.residentExperts} resident experts) + ` : 'CPU only: '}${stats.cpuThreads} CPU threads`)
+          // Streaming: copies of cold experts for single batches (of them, lookahead's for the next layer).
+          if (stats.gpu.uploads > 0) console.log(`copies   ${stats.gpu.uploads} expert copies to the GPU for single batches; ${stats.gpu.prefetches} lookaheads started some a layer early`)
           console.log(formatStreamReport(report))
           if (vsPlan) console.log(`plan     predicted ${vsPlan.predictedTokensPerS.toFixed(1)} tokens/s at batch ${batch} (${vsPlan.prediction}); measured/predicted ${vsPlan.ratio.toFixed(2)}`)
         }
