@@ -313,8 +313,7 @@ export class GpuExpertCache {
     this.#takePrefetch(layer)
     if (this.strategy !== 'hetmoe' || !this.#cost || this.#stopped || this.#uploadInFlight) return []
     const room = this.#gpu.budgetBytes - this.#gpu.residentBytes()
-    const plan = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, room, batchTokens)
-    const experts = plan.stream.filter((e) => !this.isResident(layer, e))
+    const experts = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, room, batchTokens).stream // cold ones only
     if (experts.length === 0) return []
     for (const e of experts) this.#pin(layer, e)
     const entry = { experts, taken: false }

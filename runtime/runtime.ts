@@ -105,6 +105,12 @@ export interface LayerStats {
   gpuStagedCalls: number
 }
 
+/** Waits for every job (none is left running on shared buffers), then throws the first failure. */
+async function settleAll(jobs: Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(jobs)).find((s): s is PromiseRejectedResult => s.status === 'rejected')
+  if (failed) throw failed.reason
+}
+
 /** HETMOE_PREFETCH=0 (measurements): no lookahead copies for the next layer (GpuExpertCache.prefetch). */
 const PREFETCH = process.env.HETMOE_PREFETCH !== '0'
 /** Batches smaller than this look no layer ahead: a streamed copy costs milliseconds and an expert's CPU
@@ -333,9 +339,7 @@ export class Runtime extends EventEmitter {
           const sides: Promise<unknown>[] = []
           if (gpuWork.length) sides.push(this.#runGpu(gpuJob, options.signal, { inline: false, besideCpu: besideCpu || late.length > 0 }).then(() => void (gpuDone = performance.now())))
           if (late.length) sides.push(this.#cpu.run({ layer, hidden: hiddenRef, out: outRef, experts: late }, options.signal, gpuWork.length > 0).then(() => void (lateCpuDone = performance.now())))
-          const settled = await Promise.allSettled(sides)
-          const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-          if (failed) throw failed.reason
+          await settleAll(sides)
         })
         jobs.push(streamed)
       } else if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
@@ -351,9 +355,7 @@ export class Runtime extends EventEmitter {
         await cpuJobs[0]
       } else {
         if (cpuJobs.length) jobs.push(Promise.all(cpuJobs).then(() => void (cpuDone = performance.now())))
-        const settled = await Promise.allSettled(jobs)
-        const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected')
-        if (failed) throw failed.reason
+        await settleAll(jobs)
       }
       throwIfAborted(options.signal)
       const tCompute = performance.now()
