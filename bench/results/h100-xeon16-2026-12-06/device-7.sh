@@ -4,7 +4,8 @@
 #   B. issue #6: calibration (now with DeviceRates.freshRows, never measured before), then place vs run on
 #      sigma-lite: 256 and 4096 with 25% (all GPU: the fresh-row charge), 4096 with 10% (hybrid, streaming,
 #      lookahead prefetch), batch 1 and 16; then the 10% plan again with HETMOE_PREFETCH=0 and again with it on
-#   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs); W: route and combine at real widths
+#   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs); W: route and combine at real widths,
+#      then bench/width-probe.ts splits them (copy in, gate on this thread or the crew, combine)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-7.sh
 set -u
 O=/tmp/o7; mkdir -p $O/T $O/B $O/C $O/W
@@ -40,5 +41,8 @@ echo "C (µs, route+dispatch+combine): $(grep -E '^dispatch' $O/C/stdout.txt | a
 pack
 timeout -k 5 60 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/W/width.json > $O/W/stdout.txt 2>/dev/null
 echo "W: $(grep -E '^width' $O/W/stdout.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
+for v in 4 1; do
+  HETMOE_GATE_BLOCK_TOKENS=$v timeout -k 5 60 node dist/bench/width-probe.js 1,4,16 1000 --json $O/W/probe-b$v.json > $O/W/probe-b$v.txt 2>&1; echo "W probe, gate blocks of $v tokens:"; cat $O/W/probe-b$v.txt
+done
 pack
 echo "done at $SECONDS s"
