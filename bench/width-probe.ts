@@ -9,6 +9,9 @@
 //   copy-in       copying T × D floats into the arena on this thread (what route/plain adds)
 //   gate/thread   the gate's logits on this thread (native gateLogits, weights hot)
 //   gate/crew     the same shared with the crew's workers (CpuCrew.gateLogits; "-" when not shared)
+//   select/js     top-k and weights from those logits in JavaScript (GateRouter.routeLogits)
+//   select/native the same natively (native gateSelect, the same bits; the runtime uses it for
+//                 unrenormalised gates from 128 logits, route-layer.ts)
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -21,6 +24,8 @@ import { copyF32 } from '../runtime/combine.js'
 import { native } from '../runtime/native.js'
 import type { GateRouting } from '../experts/manifest.js'
 import { benchMachine } from './support/machine.js'
+import { GateRouter } from '../scheduler/route-gate.js'
+import { allocSelection } from '../scheduler/selection.js'
 
 const PRESETS: SynthPreset[] = [
   { name: 'mixtral-width', layers: 1, hidden: 4096, inner: 16, ffn: 'swiglu', routing: { kind: 'gate', experts: 8, topK: 2, normalize: true }, vocabSize: 32000 },
@@ -46,7 +51,7 @@ const timeUs = (f: () => void) => {
 const dir = mkdtempSync(join(tmpdir(), 'hetmoe-width-'))
 const rows: Record<string, number | string>[] = []
 console.log(`width probe, ${benchMachine().cpu}, ${iters} calls a part, median µs`)
-console.log('model          T  route/plain route/arena combine copy-in gate/thread gate/crew')
+console.log('model          T  route/plain route/arena combine copy-in gate/thread gate/crew select/js select/native')
 try {
   for (const preset of PRESETS) {
     await synthModel({ preset, out: join(dir, preset.name) })
@@ -86,10 +91,15 @@ try {
       const gateCrew = timeUs(() => {
         shared = crew.gateLogits(h, { weightsId: model.weightsId!, offset: routing.weight.offset }, T, D, E, logits, 0) !== undefined && shared
       })
-      const row = { model: preset.name, tokens: T, routePlainUs: p.route, routeArenaUs: a.route, combineUs: a.combine, copyInUs: copy, gateThreadUs: gateThread, gateCrewUs: shared ? gateCrew : '-' }
+      const K = routing.topK
+      const router = new GateRouter({ weight: W, numExperts: E, hiddenSize: D, topK: K, normalize: routing.normalize })
+      const sel = allocSelection(E, T * K)
+      const selectJs = timeUs(() => router.routeLogits(logits, T, sel))
+      const selectNative = timeUs(() => native().gateSelect(logits, T, E, K, routing.normalize, sel.counts, sel.offsets, sel.tokenRows, sel.outRows, sel.scales))
+      const row = { model: preset.name, tokens: T, routePlainUs: p.route, routeArenaUs: a.route, combineUs: a.combine, copyInUs: copy, gateThreadUs: gateThread, gateCrewUs: shared ? gateCrew : '-', selectJsUs: selectJs, selectNativeUs: selectNative }
       rows.push(row)
       const f = (v: number | string, w: number) => (typeof v === 'number' ? v.toFixed(1) : v).padStart(w)
-      console.log(`${preset.name.padEnd(14)} ${String(T).padStart(2)} ${f(p.route, 12)} ${f(a.route, 11)} ${f(a.combine, 7)} ${f(copy, 7)} ${f(gateThread, 11)} ${f(row.gateCrewUs, 9)}`)
+      console.log(`${preset.name.padEnd(14)} ${String(T).padStart(2)} ${f(p.route, 12)} ${f(a.route, 11)} ${f(a.combine, 7)} ${f(copy, 7)} ${f(gateThread, 11)} ${f(row.gateCrewUs, 9)} ${f(selectJs, 9)} ${f(selectNative, 13)}`)
       hLease.release()
       oLease.release()
       lLease.release()

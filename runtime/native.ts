@@ -252,6 +252,14 @@ export interface NativeRouterApi {
    * logits, not the hidden states (native/cpu/router_math.h: checkLogits).
    */
   gateLogits(hidden: Float32Array, weight: Float32Array, T: number, D: number, E: number, logits: Float64Array): number
+  /**
+   * The top-k selection of T tokens' finite gate logits (float64 [T × E]) into the selection arrays
+   * (scheduler/selection.ts): the same experts, order and weight bits as GateRouter.routeLogits
+   * (native/cpu/gate_select.h). Returns T·K.
+   */
+  gateSelect(logits: Float64Array, T: number, E: number, K: number, normalize: boolean, counts: Int32Array, offsets: Int32Array, tokenRows: Int32Array, outRows: Int32Array, scales: Float32Array): number
+  /** out[i] = exp(x[i]) by fdlibm's algorithm, as gateSelect computes it (tests: the same doubles as Math.exp). */
+  fdlibmExp(x: Float64Array, out: Float64Array): void
   /** Index of the first NaN or ±Inf among x[0..n), else -1. */
   firstNonFinite(x: Float32Array, n: number): number
   /** The fewest values firstNonFinite shares with its thread pool, whose threads sleep between scans (0: never). */

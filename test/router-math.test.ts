@@ -1,6 +1,7 @@
 // The native router arithmetic (native/cpu/router_math.h) against the JavaScript it replaces: gate
-// selections bit-for-bit equal to GateRouter.route on every ISA the machine runs, the finiteness
-// scan, and the combine against a float64 sum.
+// selections bit-for-bit equal to GateRouter.route on every ISA the machine runs, the native top-k
+// selection and its exp against the JavaScript's, the finiteness scan, and the combine against a
+// float64 sum.
 import t from 'tap'
 import { GateRouter } from '../scheduler/route-gate.js'
 import { allocSelection } from '../scheduler/selection.js'
@@ -44,6 +45,42 @@ t.test('native gate logits route exactly as the JavaScript router (every ISA lev
       t.ok(same, `T=${T} D=${D} E=${E} K=${K} ${isa || 'best ISA'}: same experts, rows and weights, bit for bit`)
     }
   }
+})
+
+t.test('native top-k selection: the same experts, rows and weight bits as GateRouter.routeLogits', async (t) => {
+  // Logits drawn from a few values make ties common (ties go to the lower expert index); wide ones
+  // push exp's argument down to where it underflows.
+  const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)
+  let cases = 0
+  for (const [T, E, K] of [[1, 8, 2], [16, 8, 2], [16, 64, 6], [5, 3, 3], [33, 128, 8], [4, 1, 1], [64, 256, 8], [7, 13, 1]])
+    for (const normalize of [false, true])
+      for (const draw of ['normal', 'ties', 'wide'] as const) {
+        const logits = Float64Array.from({ length: T * E }, () => (draw === 'ties' ? Math.floor(rand() * 4) : draw === 'wide' ? (rand() - 0.5) * 2000 : (rand() - 0.5) * 8))
+        const router = new GateRouter({ weight: new Float32Array(E), numExperts: E, hiddenSize: 1, topK: K, normalize })
+        const js = allocSelection(E, T * K)
+        router.routeLogits(logits, T, js)
+        const nat = allocSelection(E, T * K)
+        nat.scales.fill(NaN)
+        nat.tokenRows.fill(-1)
+        t.equal(native().gateSelect(logits, T, E, K, normalize, nat.counts, nat.offsets, nat.tokenRows, nat.outRows, nat.scales), T * K)
+        const differ = (['counts', 'offsets', 'tokenRows', 'outRows', 'scales'] as const).filter((k) => !bytes(js[k]).equals(bytes(nat[k])))
+        if (differ.length) t.fail(`T=${T} E=${E} K=${K} normalize=${normalize} ${draw}: ${differ.join(', ')} differ`)
+        cases++
+      }
+  t.pass(`${cases} selections bit for bit`)
+  t.throws(() => native().gateSelect(new Float64Array(8), 1, 8, 9, true, new Int32Array(8), new Int32Array(9), new Int32Array(9), new Int32Array(9), new Float32Array(9)), /K must be in \[1, E\]/)
+  t.throws(() => native().gateSelect(new Float64Array(8), 1, 8, 2, true, new Int32Array(8), new Int32Array(9), new Int32Array(1), new Int32Array(2), new Float32Array(2)), /tokenRows holds 1 values; 2 needed/)
+})
+
+t.test('the native exp is fdlibm\'s: the same doubles as Math.exp (V8 runs fdlibm), so no libm decides a weight', async (t) => {
+  const n = 1 << 20
+  const x = Float64Array.from({ length: n }, (_, i) => [-rand() * 760, -rand() * 2, (rand() - 0.5) * 1420, -rand() * 1e-6][i % 4])
+  const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 709.78, 709.79, -745.13, -745.14, -708.4, 2 ** -28, -(2 ** -28), 2 ** -29, 0.5 * Math.LN2, -0.5 * Math.LN2, 1.5 * Math.LN2, -1.5 * Math.LN2, Number.MIN_VALUE, -Number.MAX_VALUE]
+  const all = Float64Array.from([...special, ...x])
+  const out = new Float64Array(all.length)
+  native().fdlibmExp(all, out)
+  const bad = all.findIndex((v, i) => !Object.is(out[i], Math.exp(v)))
+  t.equal(bad, -1, bad < 0 ? `${all.length} arguments, every result the same double` : `exp(${all[bad]}) = ${out[bad]}, Math.exp gives ${Math.exp(all[bad])}`)
 })
 
 t.test('the summation order is the documented one (eight lanes, tail into lane 0, fixed tree)', async (t) => {

@@ -5,6 +5,7 @@
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
 #include "cpu/gate_job.h"
+#include "cpu/gate_select.h"
 #include "cpu/parallel_scan.h"
 #include "cpu/router_math.h"
 
@@ -32,6 +33,31 @@ Napi::Value GateLogits(const Napi::CallbackInfo& cb) {
   auto w = atLeast(typedSpan<float>(cb[1], napi_float32_array, "gate weight"), int64_t(E) * D, env, "gate weight");
   auto out = atLeast(typedSpan<double>(cb[5], napi_float64_array, "logits"), int64_t(T) * E, env, "logits");
   return Napi::Number::New(env, static_cast<double>(cpu::gateLogits(x.data, w.data, T, D, E, out.data)));
+}
+
+// gateSelect(logits f64 [T×E], T, E, K, normalize, counts i32 [E], offsets i32 [E+1], tokenRows i32 [T·K],
+// outRows i32 [T·K], scales f32 [T·K]) → T·K: the top-k selection of finite logits (gate_select.h).
+Napi::Value GateSelect(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  const int T = dim(cb[1], "T"), E = dim(cb[2], "E"), K = dim(cb[3], "K");
+  if (E < 1 || K < 1 || K > E) throw Napi::RangeError::New(env, "K must be in [1, E]");
+  const int64_t rows = int64_t(T) * K;
+  auto l = atLeast(typedSpan<double>(cb[0], napi_float64_array, "logits"), int64_t(T) * E, env, "logits");
+  auto counts = atLeast(typedSpan<int32_t>(cb[5], napi_int32_array, "counts"), E, env, "counts");
+  auto offsets = atLeast(typedSpan<int32_t>(cb[6], napi_int32_array, "offsets"), int64_t(E) + 1, env, "offsets");
+  auto tokenRows = atLeast(typedSpan<int32_t>(cb[7], napi_int32_array, "tokenRows"), rows, env, "tokenRows");
+  auto outRows = atLeast(typedSpan<int32_t>(cb[8], napi_int32_array, "outRows"), rows, env, "outRows");
+  auto scales = atLeast(typedSpan<float>(cb[9], napi_float32_array, "scales"), rows, env, "scales");
+  const bool normalize = cb[4].ToBoolean().Value();
+  return Napi::Number::New(env, static_cast<double>(cpu::gateSelect(l.data, T, E, K, normalize, counts.data, offsets.data, tokenRows.data, outRows.data, scales.data)));
+}
+
+// fdlibmExp(x f64, out f64): out[i] = exp(x[i]) as gate_select.h computes it (for tests).
+Napi::Value FdlibmExp(const Napi::CallbackInfo& cb) {
+  auto x = typedSpan<double>(cb[0], napi_float64_array, "x");
+  auto out = atLeast(typedSpan<double>(cb[1], napi_float64_array, "out"), int64_t(x.length), cb.Env(), "out");
+  for (size_t i = 0; i < x.length; ++i) out.data[i] = cpu::fdlibmExp(x.data[i]);
+  return cb.Env().Undefined();
 }
 
 // firstNonFinite(x f32, n) → index of the first NaN/±Inf among x[0..n), else -1.
@@ -98,6 +124,8 @@ Napi::Value CombineJobRun(const Napi::CallbackInfo& cb) {
 
 void registerRouter(Napi::Env env, Napi::Object exports) {
   exports.Set("gateLogits", Napi::Function::New(env, GateLogits, "gateLogits"));
+  exports.Set("gateSelect", Napi::Function::New(env, GateSelect, "gateSelect"));
+  exports.Set("fdlibmExp", Napi::Function::New(env, FdlibmExp, "fdlibmExp"));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite, "firstNonFinite"));
   exports.Set("scanPoolMinFloats", Napi::Function::New(env, ScanPoolMinFloats, "scanPoolMinFloats"));
   exports.Set("combineRows", Napi::Function::New(env, CombineRows, "combineRows"));
