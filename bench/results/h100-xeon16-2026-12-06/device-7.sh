@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Call 7 (about 5-6 minutes on a fresh machine), packed into $OUT/all.tgz:
-#   T. GPU tests: streaming and lookahead prefetch on the real device (new), async uploads, re-placement
+#   T. GPU tests: streaming and lookahead prefetch on the real device (new), async uploads
 #   B. issue #6: calibration (now with DeviceRates.freshRows, never measured before), then place vs run on
 #      sigma-lite: 256 and 4096 with 25% (all GPU: the fresh-row charge), 4096 with 10% (hybrid, streaming,
-#      lookahead prefetch), batch 1 and 16; then the 10% plan again with HETMOE_PREFETCH=0 and again with it on
+#      lookahead prefetch); then the 10% plan again with HETMOE_PREFETCH=0 and again with it on
 #   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs); W: route and combine at real widths,
 #      then bench/width-probe.ts splits them (copy in, gate on this thread or the crew, combine)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-7.sh
@@ -17,7 +17,7 @@ if ! node -e "require.resolve('tap')" 2>/dev/null; then
   mkdir -p node_modules/tap && cp test/gpu-tap-shim.cjs node_modules/tap/index.cjs
   echo '{"name":"tap","version":"0.0.0-shim","main":"index.cjs"}' > node_modules/tap/package.json
 fi
-for f in ${T_FILES:-gpu-runtime-stream gpu-upload-async gpu-runtime-replace}; do
+for f in ${T_FILES:-gpu-runtime-stream gpu-upload-async}; do
   timeout -k 5 60 node dist/test/$f.test.js > $O/T/$f.log 2>&1
   echo "T $f rc $?: $(grep -cE '^\s*ok' $O/T/$f.log) ok, $(grep -cE '^\s*not ok' $O/T/$f.log) not ok"; grep -E "not ok|# " $O/T/$f.log | head -6
 done
@@ -25,7 +25,7 @@ pack
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1
 echo "calibrate rc $?"; tail -14 $O/B/calibrate.txt; touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
-OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-256:0.25 4096:0.25 4096:0.1 1:0.25 16:0.25}" timeout -k 5 260 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-256:0.25 4096:0.25 4096:0.1}" timeout -k 5 260 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall|layer [0-9]" $O/B/stdout.txt
 pack
 # The 10% plan with and without lookahead prefetch (same plan and tokens), alternating.
@@ -41,7 +41,7 @@ echo "C (µs, route+dispatch+combine): $(grep -E '^dispatch' $O/C/stdout.txt | a
 pack
 timeout -k 5 60 $H bench overhead --models mixtral-width,fine-width --gap-us 0 --iters 1500 --json $O/W/width.json > $O/W/stdout.txt 2>/dev/null
 echo "W: $(grep -E '^width' $O/W/stdout.txt | awk '{printf "%s/T%s route %s combine %s; ", $2, $6, $9, $11}')"
-for v in 4 1; do
+for v in ${W_BLOCKS:-4}; do
   HETMOE_GATE_BLOCK_TOKENS=$v timeout -k 5 60 node dist/bench/width-probe.js 1,4,16 1000 --json $O/W/probe-b$v.json > $O/W/probe-b$v.txt 2>&1; echo "W probe, gate blocks of $v tokens:"; cat $O/W/probe-b$v.txt
 done
 pack
