@@ -3,7 +3,8 @@
 #   T. GPU tests: streaming and lookahead prefetch on the real device (new), async uploads
 #   B. issue #6: calibration (now with DeviceRates.freshRows, never measured before), then place vs run on
 #      sigma-lite: 256 and 4096 with 25% (all GPU: the fresh-row charge), 4096 with 10% (hybrid, streaming,
-#      lookahead prefetch); then the 10% plan again with HETMOE_PREFETCH=0 and again with it on
+#      lookahead prefetch); then the 10% plan again with HETMOE_PREFETCH=0 and again with it on; S: the 25% plan
+#      with the GPU wait sleeping and the main thread not joining the CPU job beside the GPU
 #   C. issue #7: the overhead headline on the tiny models (gaps 0 and 300 µs); W: route and combine at real widths,
 #      then bench/width-probe.ts splits them (copy in, gate on this thread or the crew, combine)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-7.sh
@@ -33,6 +34,15 @@ if [ -f $O/B/plan-b4096-0.1.json ]; then
   for v in 0 1 0 1; do
     HETMOE_PREFETCH=$v timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf.txt --domain 0 --json > $O/B/run-prefetch$v-$SECONDS.json 2>/dev/null
     node -e "const r=require('$O/B/run-prefetch$v-$SECONDS.json').report; console.log('P prefetch=$v tokens/s', r.tokensPerS.toFixed(0), 'gpu share', r.gpuTokenShare.toFixed(3), 'layer ms', r.perLayer.map(l=>l.msPerBatch.toFixed(1)).join(' '))" 2>&1 | tail -1
+  done
+fi
+# The 25% plan's small CPU side beside the GPU call (1.5-1.9x its calibrated time in calls 5-6): the GPU
+# wait spinning or sleeping, the main thread joining the CPU job or not.
+if [ -f $O/B/plan-b4096-0.25.json ]; then
+  for v in "" "HETMOE_GPU_SLEEP_BESIDE_CPU=1" "HETMOE_CPU_JOIN_BESIDE_GPU=0" "HETMOE_GPU_SLEEP_BESIDE_CPU=1 HETMOE_CPU_JOIN_BESIDE_GPU=0" ""; do
+    f=$O/B/run-b4096-0.25-${v// /+}-$SECONDS.json
+    env $v timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.25.json --tokens /tmp/zipf.txt --domain 0 --json > "$f" 2>/dev/null
+    node -e "const r=require('$f').report; console.log('S ${v:-default} tokens/s', r.tokensPerS.toFixed(0), 'cpu ms', r.perLayer.map(l=>(l.cpuMs??0).toFixed(2)).join(' '), 'gpu ms', r.perLayer.map(l=>(l.gpuMs??0).toFixed(2)).join(' '))" 2>&1 | tail -1
   done
 fi
 pack
