@@ -6,10 +6,6 @@ import { runCpuLayer, type CpuLayerExpert, type CpuLayerJob } from './cpu-layer-
 import type { Model } from '../experts/model.js'
 import { native, type CpuIsa } from './native.js'
 
-/** HETMOE_CPU_JOIN_BESIDE_GPU=0 (measurements): the calling thread does not join a CPU job that a GPU
- *  call of the same layer runs beside; it waits for the job instead, leaving its core to the workers. */
-const JOIN_BESIDE_GPU = process.env.HETMOE_CPU_JOIN_BESIDE_GPU !== '0'
-
 export class CpuBackend implements ExpertBackend {
   readonly kind = 'cpu' as const
   readonly #crew: CpuCrew
@@ -27,8 +23,9 @@ export class CpuBackend implements ExpertBackend {
   }
 
   /** Not async itself: a decode layer awaits the job's own promise, one trip through the microtask queue fewer.
-   *  `besideGpu`: a GPU call of the same layer runs meanwhile (see JOIN_BESIDE_GPU). */
-  run(work: LayerWork, signal?: AbortSignal, besideGpu = false): Promise<unknown> {
+   *  `join`: whether the calling thread runs blocks of the job (false: it waits, leaving its core to
+   *  the workers; runtime.ts says when); undefined: the crew's own rule (CrewRunOptions.join). */
+  run(work: LayerWork, signal?: AbortSignal, join?: boolean): Promise<unknown> {
     const n = work.experts.length
     if (n === 0) return Promise.resolve()
     const m = this.#model.manifest
@@ -59,6 +56,6 @@ export class CpuBackend implements ExpertBackend {
       experts,
       isa: this.#isa,
     }
-    return runCpuLayer(this.#crew, this.#arena, job, { signal, join: besideGpu && !JOIN_BESIDE_GPU ? false : undefined })
+    return runCpuLayer(this.#crew, this.#arena, job, { signal, join })
   }
 }

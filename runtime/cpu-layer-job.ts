@@ -29,6 +29,19 @@ const BLOCK_ROWS_ENV = (() => {
   return n
 })()
 
+/** HETMOE_CREW_SHARE_WORK (measurements): a posted job admits at most ⌊work / this⌋ of the crew's
+ *  workers (at least one; work = weight bytes × tokens, as SOLO_MAX_WORK counts it), so that a small
+ *  job is not contended by every spinning worker, each of which the retire then waits for. 0: no cap. */
+const SHARE_WORK = (() => {
+  const raw = process.env.HETMOE_CREW_SHARE_WORK
+  const n = raw === undefined || raw === '' ? 0 : Number(raw)
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`HETMOE_CREW_SHARE_WORK must be a non-negative integer (got "${raw}")`)
+  return n
+})()
+function maxWorkers(work: number): number {
+  return SHARE_WORK > 0 ? Math.max(1, Math.floor(work / SHARE_WORK)) : 0
+}
+
 const JOB_MAGIC = 0x314a4d48
 const HEADER_WORDS = 32
 const EXPERT_WORDS = 64
@@ -83,6 +96,9 @@ export interface RunCpuLayerOptions {
   /** Whether the calling thread runs the whole job alone, without the crew; defaults to the tiniest
    *  jobs only (runtime/cpu-crew.ts), never with `join: false` or testDieCount. */
   solo?: boolean
+  /** The most of the crew's workers that may go into the job (0: any); defaults to
+   *  HETMOE_CREW_SHARE_WORK's rule (maxWorkers below). */
+  maxWorkers?: number
   /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
   testDieCount?: number
 }
@@ -202,7 +218,7 @@ function resolveIsa(requested: CpuIsa | undefined): CpuIsa {
  * Writes the job's descriptor and scratch into a fresh lease of `arena` (layout: native/cpu/layer_job.h):
  * header | expert table | block table | per expert: h fp32 [n × F], xPacked, hPacked (AMX only).
  */
-export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number; rowsPerBlock?: number } = {}): EncodedCpuLayerJob {
+export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { testDieCount?: number; rowsPerBlock?: number; maxWorkers?: number } = {}): EncodedCpuLayerJob {
   checkJob(job)
   const isa = resolveIsa(job.isa)
   const D = job.hiddenSize
@@ -249,6 +265,7 @@ export function encodeCpuLayerJob(arena: Arena, job: CpuLayerJob, options: { tes
     put64(w, 20, expertTable)
     put64(w, 22, blockTable)
     w[24] = job.out.rows ?? job.hidden.rows
+    w[27] = options.maxWorkers ?? 0
     let scratchAt = blockTable + blockBytes
     const blockWord = (blockTable - base) / 4
     let weightBytes = 0
@@ -326,7 +343,7 @@ export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, optio
     // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
     solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
     const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
-    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock })
+    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock, maxWorkers: solo ? 0 : (options.maxWorkers ?? maxWorkers(jobSize(job).work)) })
   } catch (err) {
     return Promise.reject(err)
   }

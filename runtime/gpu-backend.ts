@@ -19,8 +19,6 @@ import { HetmoeError } from './errors.js'
 import { native, type NativeGpuMatrix, type NativeGpuResident } from './native.js'
 import type { Arena } from './arena.js'
 
-/** HETMOE_GPU_SLEEP_BESIDE_CPU=1 (measurements): see GpuBackend.runLayer's `besideCpu`. */
-const SLEEP_BESIDE_CPU = process.env.HETMOE_GPU_SLEEP_BESIDE_CPU === '1'
 
 export type GpuFfn = 'swiglu' | 'gelu'
 
@@ -228,12 +226,10 @@ export class GpuBackend {
    * or with `inline` on this one, which then waits for the device (a decode-size call takes a few
    * hundred µs; handing it to another thread and being woken again costs ~0.1-0.25 ms on a virtual
    * machine whose idle cores sleep). Inline suits a caller with nothing else to do meanwhile.
-   * `besideCpu`: CPU work runs meanwhile; with HETMOE_GPU_SLEEP_BESIDE_CPU=1 the libuv thread then
-   * sleeps until the device is done instead of spinning on a core the CPU workers want (measurements:
-   * sigma-lite's 4096-token layers ran their CPU expert in 2.8-3.6 ms beside the GPU call, 2.06
-   * predicted from the crew alone; whether the spinning thread is why is what the switch is to show).
+   * `sleep`: the libuv thread sleeps until the device is done instead of spinning on a core, which CPU
+   * work running meanwhile wants (runtime.ts: sidesBeside says when).
    */
-  async runLayer(c: GpuLayerCall, options: { inline?: boolean; besideCpu?: boolean } = {}): Promise<GpuLayerTiming> {
+  async runLayer(c: GpuLayerCall, options: { inline?: boolean; sleep?: boolean } = {}): Promise<GpuLayerTiming> {
     this.#live()
     const D = c.D ?? (c.experts.length ? this.#D.get(c.experts[0].key) : undefined)
     if (D === undefined) {
@@ -242,7 +238,7 @@ export class GpuBackend {
     }
     try {
       if (options.inline) return native().gpuRunLayerSync(this.handle, c.experts, c.hidden, D, c.out)
-      return await native().gpuRunLayer(this.handle, c.experts, c.hidden, D, c.out, options.besideCpu === true && SLEEP_BESIDE_CPU)
+      return await native().gpuRunLayer(this.handle, c.experts, c.hidden, D, c.out, options.sleep === true)
     } catch (e) {
       throw wrap(e)
     }

@@ -32,8 +32,8 @@ export interface GpuExpertBackend extends ExpertBackend {
   close(): Promise<void>
   /** Runs the layer's resident experts; a real device also reports its stream and kernel times.
    *  `inline`: the caller has nothing to overlap with the call, which may then run on its thread;
-   *  `besideCpu`: CPU work of the layer runs meanwhile (GpuBackend.runLayer). */
-  run(work: LayerWork, signal?: AbortSignal, options?: { inline?: boolean; besideCpu?: boolean }): Promise<GpuLayerTiming | void>
+   *  `sleep`: wait for the device asleep rather than spinning (GpuBackend.runLayer). */
+  run(work: LayerWork, signal?: AbortSignal, options?: { inline?: boolean; sleep?: boolean }): Promise<GpuLayerTiming | void>
 }
 
 export interface OpenGpuOptions {
@@ -102,7 +102,7 @@ export class GpuExperts implements GpuExpertBackend {
     return this.#gpu.budgetBytes
   }
 
-  async run(work: LayerWork, signal?: AbortSignal, options: { inline?: boolean; besideCpu?: boolean } = {}): Promise<GpuLayerTiming> {
+  async run(work: LayerWork, signal?: AbortSignal, options: { inline?: boolean; sleep?: boolean } = {}): Promise<GpuLayerTiming> {
     if (signal?.aborted) throw new HetmoeError('ABORTED', 'forward aborted')
     const buf = this.#arena.buffer
     const D = this.#model.manifest.hiddenSize

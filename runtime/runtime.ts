@@ -111,6 +111,21 @@ async function settleAll(jobs: Promise<unknown>[]): Promise<void> {
   if (failed) throw failed.reason
 }
 
+/** How the two sides of a layer share the CPU's cores when both have work. At prefill sizes (a batch of
+ *  more than the GPU's inline rows) the CPU job runs on the workers alone and the GPU call's libuv thread
+ *  sleeps until the device is done, so no extra thread competes with the workers for a core: sigma-lite's
+ *  4096-token layers with a 25% budget (a small CPU side beside a long GPU call) ran at 237k tokens/s
+ *  that way, 183-199k with the calling thread joining the job and the wait spinning, 187-212k with one
+ *  of the two (H200 host, call 7); the 10% plan's long CPU side did not mind (call 4). At decode sizes
+ *  the calling thread joins (a job of microseconds would wait longer for its wake-up) and the wait
+ *  spins. HETMOE_CPU_JOIN_BESIDE_GPU and HETMOE_GPU_SLEEP_BESIDE_CPU (0 or 1) force either. */
+function sidesBeside(prefill: boolean): { join: boolean; sleep: boolean } {
+  const join = process.env.HETMOE_CPU_JOIN_BESIDE_GPU
+  const sleep = process.env.HETMOE_GPU_SLEEP_BESIDE_CPU
+  return { join: join === '1' || (join !== '0' && !prefill), sleep: sleep === '1' || (sleep !== '0' && prefill) }
+}
+const SIDES = { decode: sidesBeside(false), prefill: sidesBeside(true) }
+
 /** HETMOE_PREFETCH=0 (measurements): no lookahead copies for the next layer (GpuExpertCache.prefetch). */
 const PREFETCH = process.env.HETMOE_PREFETCH !== '0'
 /** Batches smaller than this look no layer ahead: a streamed copy costs milliseconds and an expert's CPU
@@ -328,6 +343,7 @@ export class Runtime extends EventEmitter {
       for (const w of gpuWork) gpuRows += w.count
       const inline = cpuWork.length === 0 && streamWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
       const besideCpu = cpuWork.length > 0 || shared > 0
+      const sides = T > this.#inlineRows ? SIDES.prefill : SIDES.decode
       if (streamWork.length) {
         // Streaming (prefill): the CPU starts on its share below while the cold experts' weights are
         // copied in; the GPU's call waits for them and takes those that arrived. One whose copy failed
@@ -336,19 +352,20 @@ export class Runtime extends EventEmitter {
           const late = streamWork.filter((w) => !arrived.has(w.expert))
           lateWork.push(...late)
           for (const w of streamWork) if (arrived.has(w.expert)) (gpuWork.push(w), (gpuRows += w.count))
-          const sides: Promise<unknown>[] = []
-          if (gpuWork.length) sides.push(this.#runGpu(gpuJob, options.signal, { inline: false, besideCpu: besideCpu || late.length > 0 }).then(() => void (gpuDone = performance.now())))
-          if (late.length) sides.push(this.#cpu.run({ layer, hidden: hiddenRef, out: outRef, experts: late }, options.signal, gpuWork.length > 0).then(() => void (lateCpuDone = performance.now())))
-          await settleAll(sides)
+          const both: Promise<unknown>[] = []
+          if (gpuWork.length) both.push(this.#runGpu(gpuJob, options.signal, { inline: false, sleep: (besideCpu || late.length > 0) && sides.sleep }).then(() => void (gpuDone = performance.now())))
+          if (late.length) both.push(this.#cpu.run({ layer, hidden: hiddenRef, out: outRef, experts: late }, options.signal, gpuWork.length > 0 && !sides.join ? false : undefined).then(() => void (lateCpuDone = performance.now())))
+          await settleAll(both)
         })
         jobs.push(streamed)
-      } else if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, besideCpu }).then(() => void (gpuDone = performance.now())))
+      } else if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, sleep: besideCpu && sides.sleep }).then(() => void (gpuDone = performance.now())))
       const cpuJobs: Promise<unknown>[] = []
-      const besideGpu = gpuWork.length > 0 || streamWork.length > 0
-      if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal, besideGpu))
+      // undefined: the crew's own rule (the calling thread joins jobs of up to 64 MiB of weights).
+      const join = (gpuWork.length > 0 || streamWork.length > 0) && !sides.join ? false : undefined
+      if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal, join))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
-        cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal, besideGpu))
+        cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal, join))
       }
       if (jobs.length === 0 && cpuJobs.length === 1) {
         // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.
@@ -415,7 +432,7 @@ export class Runtime extends EventEmitter {
   }
 
   /** GPU experts of one layer; on a GPU failure the same experts rerun on the CPU (same results). */
-  async #runGpu(work: LayerWork, signal: AbortSignal | undefined, how: { inline: boolean; besideCpu: boolean }): Promise<void> {
+  async #runGpu(work: LayerWork, signal: AbortSignal | undefined, how: { inline: boolean; sleep: boolean }): Promise<void> {
     try {
       const timing = await this.#gpu!.run(work, signal, how)
       this.#gpuFailures = 0

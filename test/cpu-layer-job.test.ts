@@ -204,6 +204,25 @@ t.test('a worker that dies mid-job: the job is rerun once on fresh workers; twic
   t.same(p.verify(1e-4).failures, [])
 })
 
+t.test('a job that admits one worker: it alone computes the job, and again after it died holding a block', async (t) => {
+  const model = buildModel({ D, F, ffn: 'swiglu', format: 'dense', dtype: 'fp32', count: COUNTS.length, seed: seed + 12 })
+  const arena = new Arena({ bytes: 16 << 20 })
+  const crew = new CpuCrew({ arena, threads: 2 })
+  t.teardown(async () => {
+    await crew.close()
+    model.close()
+  })
+  const p = prepareJob(arena, model, { D, F, ffn: 'swiglu', counts: COUNTS, T: 19, seed: seed + 13, isa })
+  // Workers only: the calling thread would otherwise finish what the one admitted worker leaves.
+  const once = await runCpuLayer(crew, arena, p.job, { join: false, maxWorkers: 1 })
+  t.equal(once.joined, false)
+  t.same(p.verify(1e-4).failures, [])
+  // The rerun after a death admits a worker again (the count of entrants starts over), or it would hang.
+  const rerun = await runCpuLayer(crew, arena, p.job, { join: false, maxWorkers: 1, testDieCount: 1 })
+  t.equal(rerun.retried, true, 'the job was run again')
+  t.same(p.verify(1e-4).failures, [])
+})
+
 t.test('abort: workers stop claiming, the job rejects with ABORTED', async (t) => {
   // Big enough on the scalar kernels to still be running when the signal fires.
   const model = buildModel({ D: 512, F: 1024, ffn: 'gelu', format: 'dense', dtype: 'bf16', count: 2, seed: seed + 6 })

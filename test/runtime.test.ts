@@ -10,6 +10,7 @@ import { layerForwardRef } from '../experts/reference.js'
 import { relativeError } from '../experts/formats.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { FakeGpu } from './helpers/fake-gpu.js'
+import { CpuBackend } from '../runtime/cpu-backend.js'
 import { testCalibration } from './helpers/calibration.js'
 
 const root = mkdtempSync(join(tmpdir(), 'hetmoe-rt-'))
@@ -87,6 +88,36 @@ t.test('GPU calls run inline only when they are decode-sized and have no CPU wor
   t.same(await run(0, GPU_INLINE_MAX_ROWS + 1), [false], 'one row more: on a libuv thread')
   t.same(await run(1, 64), [false], 'CPU experts in the same layer: the GPU call overlaps them')
   t.ok(rt.stats().layers[1].cpuRows > 0 && rt.stats().layers[1].gpuRows > 0, 'that layer had work on both sides')
+  await rt.close()
+  m.close()
+})
+
+t.test('beside each other at prefill sizes the CPU job runs on the workers alone and the GPU waits asleep; at decode sizes not', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const gpu = new FakeGpu(m, new Map([[0, [0, 4]]]))
+  gpu.budgetBytes = 2 * gpu.expertBytes // no room to stream cold experts: the CPU keeps its share
+  const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 64 << 20, _gpuBackend: gpu, replace: false })
+  gpu.arena = rt.arena
+  // What the runtime asks of the CPU side: the `join` it passes (undefined: the crew's own rule).
+  const joins: (boolean | undefined)[] = []
+  const proto = CpuBackend.prototype
+  const run = proto.run
+  proto.run = function (this: CpuBackend, work, signal, join) {
+    joins.push(join)
+    return run.call(this, work, signal, join)
+  }
+  t.teardown(() => void (proto.run = run))
+  const D = m.manifest.hiddenSize
+  const forward = async (T: number) => {
+    joins.length = 0
+    gpu.sleepLog = []
+    await checkLayer(t, rt, m, 0, T, T)
+    return { join: joins[0], sleep: gpu.sleepLog[0] }
+  }
+  const big = envConfig().gpuInlineRows + 1
+  t.same(await forward(16), { join: undefined, sleep: false }, 'decode size: the calling thread joins, the wait spins')
+  t.same(await forward(big), { join: false, sleep: true }, `${big} tokens: the workers alone, the wait asleep`)
+  t.ok(rt.stats().layers[0].cpuRows > 0 && rt.stats().layers[0].gpuRows > 0, 'both sides had work')
   await rt.close()
   m.close()
 })

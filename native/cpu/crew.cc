@@ -298,12 +298,21 @@ ServeStatus crewServe(uint8_t* arena, size_t arenaBytes, size_t board, int slot,
       // Nothing left to claim (the main thread takes small jobs' blocks first): leave at once rather
       // than parse the descriptor, so the retire does not wait on sixteen latecomers.
       const int32_t* jh = reinterpret_cast<const int32_t*>(arena + desc);
-      const bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
+      bool claimable = atomicAt(const_cast<int32_t*>(jh) + 2).load(std::memory_order_acquire) < jh[5];  // next < numBlocks
+      // A layer job may admit only so many workers (word 27): a small job's blocks go further among a
+      // few threads than contended by sixteen, each of which the retire then waits for.
+      if (claimable && jh[0] == kJobMagic) {
+        const int32_t before = atomicAt(const_cast<int32_t*>(jh) + kEnteredWord).fetch_add(1, std::memory_order_relaxed);
+        const int32_t cap = jh[kMaxEnteredWord];
+        if (cap > 0 && before >= cap) {
+          atomicAt(const_cast<int32_t*>(jh) + kEnteredWord).fetch_sub(1, std::memory_order_relaxed);
+          claimable = false;
+        }
+      }
       if (claimable && jobFanout() > 0 && at(w, bSleepers).load(std::memory_order_seq_cst) > 0) {
         lastWakeAt.store(nowMicros(), std::memory_order_relaxed);
         futexWake(w + bGen, jobFanout());
       }
-      if (claimable && jh[0] == kJobMagic) atomicAt(const_cast<int32_t*>(jh) + kEnteredWord).fetch_add(1, std::memory_order_relaxed);
       if (claimable && jh[0] == kGateMagic) {
         int32_t n = 0;
         try {

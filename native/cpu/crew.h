@@ -90,8 +90,6 @@ struct JoinTrace {
 };
 void crewTrace(bool on);
 JoinTrace crewLastJoin();
-// Layer-job header word counting the workers that entered the job (layer_job.h: word 30).
-constexpr int kEnteredWord = 30;
 
 enum class JobWait : int32_t { Done = 0, Aborted = 1, Pending = 2 };
 // Waits until every block of the job is done or the job is aborted, spinning at most `spinMicros`

@@ -380,6 +380,7 @@ void resetLayerJob(uint8_t* arena, size_t arenaBytes, size_t descOffset, bool fu
   }
   if (full) at(h + hDone).store(0);
   at(h + hNext).store(0);
+  at(h + kEnteredWord).store(0);
   at(h + hGeneration).fetch_add(1);
   at(h + hAbort).store(0, std::memory_order_release);
 }

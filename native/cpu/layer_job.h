@@ -21,7 +21,8 @@
 //    20-21 experts table (arena)           22-23 blocks table (arena)
 //    24 outRowsTotal: rows of `out` (bounds checks)
 //    25 doneWaiters: threads sleeping on doneBlocks (waitLayerJob), so finishers skip the wake otherwise
-//    26 crew: 1 once posted to a crew (set by crew.cc, 0 from the encoder)   28-29 the crew's board
+//    26 crew: 1 once posted to a crew (set by crew.cc, 0 from the encoder)
+//    27 maxEntered: the most workers of the crew that may go into the job (0: any; crew.cc)   28-29 the crew's board
 //       offset (arena): a thread waiting long on another's block checks that board for dead workers
 //    30 entered: workers of the crew that went into the job (diagnostics, crew.cc)
 //   expert record e, kExpertWords words at experts + e * 4 * kExpertWords:
@@ -58,6 +59,10 @@ namespace cpu {
 
 constexpr int32_t kJobMagic = 0x314a4d48;  // "HMJ1"
 constexpr int kHeaderWords = 32;
+// Header words counting the crew's workers that went into the job (30), and the most that may (27;
+// 0: any). A reset (a rerun after a death) starts the count again.
+constexpr int kEnteredWord = 30;
+constexpr int kMaxEnteredWord = 27;
 constexpr int kExpertWords = 64;
 constexpr int kMatrixWords = 10;
 constexpr int kBlockWords = 4;

@@ -93,13 +93,15 @@ export class FakeGpu implements GpuExpertBackend {
   /** The last layer work it was given. */
   lastWork?: LayerWork
 
-  /** The `inline` flag of each run, in order. */
+  /** The `inline` and `sleep` flags of each run, in order. */
   inlineLog: boolean[] = []
+  sleepLog: boolean[] = []
 
-  async run(work: LayerWork, _signal?: AbortSignal, options: { inline?: boolean } = {}): Promise<void> {
+  async run(work: LayerWork, _signal?: AbortSignal, options: { inline?: boolean; sleep?: boolean } = {}): Promise<void> {
     this.runs++
     this.lastWork = work
     this.inlineLog.push(options.inline === true)
+    this.sleepLog.push(options.sleep === true)
     if (this.uploadsInFlight > 0) this.runsDuringUpload++
     await new Promise((r) => setTimeout(r, 1)) // asynchronous, like the real device
     if (this.failNext > 0) {
