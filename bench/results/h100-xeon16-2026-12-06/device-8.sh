@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Call 8 (about 5 minutes on a fresh machine), packed into $OUT/all.tgz:
+# Call 8 (about 4-5 minutes on a fresh machine), packed into $OUT/all.tgz:
 #   S. the sides beside each other by batch size (runtime.ts: sidesBeside): sigma-lite at 4096 tokens with a
 #      25% and a 10% budget, the new defaults (workers alone, GPU wait asleep) against the old behaviour
-#      forced (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0), alternating; 256 tokens once
+#      forced (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0), alternating
 #   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-8.sh
 set -u
@@ -12,20 +12,21 @@ H="node dist/runtime/cli/main.js"
 export HETMOE_CACHE_DIR=/tmp/hetmoe-cache CI=true
 echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(grep -m1 'model name' /proc/cpuinfo)"
 # K first: it needs no calibration or synthesis.
-for s in 0 262144 524288 0 262144 524288; do
+for s in ${K_SHARES:-0 262144 524288}; do
   HETMOE_CREW_SHARE_WORK=$s timeout -k 5 60 $H bench overhead --models tiny-gate,tiny-rre --gap-us 0,300 --iters 1500 --json $O/K/overhead-$s-$SECONDS.json > $O/K/stdout-$s-$SECONDS.txt 2>/dev/null
   echo "K share $s (µs, route+dispatch+combine): $(grep -hE '^dispatch' $(ls -t $O/K/stdout-$s-*.txt | head -1) | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
 pack
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1; echo "calibrate rc $?"; grep -E "^(CPU|GPU)" $O/B/calibrate.txt
 touch $HETMOE_CACHE_DIR/calibration-done
-OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="4096:0.25 4096:0.1 256:0.25" timeout -k 5 200 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-4096:0.25 4096:0.1}" timeout -k 5 200 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
 echo "B rc $?"; grep -E "ratio|wall" $O/B/stdout.txt
 pack
 old="HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0"
 for plan in b4096-0.25 b4096-0.1; do
   [ -f $O/B/plan-$plan.json ] || continue
-  for v in old new old new; do
+  rounds="old new old new"; [ $plan = b4096-0.1 ] && rounds="old new"
+  for v in $rounds; do
     f=$O/B/run-$plan-$v-$SECONDS.json
     if [ $v = old ]; then env $old timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-$plan.json --tokens /tmp/zipf.txt --domain 0 --json > $f 2>/dev/null
     else timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-$plan.json --tokens /tmp/zipf.txt --domain 0 --json > $f 2>/dev/null; fi
