@@ -32,8 +32,9 @@ pack
 # The 10% plan with and without lookahead prefetch (same plan and tokens), alternating.
 if [ -f $O/B/plan-b4096-0.1.json ]; then
   for v in 0 1 0 1; do
-    HETMOE_PREFETCH=$v timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf.txt --domain 0 --json > $O/B/run-prefetch$v-$SECONDS.json 2>/dev/null
-    node -e "const r=require('$O/B/run-prefetch$v-$SECONDS.json').report; console.log('P prefetch=$v tokens/s', r.tokensPerS.toFixed(0), 'gpu share', r.gpuTokenShare.toFixed(3), 'layer ms', r.perLayer.map(l=>l.msPerBatch.toFixed(1)).join(' '))" 2>&1 | tail -1
+    f=$O/B/run-prefetch$v-$SECONDS.json  # (call 7 read it back under a later second's name: its P lines failed; the files are fine)
+    HETMOE_PREFETCH=$v timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf.txt --domain 0 --json > $f 2>/dev/null
+    node -e "const r=require('$f').report; console.log('P prefetch=$v tokens/s', r.tokensPerS.toFixed(0), 'gpu share', r.gpuTokenShare.toFixed(3), 'layer ms', r.perLayer.map(l=>l.msPerBatch.toFixed(1)).join(' '))" 2>&1 | tail -1
   done
 fi
 # The 25% plan's small CPU side beside the GPU call (1.5-1.9x its calibrated time in calls 5-6): the GPU
