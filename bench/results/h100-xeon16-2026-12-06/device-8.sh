@@ -13,7 +13,7 @@ export HETMOE_CACHE_DIR=/tmp/hetmoe-cache CI=true
 echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(grep -m1 'model name' /proc/cpuinfo)"
 # K first: it needs no calibration or synthesis.
 for s in ${K_SHARES:-0 262144 524288}; do
-  HETMOE_CREW_SHARE_WORK=$s timeout -k 5 60 $H bench overhead --models tiny-gate,tiny-rre --gap-us 0,300 --iters 1500 --json $O/K/overhead-$s-$SECONDS.json > $O/K/stdout-$s-$SECONDS.txt 2>/dev/null
+  HETMOE_CREW_SHARE_WORK=$s timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1500} --json $O/K/overhead-$s-$SECONDS.json > $O/K/stdout-$s-$SECONDS.txt 2>/dev/null
   echo "K share $s (µs, route+dispatch+combine): $(grep -hE '^dispatch' $(ls -t $O/K/stdout-$s-*.txt | head -1) | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
 pack
