@@ -5,12 +5,7 @@
 #      forced (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0), alternating
 #   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-8.sh
-set -u
-O=/tmp/o8; mkdir -p $O/B $O/K
-pack() { tar czf $OUT/all.tgz -C $O . 2>/dev/null; }
-H="node dist/runtime/cli/main.js"
-export HETMOE_CACHE_DIR=/tmp/hetmoe-cache CI=true
-echo "commit ${HETMOE_COMMIT:-?}; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader); $(grep -m1 'model name' /proc/cpuinfo)"
+O=/tmp/o8; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/B $O/K
 # K first: it needs no calibration or synthesis.
 for s in ${K_SHARES:-0 262144 524288}; do
   HETMOE_CREW_SHARE_WORK=$s timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1500} --json $O/K/overhead-$s-$SECONDS.json > $O/K/stdout-$s-$SECONDS.txt 2>/dev/null
