@@ -97,7 +97,7 @@ export interface RunCpuLayerOptions {
    *  jobs only (runtime/cpu-crew.ts), never with `join: false` or testDieCount. */
   solo?: boolean
   /** The most of the crew's workers that may go into the job (0: any); defaults to
-   *  HETMOE_CREW_SHARE_WORK's rule (maxWorkers below). */
+   *  HETMOE_CREW_SHARE_WORK's rule (above). */
   maxWorkers?: number
   /** Test only (honoured by workers when HETMOE_TEST_HOOKS=1): that many workers die holding a block. */
   testDieCount?: number
