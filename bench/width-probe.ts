@@ -11,7 +11,7 @@
 //   gate/crew     the same shared with the crew's workers (CpuCrew.gateLogits; "-" when not shared)
 //   select/js     top-k and weights from those logits in JavaScript (GateRouter.routeLogits)
 //   select/native the same natively (native gateSelect, the same bits; the runtime uses it for
-//                 unrenormalised gates from 128 logits, route-layer.ts)
+//                 unrenormalised gates from 64 logits, route-layer.ts)
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'

@@ -258,8 +258,8 @@ export interface NativeRouterApi {
    * (native/cpu/gate_select.h). Returns T·K.
    */
   gateSelect(logits: Float64Array, T: number, E: number, K: number, normalize: boolean, counts: Int32Array, offsets: Int32Array, tokenRows: Int32Array, outRows: Int32Array, scales: Float32Array): number
-  /** out[i] = exp(x[i]) by fdlibm's algorithm, as gateSelect computes it (tests: the same doubles as Math.exp). */
-  fdlibmExp(x: Float64Array, out: Float64Array): void
+  /** out[i] = exp(x[i]) by fdlibm's algorithm, as gateSelect computes it, at a kernel level (default: HETMOE_ISA or the best); tests: the same doubles as Math.exp. */
+  fdlibmExp(x: Float64Array, out: Float64Array, isa?: string): void
   /** Index of the first NaN or ±Inf among x[0..n), else -1. */
   firstNonFinite(x: Float32Array, n: number): number
   /** The fewest values firstNonFinite shares with its thread pool, whose threads sleep between scans (0: never). */

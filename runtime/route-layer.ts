@@ -63,7 +63,7 @@ function notFinite(h: Float32Array, i: number, D: number): HetmoeError {
 const GATE_WEIGHT_NOT_FINITE = -3
 
 /** Gate selections of at least this many logits (and unrenormalised weights) are made natively. */
-const NATIVE_SELECT_MIN_LOGITS = 128
+const NATIVE_SELECT_MIN_LOGITS = 64
 
 // Gate logits scratch, grown to the largest batch × experts seen.
 let logitsScratch: Float64Array = new Float64Array(0)
@@ -112,9 +112,10 @@ export function routeLayer(
       throw new HetmoeError('BAD_MODEL', `layer ${layer}'s gate weights hold a NaN or ±Inf (the model file is damaged): import or synthesise the model again`)
     if (bad >= 0) throw notFinite(hidden, bad, D)
     // The top-k and weights: the same bits either way (native/cpu/gate_select.h). Natively where a
-    // softmax over every expert is needed (weights not renormalised) and large: a 64-expert gate at
-    // 16 tokens took 17 µs in JavaScript, 12 natively (dev VM); smaller or renormalised selections
-    // are faster in JavaScript than the native call's ten arguments (0.2 against 0.55 µs at 1 × 8).
+    // softmax over every expert is needed (weights not renormalised), its exps in vector lanes: a
+    // 64-expert gate took 18-27 µs in JavaScript at 16 tokens, 6-9 natively, and 1.4 against 0.9 at
+    // one token (dev VM, AVX-512); smaller or renormalised selections are faster in JavaScript than
+    // the native call's ten arguments (0.2 against 0.55 µs at 1 × 8).
     if (!router.normalize && T * E >= NATIVE_SELECT_MIN_LOGITS) native().gateSelect(logits, T, E, K, false, sel.counts, sel.offsets, sel.tokenRows, sel.outRows, sel.scales)
     else router.routeLogits(logits, T, sel)
   }

@@ -51,8 +51,13 @@ t.test('native top-k selection: the same experts, rows and weight bits as GateRo
   // Logits drawn from a few values make ties common (ties go to the lower expert index); wide ones
   // push exp's argument down to where it underflows.
   const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)
+  const isaBefore = process.env.HETMOE_ISA
+  t.teardown(() => {
+    if (isaBefore === undefined) delete process.env.HETMOE_ISA
+    else process.env.HETMOE_ISA = isaBefore
+  })
   let cases = 0
-  for (const [T, E, K] of [[1, 8, 2], [16, 8, 2], [16, 64, 6], [5, 3, 3], [33, 128, 8], [4, 1, 1], [64, 256, 8], [7, 13, 1]])
+  for (const isa of levels) for (const [T, E, K] of [[1, 8, 2], [16, 8, 2], [16, 64, 6], [5, 3, 3], [33, 128, 8], [4, 1, 1], [64, 256, 8], [7, 13, 1]])
     for (const normalize of [false, true])
       for (const draw of ['normal', 'ties', 'wide'] as const) {
         const logits = Float64Array.from({ length: T * E }, () => (draw === 'ties' ? Math.floor(rand() * 4) : draw === 'wide' ? (rand() - 0.5) * 2000 : (rand() - 0.5) * 8))
@@ -62,25 +67,30 @@ t.test('native top-k selection: the same experts, rows and weight bits as GateRo
         const nat = allocSelection(E, T * K)
         nat.scales.fill(NaN)
         nat.tokenRows.fill(-1)
+        process.env.HETMOE_ISA = isa // the softmax denominator's exps run at this level
         t.equal(native().gateSelect(logits, T, E, K, normalize, nat.counts, nat.offsets, nat.tokenRows, nat.outRows, nat.scales), T * K)
         const differ = (['counts', 'offsets', 'tokenRows', 'outRows', 'scales'] as const).filter((k) => !bytes(js[k]).equals(bytes(nat[k])))
-        if (differ.length) t.fail(`T=${T} E=${E} K=${K} normalize=${normalize} ${draw}: ${differ.join(', ')} differ`)
+        if (differ.length) t.fail(`${isa}: T=${T} E=${E} K=${K} normalize=${normalize} ${draw}: ${differ.join(', ')} differ`)
         cases++
       }
-  t.pass(`${cases} selections bit for bit`)
+  t.pass(`${cases} selections bit for bit (${levels.join(', ')})`)
   t.throws(() => native().gateSelect(new Float64Array(8), 1, 8, 9, true, new Int32Array(8), new Int32Array(9), new Int32Array(9), new Int32Array(9), new Float32Array(9)), /K must be in \[1, E\]/)
   t.throws(() => native().gateSelect(new Float64Array(8), 1, 8, 2, true, new Int32Array(8), new Int32Array(9), new Int32Array(1), new Int32Array(2), new Float32Array(2)), /tokenRows holds 1 values; 2 needed/)
 })
 
-t.test('the native exp is fdlibm\'s: the same doubles as Math.exp (V8 runs fdlibm), so no libm decides a weight', async (t) => {
+t.test('the native exp is fdlibm\'s: the same doubles as Math.exp (V8 runs fdlibm) at every ISA level, so no libm decides a weight', async (t) => {
   const n = 1 << 20
-  const x = Float64Array.from({ length: n }, (_, i) => [-rand() * 760, -rand() * 2, (rand() - 0.5) * 1420, -rand() * 1e-6][i % 4])
-  const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 709.78, 709.79, -745.13, -745.14, -708.4, 2 ** -28, -(2 ** -28), 2 ** -29, 0.5 * Math.LN2, -0.5 * Math.LN2, 1.5 * Math.LN2, -1.5 * Math.LN2, Number.MIN_VALUE, -Number.MAX_VALUE]
-  const all = Float64Array.from([...special, ...x])
-  const out = new Float64Array(all.length)
-  native().fdlibmExp(all, out)
-  const bad = all.findIndex((v, i) => !Object.is(out[i], Math.exp(v)))
-  t.equal(bad, -1, bad < 0 ? `${all.length} arguments, every result the same double` : `exp(${all[bad]}) = ${out[bad]}, Math.exp gives ${Math.exp(all[bad])}`)
+  // Arguments ≤ 0 run in the vector lanes (a softmax's l − max); others go to the scalar code.
+  const nonPositive = Float64Array.from({ length: n }, (_, i) => [-rand() * 760, -rand() * 2, -rand() * rand() * 1e-7, -rand() * 1e-6][i % 4])
+  const special = [0, -0, -1, -Infinity, -709.78, -709.79, -745.13, -745.14, -708.4, -(2 ** -28), -(2 ** -29), -0.5 * Math.LN2, -1.5 * Math.LN2, -Number.MIN_VALUE, -Number.MAX_VALUE, -1021 * Math.LN2, -1022 * Math.LN2, -1030 * Math.LN2]
+  const mixed = [1, Infinity, NaN, 709.78, 709.79, 2 ** -28, 0.5 * Math.LN2, 1.5 * Math.LN2, ...Array.from({ length: 4096 }, () => (rand() - 0.5) * 1420)]
+  const all = Float64Array.from([...special, ...nonPositive, ...mixed])
+  for (const isa of levels) {
+    const out = new Float64Array(all.length)
+    native().fdlibmExp(all, out, isa)
+    const bad = all.findIndex((v, i) => !Object.is(out[i], Math.exp(v)))
+    t.equal(bad, -1, bad < 0 ? `${isa}: ${all.length} arguments, every result the same double` : `${isa}: exp(${all[bad]}) = ${out[bad]}, Math.exp gives ${Math.exp(all[bad])}`)
+  }
 })
 
 t.test('the summation order is the documented one (eight lanes, tail into lane 0, fixed tree)', async (t) => {

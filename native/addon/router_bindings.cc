@@ -1,6 +1,7 @@
 // Router arithmetic (native/cpu/router_math.h) for runtime/route-layer.ts and runtime/combine.ts.
 // Typed in runtime/native.ts (NativeRouterApi).
 #include <stdexcept>
+#include <string>
 
 #include "addon/bindings.h"
 #include "addon/napi_util.h"
@@ -52,11 +53,19 @@ Napi::Value GateSelect(const Napi::CallbackInfo& cb) {
   return Napi::Number::New(env, static_cast<double>(cpu::gateSelect(l.data, T, E, K, normalize, counts.data, offsets.data, tokenRows.data, outRows.data, scales.data)));
 }
 
-// fdlibmExp(x f64, out f64): out[i] = exp(x[i]) as gate_select.h computes it (for tests).
+// fdlibmExp(x f64, out f64, isa?): out[i] = exp(x[i]) as gate_select.h computes it, at a kernel level
+// (default: HETMOE_ISA or the best); for tests.
 Napi::Value FdlibmExp(const Napi::CallbackInfo& cb) {
   auto x = typedSpan<double>(cb[0], napi_float64_array, "x");
   auto out = atLeast(typedSpan<double>(cb[1], napi_float64_array, "out"), int64_t(x.length), cb.Env(), "out");
-  for (size_t i = 0; i < x.length; ++i) out.data[i] = cpu::fdlibmExp(x.data[i]);
+  const std::string isa = cb.Length() > 2 && cb[2].IsString() ? cb[2].As<Napi::String>().Utf8Value() : "";
+  cpu::Isa level;
+  try {
+    level = cpu::resolveIsa(isa);
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(cb.Env(), e.what());
+  }
+  cpu::expShiftedFor(level)(x.data, 0.0, out.data, static_cast<int>(x.length));
   return cb.Env().Undefined();
 }
 

@@ -82,6 +82,21 @@ double fdlibmExp(double x) {
   return y * twopk * fromWords(0x01700000, 0);  // 2^-1000
 }
 
+void expShiftedScalar(const double* x, double sub, double* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] = fdlibmExp(x[i] - sub);
+}
+
+ExpShiftedFn expShiftedFor(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return expShiftedScalar;
+    case Isa::Avx2: return expShiftedAvx2;
+    case Isa::Avx512:
+    case Isa::Avx512Bf16:
+    case Isa::Amx: return expShiftedAvx512;
+  }
+  return expShiftedScalar;
+}
+
 int64_t gateSelect(const double* logits, int T, int E, int K, bool normalize, int32_t* counts, int32_t* offsets, int32_t* tokenRows,
                    int32_t* outRows, float* scales) {
   // Per token: the chosen experts kept ordered by (logit descending, index ascending); a later
@@ -90,6 +105,9 @@ int64_t gateSelect(const double* logits, int T, int E, int K, bool normalize, in
   thread_local std::vector<double> weight;
   const size_t rows = size_t(T) * K;
   if (chosen.size() < rows) chosen.resize(rows), weight.resize(rows);
+  thread_local std::vector<double> terms;
+  if (!normalize && terms.size() < size_t(E)) terms.resize(E);
+  const ExpShiftedFn expShifted = normalize ? nullptr : expShiftedFor(resolveIsa(""));
   std::memset(counts, 0, sizeof(int32_t) * E);
   for (int t = 0; t < T; ++t) {
     const double* l = logits + int64_t(t) * E;
@@ -117,8 +135,10 @@ int64_t gateSelect(const double* logits, int T, int E, int K, bool normalize, in
     }
     double denom = kept;
     if (!normalize) {
+      // The exps in lanes, their sum in expert order (the JavaScript's).
+      expShifted(l, max, terms.data(), E);
       denom = 0;
-      for (int e = 0; e < E; ++e) denom += fdlibmExp(l[e] - max);
+      for (int e = 0; e < E; ++e) denom += terms[e];
     }
     for (int k = 0; k < K; ++k) w[k] /= denom;
   }
