@@ -38,8 +38,8 @@ const SHARE_WORK = (() => {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`HETMOE_CREW_SHARE_WORK must be a non-negative integer (got "${raw}")`)
   return n
 })()
-function maxWorkers(work: number): number {
-  return SHARE_WORK > 0 ? Math.max(1, Math.floor(work / SHARE_WORK)) : 0
+function maxWorkers(work: () => number): number {
+  return SHARE_WORK > 0 ? Math.max(1, Math.floor(work() / SHARE_WORK)) : 0
 }
 
 const JOB_MAGIC = 0x314a4d48
@@ -339,11 +339,14 @@ export function runCpuLayer(crew: CpuCrew, arena: Arena, job: CpuLayerJob, optio
   if (options.signal?.aborted) return Promise.reject(new HetmoeError('ABORTED', 'the CPU layer job was aborted before it started', { cause: options.signal.reason }))
   let enc: EncodedCpuLayerJob
   let solo: boolean
+  // The job's work, summed over its experts at most once, and only when a rule below needs it.
+  let size: number | undefined
+  const work = () => (size ??= jobSize(job).work)
   try {
     // Alone or on the crew is decided first: the block size depends on it. A test death needs a worker.
-    solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(jobSize(job).work)))
+    solo = options.testDieCount ? false : (options.solo ?? (options.join !== false && crew.runsAlone(work())))
     const rowsPerBlock = BLOCK_ROWS_ENV ?? (solo ? ROWS_PER_BLOCK : blockRows(job, crew.threads))
-    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock, maxWorkers: solo ? 0 : (options.maxWorkers ?? maxWorkers(jobSize(job).work)) })
+    enc = encodeCpuLayerJob(arena, job, { testDieCount: options.testDieCount, rowsPerBlock, maxWorkers: solo ? 0 : (options.maxWorkers ?? maxWorkers(work)) })
   } catch (err) {
     return Promise.reject(err)
   }
