@@ -203,7 +203,8 @@ const OFF_THREAD_RUNS = 36
  * building the call, the native call's host work and copies, waiting for the device, and handing the
  * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
  * Then forwards of one row more than an inline call may have, whose residual less their rows' copies
- * is the hand-over of an off-thread call (63360ce). (Fitting the copies too on forwards of 257-4096
+ * is the hand-over of an off-thread call (63360ce; the probe's calls of that size stay off-thread
+ * whatever HETMOE_GPU_INLINE_PREFILL says: decode calls beside CPU work are handed over either way). (Fitting the copies too on forwards of 257-4096
  * rows gave 11 GB/s on the H200 machine, where sigma-lite's 4096-token layers moved their 64 MiB in
  * 1.4 ms: the plan then left an expert on the CPU that made every layer 2x slower; 5c8ff4f.)
  * Re-placement is off: its checks (planning, on prefill-size forwards) are no GPU cost.
@@ -220,7 +221,7 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
     // The 'hetmoe' strategy (and its re-placement tracking, which every forward feeds) wants a cost
     // model; these placeholder rates decide nothing here: every expert is resident, so no batch has
     // a cold expert to stream or to weigh against the CPU.
-    const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, replace: false, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
+    const rt = await createRuntime({ model, gpu: 0, cpuThreads: 1, replace: false, _gpuInlinePrefill: false, plan: { layers: [{ layer: 0, gpuExperts: all }] }, _calibration: { format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (forward probe)', measuredAt: new Date().toISOString(), cpu: referenceH100().gpu!, ...referenceH100() } })
     return { rt, h: rt.arena.lease(T * D * 4), o: rt.arena.lease(T * D * 4) }
   })()
   let seed = 1

@@ -13,6 +13,10 @@ export interface EnvConfig {
   /** HETMOE_GPU_INLINE_ROWS: GPU layer calls with at most this many rows and no CPU work beside them
    *  run on the calling thread (0: never; for comparisons). Defaults to 256. */
   gpuInlineRows: number
+  /** HETMOE_GPU_INLINE_PREFILL (0 or 1): whether GPU layer calls of more rows (prefill) run on the
+   *  calling thread too, where it would otherwise only wait: with no CPU work beside them, or beside
+   *  a CPU job it does not join (runtime.ts: sidesBeside). Defaults to 0. */
+  gpuInlinePrefill: boolean
 }
 
 function positiveInt(name: string, raw: string | undefined, fallback: number, min = 1): number {
@@ -22,6 +26,12 @@ function positiveInt(name: string, raw: string | undefined, fallback: number, mi
   return n
 }
 
+function flag(name: string, raw: string | undefined, fallback: boolean): boolean {
+  if (raw === undefined || raw === '') return fallback
+  if (raw !== '0' && raw !== '1') throw new RangeError(`${name} must be 0 or 1 (got "${raw}")`)
+  return raw === '1'
+}
+
 export function envConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
   return {
     cpuThreads: positiveInt('HETMOE_CPU_THREADS', env.HETMOE_CPU_THREADS, availableParallelism()),
@@ -29,6 +39,7 @@ export function envConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     isa: env.HETMOE_ISA || undefined,
     cacheDir: env.HETMOE_CACHE_DIR || undefined,
     gpuInlineRows: positiveInt('HETMOE_GPU_INLINE_ROWS', env.HETMOE_GPU_INLINE_ROWS, 256, 0),
+    gpuInlinePrefill: flag('HETMOE_GPU_INLINE_PREFILL', env.HETMOE_GPU_INLINE_PREFILL, false),
   }
 }
 

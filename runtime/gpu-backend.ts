@@ -226,8 +226,8 @@ export class GpuBackend {
    * or with `inline` on this one, which then waits for the device (a decode-size call takes a few
    * hundred µs; handing it to another thread and being woken again costs ~0.1-0.25 ms on a virtual
    * machine whose idle cores sleep). Inline suits a caller with nothing else to do meanwhile.
-   * `sleep`: the libuv thread sleeps until the device is done instead of spinning on a core, which CPU
-   * work running meanwhile wants (runtime.ts: sidesBeside says when).
+   * `sleep`: the waiting thread (the libuv one, or this one inline) sleeps until the device is done
+   * instead of spinning on a core, which CPU work running meanwhile wants (runtime.ts: sidesBeside).
    */
   async runLayer(c: GpuLayerCall, options: { inline?: boolean; sleep?: boolean } = {}): Promise<GpuLayerTiming> {
     this.#live()
@@ -237,7 +237,7 @@ export class GpuBackend {
       throw new HetmoeError('BAD_INPUT', `runLayer: expert ${c.experts[0].key} is not resident on the GPU`)
     }
     try {
-      if (options.inline) return native().gpuRunLayerSync(this.handle, c.experts, c.hidden, D, c.out)
+      if (options.inline) return native().gpuRunLayerSync(this.handle, c.experts, c.hidden, D, c.out, options.sleep === true)
       return await native().gpuRunLayer(this.handle, c.experts, c.hidden, D, c.out, options.sleep === true)
     } catch (e) {
       throw wrap(e)

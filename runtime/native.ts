@@ -226,7 +226,7 @@ export interface NativeGpuApi {
    */
   gpuRunLayer(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array, sleepWait?: boolean): Promise<NativeGpuLayerTiming>
   /** gpuRunLayer on the calling thread, which waits (spinning) for the stream: for decode-size calls. */
-  gpuRunLayerSync(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array): NativeGpuLayerTiming
+  gpuRunLayerSync(handle: number, experts: NativeGpuLayerExpert[], hidden: Float32Array, D: number, out: Float32Array, sleepWait?: boolean): NativeGpuLayerTiming
   /** The GPU bench (native/cuda/gpu_bench.cu), synchronous; returns its results as JSON text. */
   gpuBench(options: {
     preset?: string

@@ -57,6 +57,8 @@ export interface RuntimeOptions {
   _gpuBackend?: GpuExpertBackend
   /** @internal For tests: the cost model's calibration (otherwise this machine's; none with _gpuBackend). */
   _calibration?: Calibration
+  /** @internal Overrides HETMOE_GPU_INLINE_PREFILL (the calibration's probe of an off-thread call). */
+  _gpuInlinePrefill?: boolean
 }
 
 export interface PlacementPlan {
@@ -172,6 +174,8 @@ export class Runtime extends EventEmitter {
   /** GPU calls with at most this many rows and no CPU work beside them run on this thread (decode,
    *  small batches: calls well under 1 ms); see GpuBackend.runLayer's `inline`. */
   readonly #inlineRows = envConfig().gpuInlineRows
+  /** Larger GPU calls run on this thread too where it would only wait (config.ts: gpuInlinePrefill). */
+  #inlinePrefill = envConfig().gpuInlinePrefill
   #gpuFailures = 0
   #gpuHealthy = true
   #closed = false
@@ -224,6 +228,7 @@ export class Runtime extends EventEmitter {
       throw err
     }
     const rt = new Runtime(model, arena, crew, gpu, cache)
+    if (options._gpuInlinePrefill !== undefined) rt.#inlinePrefill = options._gpuInlinePrefill
     if (gpu && cache && cost && replace)
       rt.#replacement = new Replacement({
         model, cache, cost, budgetBytes: gpu.budgetBytes, plan: options.plan ?? gpu.plan, options: replace,
@@ -331,19 +336,25 @@ export class Runtime extends EventEmitter {
       const jobs: Promise<void>[] = []
       const cpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: cpuWork }
       const gpuJob: LayerWork = { layer, hidden: hiddenRef, out: outRef, experts: gpuWork }
-      // The GPU's share first: it is queued synchronously, before a small CPU job occupies this
-      // thread (the main thread joins small CPU jobs). With no CPU work and few rows (decode) this
-      // thread runs the call itself and waits for the device: it has nothing else to do, and a hop
-      // to a libuv thread and back costs more than the wait saves (gpu-backend.ts: runLayer).
+      // Inline, this thread makes the GPU call itself and waits for the device: where it has nothing
+      // else to do, a hop to a libuv thread and back costs more than the wait saves (gpu-backend.ts:
+      // runLayer). That is a call with no CPU work beside it and few rows (decode); with
+      // HETMOE_GPU_INLINE_PREFILL, any call with no CPU work, or beside CPU jobs this thread does not
+      // join (prefill sizes: sidesBeside), posted before the call. Such a call holds the event loop
+      // until the device is done. Otherwise the call goes to a libuv thread, queued before a small CPU
+      // job occupies this thread (it joins small CPU jobs).
       let gpuDone = 0
       let cpuDone = 0
       let lateCpuDone = 0
       const lateWork: ExpertWork[] = [] // streamed experts whose copies failed: computed by the CPU after all
       let gpuRows = 0
       for (const w of gpuWork) gpuRows += w.count
-      const inline = cpuWork.length === 0 && streamWork.length === 0 && shared === 0 && gpuRows <= this.#inlineRows
       const besideCpu = cpuWork.length > 0 || shared > 0
-      const sides = T > this.#inlineRows ? SIDES.prefill : SIDES.decode
+      const prefill = T > this.#inlineRows
+      const sides = prefill ? SIDES.prefill : SIDES.decode
+      // undefined: the crew's own rule (the calling thread joins jobs of up to 64 MiB of weights).
+      const join = (gpuWork.length > 0 || streamWork.length > 0) && !sides.join ? false : undefined
+      const inline = streamWork.length === 0 && (besideCpu ? this.#inlinePrefill && join === false : gpuRows <= this.#inlineRows || this.#inlinePrefill)
       if (streamWork.length) {
         // Streaming (prefill): the CPU starts on its share below while the cold experts' weights are
         // copied in; the GPU's call waits for them and takes those that arrived. One whose copy failed
@@ -358,15 +369,17 @@ export class Runtime extends EventEmitter {
           await settleAll(both)
         })
         jobs.push(streamed)
-      } else if (gpuWork.length) jobs.push(this.#runGpu(gpuJob, options.signal, { inline, sleep: besideCpu && sides.sleep }).then(() => void (gpuDone = performance.now())))
+      }
+      const runGpu = () => jobs.push(this.#runGpu(gpuJob, options.signal, { inline, sleep: besideCpu && sides.sleep }).then(() => void (gpuDone = performance.now())))
+      // (A CPU job's post is synchronous; an inline GPU call returns when the device is done.)
+      if (gpuWork.length && !streamWork.length && !inline) runGpu()
       const cpuJobs: Promise<unknown>[] = []
-      // undefined: the crew's own rule (the calling thread joins jobs of up to 64 MiB of weights).
-      const join = (gpuWork.length > 0 || streamWork.length > 0) && !sides.join ? false : undefined
       if (cpuWork.length) cpuJobs.push(this.#cpu.run(cpuJob, options.signal, join))
       for (let s = 0; s < shared; s++) {
         const block = { offset: sharedLease!.offset + s * T * D * 4, rows: T }
         cpuJobs.push(this.#cpu.run({ layer, hidden: hiddenRef, out: block, experts: [sharedWorks[s]] }, options.signal, join))
       }
+      if (gpuWork.length && !streamWork.length && inline) runGpu()
       if (jobs.length === 0 && cpuJobs.length === 1) {
         // One job alone (CPU-only decode): awaited directly, without the combinators' extra promises.
         await cpuJobs[0]

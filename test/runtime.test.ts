@@ -122,6 +122,52 @@ t.test('beside each other at prefill sizes the CPU job runs on the workers alone
   m.close()
 })
 
+t.test('with HETMOE_GPU_INLINE_PREFILL a prefill-size GPU call runs on the calling thread, after the CPU job it does not join is posted', async (t) => {
+  const m = await model(PRESETS.tiny)
+  const big = envConfig().gpuInlineRows + 1
+  // What each side is asked, in order: the CPU's `join`, the GPU's `inline` and `sleep`.
+  const log: string[] = []
+  const proto = CpuBackend.prototype
+  const run = proto.run
+  proto.run = function (this: CpuBackend, work, signal, join) {
+    log.push(`cpu join=${join}`)
+    return run.call(this, work, signal, join)
+  }
+  t.teardown(() => void (proto.run = run))
+  for (const inlinePrefill of [false, true]) {
+    const gpu = new FakeGpu(m, new Map([[0, [0, 4]]]))
+    gpu.budgetBytes = 2 * gpu.expertBytes // no room to stream cold experts: the CPU keeps its share
+    const gpuRun = gpu.run.bind(gpu)
+    gpu.run = (work, signal, options = {}) => (log.push(`gpu inline=${options.inline === true} sleep=${options.sleep === true}`), gpuRun(work, signal, options))
+    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 64 << 20, _gpuBackend: gpu, replace: false, _gpuInlinePrefill: inlinePrefill })
+    gpu.arena = rt.arena
+    const forward = async (T: number, layer = 0) => {
+      log.length = 0
+      await checkLayer(t, rt, m, layer, T, T)
+      return [...log]
+    }
+    if (inlinePrefill) {
+      t.same(await forward(big), ['cpu join=false', 'gpu inline=true sleep=true'], `${big} tokens: the CPU job is posted first, then this thread makes the GPU call and sleeps until the device is done`)
+      t.same(await forward(16), ['gpu inline=false sleep=false', 'cpu join=undefined'], 'decode size: unchanged (the calling thread joins the CPU job)')
+    } else {
+      t.same(await forward(big), ['gpu inline=false sleep=true', 'cpu join=false'], `${big} tokens, by default: the GPU call goes to a libuv thread first`)
+    }
+    await rt.close()
+  }
+  // A layer whose experts are all resident: no CPU work beside the call.
+  for (const inlinePrefill of [false, true]) {
+    const gpu = new FakeGpu(m, new Map([[0, Array.from({ length: m.manifest.layers[0].experts.length }, (_, e) => e)]]))
+    const rt = await createRuntime({ model: m, cpuThreads: 2, arenaBytes: 64 << 20, _gpuBackend: gpu, replace: false, _gpuInlinePrefill: inlinePrefill })
+    gpu.arena = rt.arena
+    gpu.inlineLog = []
+    await checkLayer(t, rt, m, 0, big, big)
+    await checkLayer(t, rt, m, 0, 16, 16)
+    t.same(gpu.inlineLog, [inlinePrefill, true], `all on the GPU, inline prefill ${inlinePrefill ? 'on' : 'off'}: ${big} tokens ${inlinePrefill ? 'inline' : 'off-thread'}, 16 tokens inline`)
+    await rt.close()
+  }
+  m.close()
+})
+
 t.test('arena views as hidden and out are used in place, and give the same results', async (t) => {
   for (const preset of [PRESETS.tiny, tinyGated]) {
     const m = await model(preset)

@@ -379,13 +379,14 @@ Napi::Value RunLayer(const Napi::CallbackInfo& cb) {
 }
 
 // gpuRunLayerSync(same arguments) -> timing: the same call on this thread, which waits for the stream
-// (CUDA spins while it waits, with fewer contexts than cores). For decode-size calls with nothing
-// else to do meanwhile: no thread-pool hop and no event-loop wake-up, each of which cost a sleeping
-// core of a virtual machine tens of microseconds.
+// (CUDA spins while it waits, with fewer contexts than cores; asleep with sleepWait). For calls with
+// nothing else for this thread to do meanwhile: no thread-pool hop and no event-loop wake-up, each of
+// which cost a sleeping core of a virtual machine tens of microseconds.
 Napi::Value RunLayerSync(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   const int h = handleArg(cb);
   LayerArgs a = layerArgs(cb, [](const Napi::Value&) {});
+  a.sleepWait = cb.Length() > 5 && cb[5].ToBoolean().Value();
   return guarded(env, [&] { return timingObject(env, runLayerWith(h, a)); });
 }
 
