@@ -4,7 +4,8 @@
 #   B. calibration, then place vs run on sigma-lite (4096 with 25% and 10%, 256 with 25%), defaults
 #   I. HETMOE_GPU_INLINE_PREFILL=1 (7513895): place's prediction with it, and runs alternating with the default
 #      and with the old beside-GPU behaviour (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0)
-#   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers
+#   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers,
+#      and with the kernels one level down (HETMOE_ISA=avx512bf16, avx512) against AMX
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-9.sh
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
@@ -43,9 +44,12 @@ for plan in b4096-0.25 b4096-0.1; do
   done
   pack
 done
-for s in ${K_SHARES:-0 262144 524288 0}; do
-  HETMOE_CREW_SHARE_WORK=$s timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1500} --json $O/K/overhead-$s-$SECONDS.json > $O/K/stdout-$s-$SECONDS.txt 2>/dev/null
-  echo "K share $s (µs, route+dispatch+combine): $(grep -hE '^dispatch' $(ls -t $O/K/stdout-$s-*.txt | head -1) | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
+# K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
+K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_ISA=avx512 HETMOE_CREW_SHARE_WORK=0"}
+for v in $K_VARIANTS; do
+  f=$O/K/stdout-$v-$SECONDS.txt
+  env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1500} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
+  echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
 pack
 timeout -k 5 60 node dist/bench/width-probe.js 1,4,16 1000 --json $O/W/probe.json > $O/W/probe.txt 2>&1; echo "W probe:"; cat $O/W/probe.txt
