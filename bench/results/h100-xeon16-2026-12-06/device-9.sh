@@ -9,14 +9,7 @@
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-9.sh
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
-if ! node -e "require.resolve('tap')" 2>/dev/null; then
-  mkdir -p node_modules/tap && cp test/gpu-tap-shim.cjs node_modules/tap/index.cjs
-  echo '{"name":"tap","version":"0.0.0-shim","main":"index.cjs"}' > node_modules/tap/package.json
-fi
-for f in ${T_FILES:-gpu-runtime-inline gpu-runtime-stream}; do
-  timeout -k 5 60 node dist/test/$f.test.js > $O/T/$f.log 2>&1
-  echo "T $f rc $?: $(grep -cE '^\s*ok' $O/T/$f.log) ok, $(grep -cE '^\s*not ok' $O/T/$f.log) not ok"; grep -E "not ok|# " $O/T/$f.log | head -6
-done
+gpu_tests ${T_FILES:-gpu-runtime-inline gpu-runtime-stream}
 pack
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1; echo "calibrate rc $?"; grep -E "^(CPU|GPU)" $O/B/calibrate.txt
 touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
