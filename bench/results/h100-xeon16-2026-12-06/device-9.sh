@@ -4,6 +4,7 @@
 #   B. calibration, then place vs run on sigma-lite (4096 with 25% and 10%, 256 with 25%), defaults
 #   I. HETMOE_GPU_INLINE_PREFILL=1 (7513895): place's prediction with it, and runs alternating with the default
 #      and with the old beside-GPU behaviour (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0)
+#   E. bench/cpu-expert-probe.ts: one sigma-lite expert's CPU job at 25-400 tokens against its predicted time
 #   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers,
 #      and with the kernels one level down (HETMOE_ISA=avx512bf16, avx512) against AMX
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
@@ -37,6 +38,9 @@ for plan in b4096-0.25 b4096-0.1; do
   done
   pack
 done
+# E: one sigma-lite expert's CPU job alone at prefill-size token counts, against the cost model's charge.
+[ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
+pack
 # K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
 K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_ISA=avx512 HETMOE_CREW_SHARE_WORK=0"}
 for v in $K_VARIANTS; do
