@@ -6,7 +6,7 @@
 #      and with the old beside-GPU behaviour (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0)
 #   E. bench/cpu-expert-probe.ts: one sigma-lite expert's CPU job at 25-400 tokens against its predicted time
 #   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers,
-#      and with the kernels one level down (HETMOE_ISA=avx512bf16, avx512) against AMX
+#      and with the kernels one level down (HETMOE_ISA=avx512bf16) against the default
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-9.sh
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
@@ -42,10 +42,10 @@ done
 [ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
 pack
 # K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
-K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_ISA=avx512 HETMOE_CREW_SHARE_WORK=0"}
+K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_CREW_SHARE_WORK=0"}
 for v in $K_VARIANTS; do
   f=$O/K/stdout-$v-$SECONDS.txt
-  env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1500} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
+  env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1200} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
   echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
 pack
