@@ -179,6 +179,9 @@ export class Runtime extends EventEmitter {
   #gpuFailures = 0
   #gpuHealthy = true
   #closed = false
+  /** Forwards started and not yet finished (a prefill call inline holds the event loop only while
+   *  no other forward could use it). */
+  #inFlight = 0
 
   private constructor(model: Model, arena: Arena, crew: CpuCrew, gpu: GpuExpertBackend | undefined, cache: GpuExpertCache | undefined) {
     super()
@@ -270,6 +273,7 @@ export class Runtime extends EventEmitter {
       leases.push(l)
       return l
     }
+    this.#inFlight++
     try {
       // Inputs already in the arena (fp32, 4-byte aligned) are used in place; others are copied in once.
       let hiddenOffset: number
@@ -340,8 +344,8 @@ export class Runtime extends EventEmitter {
       // else to do, a hop to a libuv thread and back costs more than the wait saves (gpu-backend.ts:
       // runLayer). That is a call with no CPU work beside it and few rows (decode); with
       // HETMOE_GPU_INLINE_PREFILL, any call with no CPU work, or beside CPU jobs this thread does not
-      // join (prefill sizes: sidesBeside), posted before the call. Such a call holds the event loop
-      // until the device is done. Otherwise the call goes to a libuv thread, queued before a small CPU
+      // join (prefill sizes: sidesBeside), posted before the call, while no other forward is in
+      // flight: such a call holds the event loop until the device is done. Otherwise the call goes to a libuv thread, queued before a small CPU
       // job occupies this thread (it joins small CPU jobs).
       let gpuDone = 0
       let cpuDone = 0
@@ -354,7 +358,8 @@ export class Runtime extends EventEmitter {
       const sides = prefill ? SIDES.prefill : SIDES.decode
       // undefined: the crew's own rule (the calling thread joins jobs of up to 64 MiB of weights).
       const join = (gpuWork.length > 0 || streamWork.length > 0) && !sides.join ? false : undefined
-      const inline = streamWork.length === 0 && (besideCpu ? this.#inlinePrefill && join === false : gpuRows <= this.#inlineRows || this.#inlinePrefill)
+      const inlineLarge = this.#inlinePrefill && this.#inFlight === 1
+      const inline = streamWork.length === 0 && (besideCpu ? inlineLarge && join === false : gpuRows <= this.#inlineRows || inlineLarge)
       if (streamWork.length) {
         // Streaming (prefill): the CPU starts on its share below while the cold experts' weights are
         // copied in; the GPU's call waits for them and takes those that arrived. One whose copy failed
@@ -420,6 +425,7 @@ export class Runtime extends EventEmitter {
       done = true
       return out
     } finally {
+      this.#inFlight--
       for (const r of releases) r()
       for (const l of leases) l.release()
       if (done) this.#prefetchNext(layer, options)

@@ -149,6 +149,12 @@ t.test('with HETMOE_GPU_INLINE_PREFILL a prefill-size GPU call runs on the calli
     if (inlinePrefill) {
       t.same(await forward(big), ['cpu join=false', 'gpu inline=true sleep=true'], `${big} tokens: the CPU job is posted first, then this thread makes the GPU call and sleeps until the device is done`)
       t.same(await forward(16), ['gpu inline=false sleep=false', 'cpu join=undefined'], 'decode size: unchanged (the calling thread joins the CPU job)')
+      // Two forwards in flight: the second (started while the first waits for its CPU job) hands its call over.
+      log.length = 0
+      const D = m.manifest.hiddenSize
+      const both = [51, 52].map((seed) => rt.forward(0, randomHidden(big, D, seed), { tokenIds: uniformTokens(big, m.manifest.vocabSize, seed), domain: 0 }))
+      await Promise.all(both)
+      t.same(log.filter((l) => l.startsWith('gpu')), ['gpu inline=true sleep=true', 'gpu inline=false sleep=true'], 'the first forward inline, the one beside it off-thread')
     } else {
       t.same(await forward(big), ['gpu inline=false sleep=true', 'cpu join=false'], `${big} tokens, by default: the GPU call goes to a libuv thread first`)
     }
