@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Call 9 (about 6-7 minutes on a fresh machine), packed into $OUT/all.tgz:
-#   T. the real-GPU tests of inline prefill calls (new) and of streaming
+#   T. the real-GPU test of inline prefill calls (new)
 #   B. calibration, then place vs run on sigma-lite (4096 with 25% and 10%, 256 with 25%), defaults
 #   I. HETMOE_GPU_INLINE_PREFILL=1 (7513895): place's prediction with it, and runs alternating with the default
 #      and with the old beside-GPU behaviour (HETMOE_CPU_JOIN_BESIDE_GPU=1 HETMOE_GPU_SLEEP_BESIDE_CPU=0)
@@ -10,7 +10,7 @@
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-9.sh
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
-gpu_tests ${T_FILES:-gpu-runtime-inline gpu-runtime-stream}
+gpu_tests ${T_FILES:-gpu-runtime-inline}
 pack
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1; echo "calibrate rc $?"; grep -E "^(CPU|GPU)" $O/B/calibrate.txt
 touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
@@ -38,9 +38,6 @@ for plan in b4096-0.25 b4096-0.1; do
   done
   pack
 done
-# E: one sigma-lite expert's CPU job alone at prefill-size token counts, against the cost model's charge.
-[ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
-pack
 # K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
 K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_CREW_SHARE_WORK=0"}
 for v in $K_VARIANTS; do
@@ -48,6 +45,9 @@ for v in $K_VARIANTS; do
   env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1200} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
   echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
+pack
+# E: one sigma-lite expert's CPU job alone at prefill-size token counts, against the cost model's charge.
+[ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
 pack
 timeout -k 5 60 node dist/bench/width-probe.js 1,4,16 1000 --json $O/W/probe.json > $O/W/probe.txt 2>&1; echo "W probe:"; cat $O/W/probe.txt
 pack
