@@ -8,7 +8,7 @@
 #   K. issue #7: tiny-gate's overhead with posted jobs admitting at most work / HETMOE_CREW_SHARE_WORK workers,
 #      and with the kernels one level down (HETMOE_ISA=avx512bf16) against the default
 #   W. bench/width-probe.ts (the gate's vector-lane exps, 3c73db1, not measured yet)
-# Shorter (low device time): PLACE_CASES=4096:0.25 I_ROUNDS="def inl def inl" K_VARIANTS="..." SKIP_EW=1.
+# Shorter (low device time): PLACE_CASES=4096:0.25 I_ROUNDS="def inl def inl" K_VARIANTS="..." SKIP_W=1.
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-9.sh
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
 gpu_tests ${T_FILES:-gpu-runtime-inline}
@@ -47,10 +47,10 @@ for v in $K_VARIANTS; do
   echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
 done
 pack
-[ -n "${SKIP_EW:-}" ] && { echo "done at $SECONDS s (E and W skipped)"; exit 0; }
 # E: one sigma-lite expert's CPU job alone at prefill-size token counts, against the cost model's charge.
 [ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
 pack
+[ -n "${SKIP_W:-}" ] && { echo "done at $SECONDS s (W skipped)"; exit 0; }
 timeout -k 5 60 node dist/bench/width-probe.js 1,4,16 1000 --json $O/W/probe.json > $O/W/probe.txt 2>&1; echo "W probe:"; cat $O/W/probe.txt
 pack
 echo "done at $SECONDS s"
