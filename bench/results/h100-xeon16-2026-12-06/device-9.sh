@@ -13,6 +13,14 @@
 O=/tmp/o9; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/T $O/B $O/K $O/W
 gpu_tests ${T_FILES:-gpu-runtime-inline}
 pack
+# K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
+K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_CREW_SHARE_WORK=0"}
+for v in $K_VARIANTS; do
+  f=$O/K/stdout-$v-$SECONDS.txt
+  env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1200} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
+  echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
+done
+pack
 timeout -k 5 150 $H calibrate > $O/B/calibrate.txt 2>&1; echo "calibrate rc $?"; grep -E "^(CPU|GPU)" $O/B/calibrate.txt
 touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-4096:0.25 4096:0.1 256:0.25}" timeout -k 5 200 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
@@ -39,14 +47,6 @@ for plan in b4096-0.25 b4096-0.1; do
   done
   pack
 done
-# K: each variant an env setting (the crew's share-work cap, the kernel level), the default first and last.
-K_VARIANTS=${K_VARIANTS:-"HETMOE_CREW_SHARE_WORK=0 HETMOE_CREW_SHARE_WORK=131072 HETMOE_CREW_SHARE_WORK=262144 HETMOE_CREW_SHARE_WORK=524288 HETMOE_ISA=avx512bf16 HETMOE_CREW_SHARE_WORK=0"}
-for v in $K_VARIANTS; do
-  f=$O/K/stdout-$v-$SECONDS.txt
-  env $v timeout -k 5 60 $H bench overhead --models ${K_MODELS:-tiny-gate,tiny-rre} --gap-us 0,300 --iters ${K_ITERS:-1200} --json $O/K/overhead-$v-$SECONDS.json > $f 2>/dev/null
-  echo "K $v (µs, route+dispatch+combine): $(grep -hE '^dispatch' $f | awk '{printf "%s/T%s/g%s %.1f  ", $2, $6, $5, $9+$10+$11}')"
-done
-pack
 # E: one sigma-lite expert's CPU job alone at prefill-size token counts, against the cost model's charge.
 [ -d /tmp/sl ] && timeout -k 5 60 node dist/bench/cpu-expert-probe.js /tmp/sl 25,50,100,200,400 15 --json $O/B/cpu-expert.json > $O/B/cpu-expert.txt 2>&1; echo "E:"; cat $O/B/cpu-expert.txt
 pack
