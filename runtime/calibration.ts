@@ -203,8 +203,11 @@ const OFF_THREAD_RUNS = 36
  * building the call, the native call's host work and copies, waiting for the device, and handing the
  * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
  * Then forwards of one row more than an inline call may have, whose residual less their rows' copies
- * is the hand-over of an off-thread call (63360ce; the probe's calls of that size stay off-thread
- * whatever HETMOE_GPU_INLINE_PREFILL says: decode calls beside CPU work are handed over either way). (Fitting the copies too on forwards of 257-4096
+ * is the hand-over of an off-thread call (63360ce). They stay off-thread whatever
+ * HETMOE_GPU_INLINE_PREFILL says. The charge is not all hand-over: sigma-lite's 4096-token calls made
+ * inline spent as long outside the native call as off-thread ones (0.47-0.83 against 0.32-0.42 ms;
+ * H100 host, 8c3b0b2), so the cost model charges it to every call above the inline rows, in either
+ * mode. (Fitting the copies too on forwards of 257-4096
  * rows gave 11 GB/s on the H200 machine, where sigma-lite's 4096-token layers moved their 64 MiB in
  * 1.4 ms: the plan then left an expert on the CPU that made every layer 2x slower; 5c8ff4f.)
  * Re-placement is off: its checks (planning, on prefill-size forwards) are no GPU cost.

@@ -11,7 +11,6 @@ import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
 import { profileFromTokens, profileShares, type LoadProfile } from '../scheduler/profile.js'
 import { readDocument } from '../scheduler/document.js'
 import { cachedCalibration } from './calibration.js'
-import { envConfig } from './config.js'
 
 export interface PlanForModelOptions {
   /** The expected token stream (RRE models: the profile is exact from it). */
@@ -36,15 +35,7 @@ export interface PlanForModel {
  * quick JavaScript estimate of the CPU; GPU and PCIe rates from the H100 reference where none was measured.
  */
 export async function machineCalibration(): Promise<Calibration> {
-  return withRuntimePolicy(withReferenceGpu(cachedCalibration() ?? (await loadCalibration(defaultProbes(thisMachine())))))
-}
-
-/** The runtime's settings that the cost model follows, as this process's environment has them (they
- *  change what a layer pays, not what was measured: no new calibration is needed). */
-export function withRuntimePolicy(c: Calibration): Calibration {
-  if (!c.gpu) return c
-  const inlinePrefill = envConfig().gpuInlinePrefill
-  return (c.gpu.inlinePrefill ?? false) === inlinePrefill ? c : { ...c, gpu: { ...c.gpu, inlinePrefill } }
+  return withReferenceGpu(cachedCalibration() ?? (await loadCalibration(defaultProbes(thisMachine()))))
 }
 
 /** A calibration without a measured GPU gets the H100 reference rates for it, and says so in its source. */

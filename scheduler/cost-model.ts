@@ -51,10 +51,6 @@ export interface DeviceRates {
   asyncCallS?: number
   /** GPU only: the most rows a call with no CPU work beside it ran inline with when measured. */
   inlineRows?: number
-  /** GPU only: calls of more rows run inline too, and prefill calls beside CPU work the calling thread
-   *  does not join: no hand-over charged at prefill. Not measured: the runtime's setting
-   *  (HETMOE_GPU_INLINE_PREFILL), set where a calibration is used (runtime/placement.ts: withRuntimePolicy). */
-  inlinePrefill?: boolean
   /** Share (0-1) of the smaller of an expert's read time and arithmetic time that adds to the larger
    *  (the roofline's `serial`, above). Absent: 0, the plain roofline (older calibrations, the CPU). */
   serial?: number
@@ -188,8 +184,7 @@ export class CostModel {
 
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's
    *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load).
-   *  A call of more than the inline rows also pays the hand-over to a libuv thread (gpuAsyncS), unless
-   *  such calls ran inline too (inlinePrefill). */
+   *  A call of more than the inline rows also pays the hand-over to a libuv thread (gpuAsyncS). */
   gpuLayerS(batchTokens: number, hiddenSize = 0): number {
     const g = this.calibration.gpu
     if (!g) return Infinity
@@ -200,13 +195,6 @@ export class CostModel {
 
   /** Whether a GPU call of `rows` rows with no CPU work beside it runs inline (runtime.ts: forward). */
   gpuCallsInline(rows: number): boolean {
-    const g = this.calibration.gpu
-    return rows <= (g?.inlineRows ?? Infinity) || g?.inlinePrefill === true
-  }
-
-  /** Whether a batch of `rows` is decode-sized: its GPU call goes to a libuv thread when the CPU side has
-   *  work too (the calling thread joins the CPU job), where it would run inline alone. */
-  gpuHandsOverBesideCpu(rows: number): boolean {
     return rows <= (this.calibration.gpu?.inlineRows ?? Infinity)
   }
 

@@ -21,8 +21,7 @@ export class LayerTimeModel {
   readonly cpuLayerS: number
   readonly gpuLayerS: number
   /** The hand-over cost of a GPU call that does not run inline: charged whenever the CPU side has
-   *  work too at decode sizes (where the call runs inline otherwise; at prefill sizes gpuLayerS has
-   *  it, or the call runs inline beside the CPU too: CostModel.gpuCallsInline). */
+   *  work too (a batch small enough to run inline otherwise; larger ones have it in gpuLayerS). */
   readonly gpuBesideCpuS: number
 
   constructor(experts: readonly ExpertShape[], share: ArrayLike<number>, batchTokens: number, cost: CostModel) {
@@ -42,7 +41,7 @@ export class LayerTimeModel {
     }
     this.cpuLayerS = cost.cpuLayerS(experts)
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
-    this.gpuBesideCpuS = cost.hasGpu && cost.gpuHandsOverBesideCpu(batchTokens) ? cost.gpuAsyncS() : 0
+    this.gpuBesideCpuS = cost.hasGpu && cost.gpuCallsInline(batchTokens) ? cost.gpuAsyncS() : 0
   }
 
   /** Layer seconds from the sums over each side: expert seconds and token shares. */

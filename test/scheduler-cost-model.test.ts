@@ -164,22 +164,6 @@ t.test('a GPU call off the calling thread costs its hand-over: above the inline 
   t.equal(withAsync.sides(() => true).gpuS, without.sides(() => true).gpuS, 'all on the GPU at 16 tokens: inline, nothing to pay')
 })
 
-t.test('with prefill calls inline too (HETMOE_GPU_INLINE_PREFILL when calibrated), only decode calls beside CPU work pay the hand-over', async (t) => {
-  const D = 2048
-  const base = testCalibration().gpu!
-  const bare = new CostModel(testCalibration())
-  const cost = new CostModel(testCalibration({ gpu: { ...base, asyncCallS: 200e-6, inlineRows: 256, inlinePrefill: true } }))
-  t.equal(cost.gpuLayerS(4096, D), bare.gpuLayerS(4096, D), 'a prefill call pays none')
-  const e: ExpertShape = { bytes: 64 * 2 ** 20, flopsPerToken: 64 * 2 ** 20, format: 'dense/bf16', hiddenSize: D }
-  const experts = [e, e, e, e]
-  const share = [0.25, 0.25, 0.25, 0.25]
-  const onGpu = (x: number) => x < 2
-  const prefill = (c: CostModel) => new LayerTimeModel(experts, share, 4096, c).sides(onGpu).gpuS
-  t.equal(prefill(cost), prefill(bare), 'nor one beside CPU work (the calling thread does not join it at prefill)')
-  const decode = (c: CostModel) => new LayerTimeModel(experts, share, 16, c).sides(onGpu).gpuS
-  t.ok(decode(cost) - decode(bare) > 0.99 * 200e-6, 'a decode call beside CPU work still does (the calling thread joins the CPU job)')
-})
-
 t.test('the GPU pays for moving activations: hidden rows in per layer call, output rows back per row', async (t) => {
   const D = 2048
   const e: ExpertShape = { bytes: 64 * 2 ** 20, flopsPerToken: 64 * 2 ** 20, format: 'dense/bf16', hiddenSize: D }

@@ -5,7 +5,7 @@ import { domainFromFlag, forFlag, modelFromFlag, profileFromFlags } from '../../
 import { CostModel, type Calibration } from '../../../scheduler/cost-model.js'
 import { describeCalibration } from '../../../scheduler/calibrate.js'
 import { cachedCalibration, measureCalibration } from '../../calibration.js'
-import { machineCalibration, withReferenceGpu, withRuntimePolicy } from '../../placement.js'
+import { machineCalibration, withReferenceGpu } from '../../placement.js'
 import { writeDocument, readDocument } from '../../../scheduler/document.js'
 import { makePlan, type PlanDocument } from '../../../scheduler/plan-report.js'
 import { HetmoeError } from '../../errors.js'
@@ -78,7 +78,7 @@ async function calibrationFor(file: string | undefined, refresh: boolean): Promi
       if (d?.format !== 'hetmoe-calibration') throw new HetmoeError('BAD_INPUT', `${file} is not a hetmoe calibration`)
       return d
     })
-    return withRuntimePolicy(withReferenceGpu(c))
+    return withReferenceGpu(c)
   }
   if (refresh) await measureCalibration({ log: (l) => process.stderr.write(l + '\n') })
   else if (!cachedCalibration()) process.stderr.write('hetmoe place: no runtime calibration cached for this machine; using a quick JavaScript estimate of the CPU (run `hetmoe calibrate` for measured rates)\n')
