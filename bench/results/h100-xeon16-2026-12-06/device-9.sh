@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 9 (about 6-7 minutes on a fresh machine), packed into $OUT/all.tgz:
+# Call 8 (it ran as the eighth call; about 6-7 minutes on a fresh machine in full), packed into $OUT/all.tgz:
 #   T. the real-GPU test of inline prefill calls (new)
 #   B. calibration, then place vs run on sigma-lite (4096 with 25% and 10%, 256 with 25%), defaults
 #   I. HETMOE_GPU_INLINE_PREFILL=1 (7513895): place's prediction with it, and runs alternating with the default
