@@ -204,10 +204,10 @@ const OFF_THREAD_RUNS = 36
  * rows back; probes of the backend alone missed 0.1-0.25 ms a layer of them (sigma-lite, d1ee830).
  * Then forwards of one row more than an inline call may have, whose residual less their rows' copies
  * is the hand-over of an off-thread call (63360ce). They stay off-thread whatever
- * HETMOE_GPU_INLINE_PREFILL says. The charge is not all hand-over: sigma-lite's 4096-token calls made
- * inline spent as long outside the native call as off-thread ones (0.47-0.83 against 0.32-0.42 ms;
- * H100 host, 8c3b0b2), so the cost model charges it to every call above the inline rows, in either
- * mode. (Fitting the copies too on forwards of 257-4096
+ * HETMOE_GPU_INLINE_PREFILL says, and the cost model charges it to every call above the inline rows
+ * in either mode: sigma-lite's 4096-token layers made inline still spent 0.47-0.83 ms from routing to
+ * the call's end outside the native call (the CPU job's post comes first there), against 0.32-0.42
+ * off-thread (H100 host, call 8). (Fitting the copies too on forwards of 257-4096
  * rows gave 11 GB/s on the H200 machine, where sigma-lite's 4096-token layers moved their 64 MiB in
  * 1.4 ms: the plan then left an expert on the CPU that made every layer 2x slower; 5c8ff4f.)
  * Re-placement is off: its checks (planning, on prefill-size forwards) are no GPU cost.
