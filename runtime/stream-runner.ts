@@ -58,7 +58,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
     const outLease = rt.arena.lease(T * D * 4)
     try {
       const h = hLease.f32(T * D)
-      h.set(randomHidden(T, D, 1000 + b))
+      randomHidden(T, D, 1000 + b, h) // in place: no 32 MiB array a batch for the collector to find inside a forward
       const out = outLease.f32(T * D)
       let ms = 0
       for (let l = 0; l < m.layers.length; l++) {

@@ -45,10 +45,13 @@ export function uniformTokens(n: number, vocab: number, seed = 1): Int32Array {
   return Int32Array.from({ length: n }, () => Math.floor(rnd() * vocab))
 }
 
-/** Hidden states for a batch: N(0,1)-ish values from a seed, fp32 [T × D]. */
-export function randomHidden(T: number, D: number, seed = 7): Float32Array {
+/** Hidden states for a batch: N(0,1)-ish values from a seed, fp32 [T × D]; written into `out` (the
+ *  first T × D values) when given, so that a loop over batches leaves no garbage behind: at 4096 × 2048
+ *  a fresh array a batch is 32 MiB, whose collection lands in whatever runs next. */
+export function randomHidden(T: number, D: number, seed = 7, out?: Float32Array): Float32Array {
   const rnd = seededRandom(seed)
-  const h = new Float32Array(T * D)
+  if (out && out.length < T * D) throw new RangeError(`randomHidden: out holds ${out.length} values, fewer than ${T} × ${D}`)
+  const h = out ? out.subarray(0, T * D) : new Float32Array(T * D)
   for (let i = 0; i < h.length; i++) h[i] = (rnd() + rnd() + rnd() - 1.5) * 2
   return h
 }

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { combineTopK } from '../runtime/combine.js'
-import { zipfTokens, uniformTokens, seededRandom } from '../runtime/token-stream.js'
+import { zipfTokens, uniformTokens, seededRandom, randomHidden } from '../runtime/token-stream.js'
 import { parseSize } from '../runtime/size.js'
 import { planForModel, readPlanFile } from '../runtime/placement.js'
 import { loadModel } from '../experts/model.js'
@@ -42,6 +42,16 @@ t.test('token streams are seeded, in range, and Zipf is skewed', async (t) => {
   t.ok(top(u) < 0.002, 'uniform has no such token')
   const r = seededRandom(9)
   t.ok(Array.from({ length: 1000 }, r).every((x) => x >= 0 && x < 1))
+})
+
+t.test('random hidden states written in place are the ones a fresh array gets', async (t) => {
+  const fresh = randomHidden(5, 8, 11)
+  const buf = new Float32Array(64).fill(NaN)
+  const got = randomHidden(5, 8, 11, buf)
+  t.equal(got.buffer, buf.buffer, 'the caller\'s array')
+  t.same(Array.from(buf.subarray(0, 40)), Array.from(fresh), 'same values from the same seed')
+  t.ok(buf.subarray(40).every(Number.isNaN), 'nothing written past T × D')
+  t.throws(() => randomHidden(5, 8, 11, new Float32Array(39)), /fewer than 5 × 8/)
 })
 
 t.test('sizes', async (t) => {
