@@ -343,10 +343,10 @@ export class Runtime extends EventEmitter {
       // Inline, this thread makes the GPU call itself and waits for the device: where it has nothing
       // else to do, a hop to a libuv thread and back costs more than the wait saves (gpu-backend.ts:
       // runLayer). That is a call with no CPU work beside it and few rows (decode); with
-      // HETMOE_GPU_INLINE_PREFILL, any call with no CPU work, or beside CPU jobs this thread does not
-      // join (prefill sizes: sidesBeside), posted before the call, while no other forward is in
-      // flight: such a call holds the event loop until the device is done. Otherwise the call goes to a libuv thread, queued before a small CPU
-      // job occupies this thread (it joins small CPU jobs).
+      // HETMOE_GPU_INLINE_PREFILL also any call with no CPU work, or beside CPU jobs this thread does
+      // not join (prefill sizes: sidesBeside), posted before the call, while no other forward is in
+      // flight: such a call holds the event loop until the device is done. Otherwise the call goes
+      // to a libuv thread, queued before a small CPU job occupies this thread (it joins those).
       let gpuDone = 0
       let cpuDone = 0
       let lateCpuDone = 0
