@@ -4,26 +4,21 @@
 // fake GPU of test/runtime.test.ts checks which way the runtime asks for; this checks the device's
 // synchronous path gives the same numbers. Skips cleanly where no GPU (or no CUDA build) exists, as on CI.
 import t from 'tap'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { createRuntime } from '../runtime/runtime.js'
 import { envConfig } from '../runtime/config.js'
 import { loadModel } from '../experts/model.js'
-import { synthModel, PRESETS } from '../experts/synth.js'
+import { PRESETS } from '../experts/synth.js'
 import { layerForwardRef } from '../experts/reference.js'
 import { relativeError } from '../experts/formats.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { testCalibration } from './helpers/calibration.js'
 import { gpuSkipReason } from './helpers/gpu-experts.js'
+import { makeModel, tempDir } from './helpers/models.js'
 
 const skip = gpuSkipReason()
 
 t.test('prefill-size GPU calls on the calling thread give the reference outputs, beside CPU work and alone', { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-inline-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  await synthModel({ preset: PRESETS.tiny, out: dir, format: 'dense', seed: 8, overwrite: true })
-  const m = await loadModel(dir)
+  const m = await loadModel(await makeModel(tempDir(t, 'hetmoe-gpu-inline-'), PRESETS.tiny, { seed: 8, format: 'dense' }))
   t.teardown(() => m.close())
   const { vocabSize: V, hiddenSize: D } = m.manifest
   const E = m.manifest.layers[0].experts.length

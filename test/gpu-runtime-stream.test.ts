@@ -4,25 +4,20 @@
 // GPU of test/runtime.test.ts checks the ordering; this checks the device's copies and kernels give the
 // same numbers. Skips cleanly where no GPU (or no CUDA build) exists, as on CI.
 import t from 'tap'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { createRuntime } from '../runtime/runtime.js'
 import { loadModel } from '../experts/model.js'
-import { synthModel, PRESETS } from '../experts/synth.js'
+import { PRESETS } from '../experts/synth.js'
 import { layerForwardRef } from '../experts/reference.js'
 import { relativeError } from '../experts/formats.js'
 import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { testCalibration } from './helpers/calibration.js'
 import { gpuSkipReason } from './helpers/gpu-experts.js'
+import { makeModel, tempDir } from './helpers/models.js'
 
 const skip = gpuSkipReason()
 
 t.test('streamed and prefetched experts on the GPU give the reference outputs and go after the batch', { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'hetmoe-gpu-stream-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  await synthModel({ preset: PRESETS.tiny, out: dir, format: 'dense', seed: 6, overwrite: true })
-  const m = await loadModel(dir)
+  const m = await loadModel(await makeModel(tempDir(t, 'hetmoe-gpu-stream-'), PRESETS.tiny, { seed: 6, format: 'dense' }))
   t.teardown(() => m.close())
   const { vocabSize: V, hiddenSize: D } = m.manifest
   // A slow CPU in the calibration makes every cold expert of a prefill batch worth streaming.
