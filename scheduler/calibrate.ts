@@ -74,6 +74,13 @@ export interface ActivationCosts {
   freshRows?: number
 }
 
+/** What the layer-call probe measured: DeviceRates.layerCallS, and the CPU's besideGpuS where measured. */
+export interface LayerCallCosts {
+  inline: [number, number][]
+  offThread: [number, number][]
+  besideGpuS?: number
+}
+
 export interface CalibrationProbes {
   machine: { cpu: string; gpu: string | null }
   source: string
@@ -81,6 +88,9 @@ export interface CalibrationProbes {
   gpu?: DeviceProbes
   /** Seconds to copy `bytes` from pinned host memory to the GPU. */
   pcie?: (bytes: number) => number | Promise<number>
+  /** With a GPU: layer calls measured whole through forward(), given both devices' fitted rates
+   *  (DeviceRates.layerCallS for the GPU, besideGpuS for the CPU). */
+  layerCalls?: (rates: { cpu: DeviceRates; gpu: DeviceRates }) => Promise<LayerCallCosts>
   /** Probe sizes; defaults suit native kernels (8–128 MiB, 1–512 tokens). */
   plan?: { bytes: number[]; tokens: number[]; repeats?: number }
 }
@@ -99,16 +109,13 @@ export async function calibrate(probes: CalibrationProbes): Promise<Calibration>
     const { intercept, slope } = fitLine(samples)
     pcie = { latencyS: intercept, bytesPerS: 1 / slope }
   }
-  return {
-    format: 'hetmoe-calibration',
-    version: 1,
-    machine: probes.machine,
-    source: probes.source,
-    measuredAt: new Date().toISOString(),
-    cpu: await fitDevice(probes.cpu, plan),
-    gpu,
-    pcie,
+  const cpu = await fitDevice(probes.cpu, plan)
+  if (probes.layerCalls && gpu) {
+    const calls = await probes.layerCalls({ cpu, gpu })
+    gpu.layerCallS = { inline: calls.inline, offThread: calls.offThread }
+    if (calls.besideGpuS !== undefined) cpu.besideGpuS = calls.besideGpuS
   }
+  return { format: 'hetmoe-calibration', version: 1, machine: probes.machine, source: probes.source, measuredAt: new Date().toISOString(), cpu, gpu, pcie }
 }
 
 async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<CalibrationProbes['plan']>> | typeof DEFAULT_PLAN): Promise<DeviceRates> {
@@ -310,9 +317,9 @@ export function calibrationCachePath(machine: { cpu: string; gpu: string | null 
 export function readCalibration(path: string): Calibration | undefined {
   try {
     const c = JSON.parse(readFileSync(path, 'utf8')) as Calibration
-    // A GPU calibration from before activation copies were measured (and kernel rates were taken
-    // from wall times) misleads the planner at large batches: measure again.
-    const stale = c.gpu && c.gpu.activationBytesPerS === undefined && c.source.startsWith('runtime probes')
+    // A GPU calibration from before its layer calls were measured whole (or before activation copies
+    // were, and kernel rates taken from wall times) misleads the planner at large batches: measure again.
+    const stale = c.gpu && c.gpu.layerCallS === undefined && c.source.startsWith('runtime probes')
     return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu && !stale ? c : undefined
   } catch {
     return undefined
@@ -342,6 +349,8 @@ const gbps = (b: number) => `${(b / 1e9).toFixed(1)} GB/s`
 const tflops = (f: number) => (f >= 1e12 ? `${(f / 1e12).toFixed(1)} TFLOP/s` : `${(f / 1e9).toFixed(1)} GFLOP/s`)
 const us = (s: number) => `${(s * 1e6).toFixed(1)} µs`
 
+const callTable = (points: [number, number][]) => (points.length ? points.map(([b, t]) => `${(b / MiB).toFixed(b < MiB ? 2 : 0)} MiB ${us(t)}`).join(', ') : 'none')
+
 /** Lines for `hetmoe info` and the place report. */
 export function describeCalibration(c: Calibration): string {
   const dev = (name: string, d: DeviceRates | null): string[] => {
@@ -351,6 +360,8 @@ export function describeCalibration(c: Calibration): string {
       `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.freshRows ? ` (+${us(d.freshRows.seconds)} a call of ${d.freshRows.rows} rows just written)` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
       ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
       ...(d.serial !== undefined ? [`      reads and arithmetic: ${(100 * d.serial).toFixed(0)}% of the shorter adds to the longer (0%: the plain roofline)`] : []),
+      ...(d.layerCallS ? [`      layer calls measured whole, by the batch's hidden bytes: ${callTable(d.layerCallS.inline)} inline; ${callTable(d.layerCallS.offThread)} off-thread`] : []),
+      ...(d.besideGpuS !== undefined ? [`      a layer job beside a prefill-size GPU call: +${us(d.besideGpuS)}`] : []),
     ]
   }
   return [

@@ -59,6 +59,19 @@ export interface DeviceRates {
    *  HETMOE_WGMMA_MIN tokens): it streamed sigma-lite's experts at ~3.3 TB/s at 256-token batches on
    *  the H200, where the decode kernel's fitted rate was 4.47. Absent: readBytesPerS throughout. */
   largeBatch?: { minTokens: number; readBytesPerS: Partial<Record<FormatKey, number>> }
+  /** GPU only: what a layer call cost through forward() beyond its experts' own terms (their roofline,
+   *  fixed cost and output rows), measured on rows just written with no CPU work beside
+   *  (runtime/calibration.ts: prefillProbe): [bytes of the batch's hidden rows (4·D·rows), seconds],
+   *  ascending, for calls made on the calling thread (at most inlineRows rows) and for calls handed to
+   *  a libuv thread. It stands in for the sum of the parts above (layer overhead, activation copies in,
+   *  fresh rows, hand-over), read between its points and from (0, layerOverheadS) (gpuLayerS): that sum
+   *  predicted sigma-lite's 4096-token GPU side at 2.62 ms where it took 3.17-3.36 (call 8). Absent: the
+   *  sum (older calibrations). */
+  layerCallS?: { inline: [number, number][]; offThread: [number, number][] }
+  /** CPU only: what a layer job costs more beside a GPU call of more than the inline rows (prefill) than
+   *  its experts' terms and cpuLayerS say (measured the same way: the GPU's choice before the post, the
+   *  completion's hop, the call's copies through the same memory). Absent: 0. */
+  besideGpuS?: number
 }
 
 export interface Calibration {
@@ -184,10 +197,13 @@ export class CostModel {
 
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's
    *  `batchTokens` hidden rows of width `hiddenSize` in (every row goes: the kernels gather on load).
-   *  A call of more than the inline rows also pays the hand-over to a libuv thread (gpuAsyncS). */
+   *  A call of more than the inline rows also pays the hand-over to a libuv thread (gpuAsyncS). Where
+   *  the calibration measured these calls whole (DeviceRates.layerCallS), that measurement instead. */
   gpuLayerS(batchTokens: number, hiddenSize = 0): number {
     const g = this.calibration.gpu
     if (!g) return Infinity
+    const measured = g.layerCallS && (this.gpuCallsInline(batchTokens) ? g.layerCallS.inline : g.layerCallS.offThread)
+    if (measured?.length) return interpolate(measured, 4 * hiddenSize * batchTokens, g.layerOverheadS)
     const fresh = g.freshRows && g.freshRows.rows > 0 ? g.freshRows.seconds * Math.min(1, batchTokens / g.freshRows.rows) : 0
     const copies = (g.activationBytesPerS ? (4 * hiddenSize * batchTokens) / g.activationBytesPerS : 0) + fresh
     return g.layerOverheadS + copies + (this.gpuCallsInline(batchTokens) ? 0 : (g.asyncCallS ?? 0))
@@ -196,6 +212,12 @@ export class CostModel {
   /** Whether a GPU call of `rows` rows with no CPU work beside it runs inline (runtime.ts: forward). */
   gpuCallsInline(rows: number): boolean {
     return rows <= (this.calibration.gpu?.inlineRows ?? Infinity)
+  }
+
+  /** What a CPU layer job of a batch of `batchTokens` costs more beside a GPU call (DeviceRates.besideGpuS;
+   *  prefill sizes only: a decode-size job is joined by the calling thread and measured as it is). */
+  cpuBesideGpuS(batchTokens: number): number {
+    return this.gpuCallsInline(batchTokens) ? 0 : (this.calibration.cpu.besideGpuS ?? 0)
   }
 
   /** The extra cost of a GPU layer call handed to a libuv thread (0 when not measured). */
@@ -238,6 +260,17 @@ export function expectedRooflineTime(r: Roofline, batch: number, p: number): num
     }
   } else if (batch < m) below = m - batch
   return base + r.perTokenS * (batch * q - m + below)
+}
+
+/** y at x on the polyline through (0, y0) and `points` ([x, y], x ascending), its last segment extended. */
+function interpolate(points: readonly [number, number][], x: number, y0: number): number {
+  let [x0, y] = [0, y0]
+  for (let i = 0; i < points.length; i++) {
+    const [x1, y1] = points[i]
+    if (x <= x1 || i === points.length - 1) return x1 > x0 ? y + ((x - x0) * (y1 - y)) / (x1 - x0) : y1
+    ;[x0, y] = [x1, y1]
+  }
+  return y0
 }
 
 function roofline(d: DeviceRates, e: ExpertShape): Roofline {

@@ -23,6 +23,8 @@ export class LayerTimeModel {
   /** The hand-over cost of a GPU call that does not run inline: charged whenever the CPU side has
    *  work too (a batch small enough to run inline otherwise; larger ones have it in gpuLayerS). */
   readonly gpuBesideCpuS: number
+  /** What the CPU side costs more beside a GPU call at prefill sizes (CostModel.cpuBesideGpuS). */
+  readonly cpuBesideGpuS: number
 
   constructor(experts: readonly ExpertShape[], share: ArrayLike<number>, batchTokens: number, cost: CostModel) {
     const E = experts.length
@@ -42,6 +44,7 @@ export class LayerTimeModel {
     this.cpuLayerS = cost.cpuLayerS(experts)
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
     this.gpuBesideCpuS = cost.hasGpu && cost.gpuCallsInline(batchTokens) ? cost.gpuAsyncS() : 0
+    this.cpuBesideGpuS = cost.hasGpu ? cost.cpuBesideGpuS(batchTokens) : 0
   }
 
   /** Layer seconds from the sums over each side: expert seconds and token shares. */
@@ -51,7 +54,7 @@ export class LayerTimeModel {
     const gpuIdle = Math.pow(1 - Math.min(1, gpuShare), B)
     const bothIdle = Math.pow(Math.max(0, 1 - cpuShare - gpuShare), B)
     const bothBusy = Math.min(1, Math.max(0, 1 - cpuIdle - gpuIdle + bothIdle))
-    const c = cpuSum + (cpuShare > 0 ? (1 - cpuIdle) * this.cpuLayerS : 0)
+    const c = cpuSum + (cpuShare > 0 ? (1 - cpuIdle) * this.cpuLayerS : 0) + bothBusy * this.cpuBesideGpuS
     const g = gpuShare > 0 || gpuSum > 0 ? gpuSum + (1 - gpuIdle) * this.gpuLayerS + bothBusy * this.gpuBesideCpuS : 0
     return c + g - bothBusy * Math.min(c, g)
   }
@@ -67,8 +70,11 @@ export class LayerTimeModel {
     const { cs, gs, cp, gp } = this.#sums(onGpu)
     const B = this.batchTokens
     const busy = (share: number) => 1 - Math.pow(1 - Math.min(1, share), B)
-    const beside = cp > 0 && gp > 0 ? busy(cp) * busy(gp) * this.gpuBesideCpuS : 0
-    return { cpuS: cs + (cp > 0 ? busy(cp) * this.cpuLayerS : 0), gpuS: gs + (gp > 0 ? busy(gp) * this.gpuLayerS : 0) + beside }
+    const both = cp > 0 && gp > 0 ? busy(cp) * busy(gp) : 0
+    return {
+      cpuS: cs + (cp > 0 ? busy(cp) * this.cpuLayerS : 0) + both * this.cpuBesideGpuS,
+      gpuS: gs + (gp > 0 ? busy(gp) * this.gpuLayerS : 0) + both * this.gpuBesideCpuS,
+    }
   }
 
   #sums(onGpu: (e: number) => boolean): { cs: number; gs: number; cp: number; gp: number } {

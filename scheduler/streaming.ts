@@ -56,7 +56,8 @@ export function planStreaming(
   let rows = 0
   for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
   const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0
-  const layer = (c: number, cb: boolean, g: number, gb: boolean) => Math.max(side(c, cb, cpuOv), side(g, gb, gpuOv))
+  const besideGpu = cost.hasGpu ? cost.cpuBesideGpuS(batchTokens ?? rows) : 0
+  const layer = (c: number, cb: boolean, g: number, gb: boolean) => Math.max(side(c, cb, cpuOv + (gb ? besideGpu : 0)), side(g, gb, gpuOv))
   const withoutS = layer(cpu, cpuBusy, gpu, gpuBusy)
   const stream: number[] = []
   if (!cost.hasGpu) return { stream, layerS: withoutS, withoutS }

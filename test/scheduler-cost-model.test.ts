@@ -9,6 +9,7 @@ import { testCalibration } from './helpers/calibration.js'
 import { tempDir } from './helpers/model-dir.js'
 import { driverGpuName } from '../runtime/calibration.js'
 import { LayerTimeModel } from '../scheduler/layer-time.js'
+import { planStreaming } from '../scheduler/streaming.js'
 
 t.test('matrix bytes by format follow layout.h: a 75% matrix is ~5/16 of dense bf16', async (t) => {
   const dense = matrixBytes(8192, 2048, 'dense', 'bf16')
@@ -77,6 +78,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   }
   // From 32 tokens an expert the GPU runs its large-batch kernel, which streams weights at 1.1 TB/s.
   const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / (tokens >= 32 ? 1.1e12 : 1.5e12), (tokens * flopsPerToken) / 500e12)
+  let seen: { cpu: number; gpu: number | undefined } | undefined
   const c = await calibrate({
     machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
     source: 'synthetic',
@@ -85,8 +87,18 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     // 20 µs measured outside the kernels.
     gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => ({ bytesPerS: 21e9, freshS: 200e-6, freshRows: 512 }), serial: () => 0.7, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256, largeBatchTokens: 32 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
+    // Given both devices' rates, as fitted above.
+    layerCalls: async ({ cpu, gpu }) => {
+      seen = { cpu: cpu.layerOverheadS, gpu: gpu.asyncCallS }
+      return { inline: [[2 ** 21, 300e-6]], offThread: [[2 ** 25, 2e-3]], besideGpuS: 900e-6 }
+    },
   })
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
+  t.same(seen, { cpu: 12e-6, gpu: 150e-6 }, 'the layer-call probe gets the fitted rates')
+  t.same(c.gpu!.layerCallS, { inline: [[2 ** 21, 300e-6]], offThread: [[2 ** 25, 2e-3]] })
+  t.equal(c.cpu.besideGpuS, 900e-6)
+  t.match(describeCalibration(c), /layer calls measured whole, by the batch's hidden bytes: 2 MiB 300(\.0)? µs inline; 32 MiB 2000(\.0)? µs off-thread/)
+  t.match(describeCalibration(c), /a layer job beside a prefill-size GPU call: \+900(\.0)? µs/)
   near(c.cpu.readBytesPerS['dense/bf16']!, 80e9, 0.01, 'CPU dense GB/s')
   near(c.cpu.readBytesPerS['2:4/bf16']!, 70e9, 0.01, 'CPU 2:4 GB/s')
   // FLOP rates keep the fixed cost in (a lower bound, never a division by noise): within a few %.
@@ -103,7 +115,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   t.match(describeCalibration(c), /activations 21\.0 GB\/s \(\+200(\.0)? µs a call of 512 rows just written\)/)
   t.match(describeCalibration(c), /reads and arithmetic: 70% of the shorter adds to the longer/)
   // Rows just written cost in proportion up to the measured call's rows, then in full.
-  const cm = new CostModel(c)
+  const cm = new CostModel({ ...c, gpu: { ...c.gpu!, layerCallS: undefined } }) // the sum of parts
   const layer = (T: number) => cm.gpuLayerS(T, 2048) - (4 * 2048 * T) / 21e9 // less the rows' bytes at the rate
   near(layer(256) - layer(1), (255 / 512) * 200e-6, 1e-6, 'half the rows, half the cost')
   t.ok(Math.abs(layer(4096) - layer(512)) < 1e-12, 'flat from 512 rows (exactly)')
@@ -175,6 +187,42 @@ t.test('the GPU pays for moving activations: hidden rows in per layer call, outp
   t.ok(Math.abs(act.gpuLayerS(4096, D) - bare.gpuLayerS(4096, D) - 4096 * rowS) < 1e-12, 'a layer call copies every hidden row in')
   t.equal(bare.gpuLayerS(4096, D), bare.calibration.gpu!.layerOverheadS, 'uncharged without a measured rate')
   t.equal(act.tGpu({ ...e, hiddenSize: undefined }, 1000), bare.tGpu(e, 1000), 'or without the width')
+})
+
+t.test('layer calls measured whole replace the sum of parts; a CPU job beside a prefill-size GPU call pays what was measured', async (t) => {
+  const D = 2048
+  const MiB = 2 ** 20
+  const base = testCalibration()
+  // Inline up to 256 rows (64 and 256 measured), off-thread above (257, 1024 and 4096).
+  const layerCallS = { inline: [[0.5 * MiB, 100e-6], [2 * MiB, 250e-6]], offThread: [[2 * MiB + 8192, 600e-6], [8 * MiB, 900e-6], [32 * MiB, 2100e-6]] } as { inline: [number, number][]; offThread: [number, number][] }
+  const cal = { ...base, cpu: { ...base.cpu, besideGpuS: 800e-6 }, gpu: { ...base.gpu!, activationBytesPerS: 20e9, asyncCallS: 200e-6, inlineRows: 256, layerCallS } }
+  const cost = new CostModel(cal)
+  const near = (a: number, b: number, what: string) => t.ok(Math.abs(a - b) < 1e-12, `${what}: ${a} vs ${b}`)
+  near(cost.gpuLayerS(64, D), 100e-6, 'at a measured point: its time')
+  near(cost.gpuLayerS(32, D), base.gpu!.layerOverheadS + (100e-6 - base.gpu!.layerOverheadS) / 2, 'below the first: from the layer overhead at no rows')
+  near(cost.gpuLayerS(160, D), 175e-6, 'between two points: on the line')
+  near(cost.gpuLayerS(257, D), 600e-6, 'one row more than inline: the off-thread table')
+  near(cost.gpuLayerS(2560, D), 1500e-6, 'between its points')
+  near(cost.gpuLayerS(8192, D), 2100e-6 + 4096 * (1200e-6 / 3072), 'past the last: its last segment extended')
+  near(cost.gpuLayerS(2048, 4096), cost.gpuLayerS(4096, 2048), 'by the hidden bytes: twice the width, half the rows')
+  t.ok(new CostModel({ ...cal, gpu: { ...cal.gpu, layerCallS: undefined } }).gpuLayerS(4096, D) < 2100e-6 - 1e-4, 'without the table: the sum of parts (less here)')
+  // The CPU side pays besideGpuS only beside a GPU call of a prefill-size batch.
+  near(cost.cpuBesideGpuS(4096), 800e-6, 'prefill')
+  near(cost.cpuBesideGpuS(256), 0, 'an inline-size batch: the calling thread joins, as the CPU probes measured')
+  near(new CostModel(base).cpuBesideGpuS(4096), 0, 'older calibrations: nothing')
+  const e: ExpertShape = { bytes: 64 * MiB, flopsPerToken: 64 * MiB, format: 'dense/bf16', hiddenSize: D }
+  const experts = [e, e, e, e]
+  const share = [0.25, 0.25, 0.25, 0.25]
+  const plain = new CostModel({ ...cal, cpu: base.cpu })
+  const a = new LayerTimeModel(experts, share, 4096, cost).sides((x) => x < 3)
+  const b = new LayerTimeModel(experts, share, 4096, plain).sides((x) => x < 3)
+  near(a.cpuS - b.cpuS, 800e-6, 'a layer with both sides busy: the CPU side pays it')
+  near(a.gpuS, b.gpuS, 'the GPU side does not')
+  near(new LayerTimeModel(experts, share, 4096, cost).sides(() => false).cpuS, new LayerTimeModel(experts, share, 4096, plain).sides(() => false).cpuS, 'nor a CPU side alone')
+  const counts = [1024, 1024, 1024, 1024]
+  const lone = planStreaming(experts, counts, (x) => x < 3, cost, 0, 4096)
+  const loneWithout = planStreaming(experts, counts, (x) => x < 3, plain, 0, 4096)
+  near(lone.withoutS, Math.max(loneWithout.withoutS, cost.tCpu(e, 1024) + cost.cpuLayerS(experts) + 800e-6), 'streaming weighs the CPU side with it')
 })
 
 t.test('a CPU job pays its tail once: one expert alone is slower per byte than several', async (t) => {
