@@ -4,7 +4,7 @@
 // machine (scheduler/calibrate.ts); `hetmoe calibrate` refreshes, `hetmoe info` shows it.
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Arena } from './arena.js'
+import { Arena, type Lease } from './arena.js'
 import { CpuCrew } from './cpu-crew.js'
 import { CpuBackend } from './cpu-backend.js'
 import { GpuBackend } from './gpu-backend.js'
@@ -14,12 +14,13 @@ import { native } from './native.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { cacheDir } from './model-cache.js'
 import { randomHidden } from './token-stream.js'
-import { createRuntime } from './runtime.js'
+import { arenaBytesFor, createRuntime, type Runtime } from './runtime.js'
+import { routeLayer } from './route-layer.js'
 import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
 import { MANIFEST_FILE, type WeightFormat } from '../experts/manifest.js'
-import { expertShape, type Calibration, type DeviceRates, type FormatKey } from '../scheduler/cost-model.js'
-import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type ActivationCosts, type CalibrationProbes, type Probe } from '../scheduler/calibrate.js'
+import { CostModel, expertShape, type Calibration, type DeviceRates, type FormatKey } from '../scheduler/cost-model.js'
+import { calibrationCachePath, fitLine, loadCalibration, readCalibration, referenceH100, thisMachine, type ActivationCosts, type CalibrationProbes, type LayerCallCosts, type Probe } from '../scheduler/calibrate.js'
 
 const FORMATS: WeightFormat[] = ['dense', '2:4', '75%']
 const OVERHEAD_RUNS = 300
@@ -268,6 +269,123 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
   }
 }
 
+/** Batch rows of the layer-call probe's forwards (with the inline rows and one more, where inside). */
+const CALL_ROWS = [64, 256, 1024, 4096]
+const CALL_WARMUP = 3
+const CALL_RUNS = 9
+/** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
+ *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
+const CALL_BASE_ROWS = 256
+
+/**
+ * The GPU's layer calls measured whole (DeviceRates.layerCallS), and what a CPU job pays beside one at
+ * prefill size (besideGpuS): a runtime over the dense probe model with the crew's threads, forwards of
+ * CALL_ROWS rows that this thread has just written (as an app's residual add leaves them), first with
+ * every expert resident (no CPU work: a call inline up to the inline rows, off-thread above), then at
+ * the largest size with one expert on the CPU (the GPU waits asleep, the workers run the job alone,
+ * as runtime.ts does at prefill sizes). Each is the median of what the side's stage clock took beyond
+ * the cost model's terms for its experts at this batch's counts, given the rates fitted before. The
+ * parts that probes of the backend alone and the activation copies charge left out a quarter of
+ * sigma-lite's 4096-token GPU side and CPU side on the H100 machine (call 8: 3.17-3.36 ms against 2.62
+ * predicted, and 3.45-3.78 against 2.6): copies of rows just written, the hand-overs, the choice of the
+ * GPU's experts before the CPU job's post.
+ */
+function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRates; gpu: DeviceRates }) => Promise<LayerCallCosts> {
+  return async ({ cpu, gpu }) => {
+    const cost = new CostModel({ format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (layer call probe)', measuredAt: new Date().toISOString(), cpu, gpu, pcie: null })
+    const m = model.manifest
+    const D = m.hiddenSize
+    const E = m.layers[0].experts.length
+    const shape = expertShape(model.expert(0, 0))
+    const inlineRows = gpu.inlineRows ?? 0
+    const sizes = [...new Set([...CALL_ROWS, ...(inlineRows > 0 ? [inlineRows, inlineRows + 1] : [])])].filter((n) => n <= CALL_ROWS[CALL_ROWS.length - 1]).sort((a, b) => a - b)
+    const maxT = sizes[sizes.length - 1]
+    const base = randomHidden(CALL_BASE_ROWS, D, 17)
+    const scaled = new Float32Array(base.length)
+    const open = (gpuExperts: number[], budgetExperts: number) =>
+      createRuntime({
+        model, gpu: 0, cpuThreads: threads, replace: false, _gpuInlinePrefill: false,
+        // Half an expert of room at most: nothing is streamed.
+        gpuMemory: Math.floor(budgetExperts * shape.bytes), arenaBytes: arenaBytesFor(model, maxT) + 2 * maxT * D * 4,
+        plan: { layers: [{ layer: 0, gpuExperts }] },
+        _calibration: cost.calibration,
+      })
+    // Forwards of T rows: each side's stage seconds less the model's terms for its experts.
+    const measure = async (rt: Runtime, T: number, onCpu: number | undefined): Promise<{ gpu: number[]; cpu: number[] }> => {
+      const h = rt.arena.lease(T * D * 4)
+      const o = rt.arena.lease(T * D * 4)
+      const hv = h.f32(T * D)
+      const write = (k: number) => {
+        for (let i = 0; i < base.length; i++) scaled[i] = k * base[i]
+        for (let r = 0; r < T; r += CALL_BASE_ROWS) hv.set(scaled.subarray(0, Math.min(CALL_BASE_ROWS, T - r) * D), r * D)
+      }
+      const out = { gpu: [] as number[], cpu: [] as number[] }
+      try {
+        write(1)
+        const counts = routedCounts(rt, hv, T)
+        let gpuS = 0
+        let maxN = 0
+        for (let e = 0; e < E; e++) if (e !== onCpu) maxN = Math.max(maxN, counts[e])
+        for (let e = 0; e < E; e++) if (e !== onCpu && counts[e] > 0) gpuS += cost.tGpu(shape, counts[e], cost.gpuLargeBatch(maxN))
+        const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape]) : 0
+        for (let i = 0; i < CALL_WARMUP + CALL_RUNS; i++) {
+          write(1 + (i % 7) / 8)
+          const before = rt.stats().layers[0].ms
+          await rt.forward(0, hv, { out: o.f32(T * D) })
+          const after = rt.stats().layers[0].ms
+          if (i < CALL_WARMUP) continue
+          out.gpu.push((after.gpu - before.gpu) / 1000 - gpuS)
+          if (onCpu !== undefined) out.cpu.push((after.cpu - before.cpu) / 1000 - cpuS)
+        }
+        return out
+      } finally {
+        h.release()
+        o.release()
+      }
+    }
+    const mid = (xs: number[]) => Math.max(0, [...xs].sort((a, b) => a - b)[xs.length >> 1])
+    const costs: LayerCallCosts = { inline: [], offThread: [] }
+    const all = await open(m.layers[0].experts.map((_, e) => e), E + 0.5)
+    let counts: Int32Array
+    try {
+      for (const T of sizes) (T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mid((await measure(all, T, undefined)).gpu)])
+      const h = all.arena.lease(maxT * D * 4)
+      try {
+        for (let r = 0; r < maxT; r += CALL_BASE_ROWS) h.f32(maxT * D).set(base.subarray(0, Math.min(CALL_BASE_ROWS, maxT - r) * D), r * D)
+        counts = routedCounts(all, h.f32(maxT * D), maxT)
+      } finally {
+        h.release()
+      }
+    } finally {
+      await all.close()
+    }
+    // The CPU's expert: the one whose tokens come nearest an even share (a busy one, as a plan leaves there).
+    let onCpu = 0
+    for (let e = 1; e < E; e++) if (Math.abs(counts[e] - maxT / E) < Math.abs(counts[onCpu] - maxT / E)) onCpu = e
+    const beside = await open(m.layers[0].experts.map((_, e) => e).filter((e) => e !== onCpu), E - 0.5)
+    try {
+      costs.besideGpuS = mid((await measure(beside, maxT, onCpu)).cpu)
+    } finally {
+      await beside.close()
+    }
+    return costs
+  }
+}
+
+/** Tokens per expert that a runtime's layer 0 routes `T` rows of `h` to (its own routing, as forward() does). */
+function routedCounts(rt: Runtime, h: Float32Array, T: number): Int32Array {
+  const leases: Lease[] = []
+  try {
+    return routeLayer(rt.model, 0, h, T, {}, (bytes) => {
+      const l = rt.arena.lease(bytes)
+      leases.push(l)
+      return l
+    }).counts.slice()
+  } finally {
+    for (const l of leases) l.release()
+  }
+}
+
 /** Median seconds of a layer call whose arithmetic is negligible (one token through a 64 × 128 expert):
  *  the fixed cost of dispatching a layer to a backend and hearing back. */
 function layerOverheadProbe(run: () => Promise<unknown>): () => Promise<number> {
@@ -411,6 +529,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, serial: gpuSerial, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
+      ...(gpu ? { layerCalls: layerCallProbe(denseModel!, crew.threads) } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)
