@@ -276,6 +276,8 @@ const CALL_RUNS = 9
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
 const CALL_BASE_ROWS = 256
+/** Keeps the probe's reads of each output (what a residual add reads) from being optimised away. */
+let sink = 0
 
 /**
  * The GPU's layer calls measured whole (DeviceRates.layerCallS), and what a CPU job pays beside one at
@@ -301,7 +303,6 @@ function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRat
     const sizes = [...new Set([...CALL_ROWS, ...(inlineRows > 0 ? [inlineRows, inlineRows + 1] : [])])].filter((n) => n <= CALL_ROWS[CALL_ROWS.length - 1]).sort((a, b) => a - b)
     const maxT = sizes[sizes.length - 1]
     const base = randomHidden(CALL_BASE_ROWS, D, 17)
-    const scaled = new Float32Array(base.length)
     const open = (gpuExperts: number[], budgetExperts: number) =>
       createRuntime({
         model, gpu: 0, cpuThreads: threads, replace: false, _gpuInlinePrefill: false,
@@ -315,9 +316,19 @@ function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRat
       const h = rt.arena.lease(T * D * 4)
       const o = rt.arena.lease(T * D * 4)
       const hv = h.f32(T * D)
+      const ov = o.f32(T * D)
+      // As an app's residual add leaves them (stream-runner.ts): this thread reads the last output and
+      // writes every input value with ordinary stores. (TypedArray.set, this probe's first version,
+      // copies with memmove, whose non-temporal stores leave nothing in the caches: the device then
+      // read 256 rows at full rate, 0.04 ms of call beyond the experts, where sigma-lite's 256-token
+      // layers spent 0.5 ms; call 10.)
       const write = (k: number) => {
-        for (let i = 0; i < base.length; i++) scaled[i] = k * base[i]
-        for (let r = 0; r < T; r += CALL_BASE_ROWS) hv.set(scaled.subarray(0, Math.min(CALL_BASE_ROWS, T - r) * D), r * D)
+        let read = 0
+        for (let i = 0, j = 0; i < T * D; i++, j = j + 1 === base.length ? 0 : j + 1) {
+          hv[i] = k * base[j]
+          read += ov[i]
+        }
+        sink ^= read > 0 ? 1 : 0
       }
       const out = { gpu: [] as number[], cpu: [] as number[] }
       try {
@@ -331,7 +342,7 @@ function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRat
         for (let i = 0; i < CALL_WARMUP + CALL_RUNS; i++) {
           write(1 + (i % 7) / 8)
           const before = rt.stats().layers[0].ms
-          await rt.forward(0, hv, { out: o.f32(T * D) })
+          await rt.forward(0, hv, { out: ov })
           const after = rt.stats().layers[0].ms
           if (i < CALL_WARMUP) continue
           out.gpu.push((after.gpu - before.gpu) / 1000 - gpuS)
