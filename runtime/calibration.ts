@@ -13,7 +13,7 @@ import { envConfig } from './config.js'
 import { native } from './native.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { cacheDir } from './model-cache.js'
-import { randomHidden } from './token-stream.js'
+import { fillRepeating, randomHidden } from './token-stream.js'
 import { arenaBytesFor, createRuntime, type Runtime } from './runtime.js'
 import { routeLayer } from './route-layer.js'
 import { loadModel, type Model } from '../experts/model.js'
@@ -292,7 +292,7 @@ let sink = 0
  * predicted, and 3.45-3.78 against 2.6): copies of rows just written, the hand-overs, the choice of the
  * GPU's experts before the CPU job's post.
  */
-function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRates; gpu: DeviceRates }) => Promise<LayerCallCosts> {
+function layerCallProbe(model: Model, threads: number, log: (line: string) => void): (rates: { cpu: DeviceRates; gpu: DeviceRates }) => Promise<LayerCallCosts> {
   return async ({ cpu, gpu }) => {
     const cost = new CostModel({ format: 'hetmoe-calibration', version: 1, machine: calibrationMachine(), source: 'provisional (layer call probe)', measuredAt: new Date().toISOString(), cpu, gpu, pcie: null })
     const m = model.manifest
@@ -318,16 +318,12 @@ function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRat
       const hv = h.f32(T * D)
       const ov = o.f32(T * D)
       // As an app's residual add leaves them (stream-runner.ts): this thread reads the last output and
-      // writes every input value with ordinary stores. (TypedArray.set, this probe's first version,
-      // copies with memmove, whose non-temporal stores leave nothing in the caches: the device then
-      // read 256 rows at full rate, 0.04 ms of call beyond the experts, where sigma-lite's 256-token
-      // layers spent 0.5 ms; call 10.)
+      // writes every input value (fillRepeating; with TypedArray.set, this probe's first version, a
+      // 256-row call cost 0.04 ms beyond its experts where sigma-lite's 256-token layers spent 0.5).
       const write = (k: number) => {
+        fillRepeating(hv, base, k)
         let read = 0
-        for (let i = 0, j = 0; i < T * D; i++, j = j + 1 === base.length ? 0 : j + 1) {
-          hv[i] = k * base[j]
-          read += ov[i]
-        }
+        for (let i = 0; i < ov.length; i++) read += ov[i]
         sink ^= read > 0 ? 1 : 0
       }
       const out = { gpu: [] as number[], cpu: [] as number[] }
@@ -339,15 +335,26 @@ function layerCallProbe(model: Model, threads: number): (rates: { cpu: DeviceRat
         for (let e = 0; e < E; e++) if (e !== onCpu) maxN = Math.max(maxN, counts[e])
         for (let e = 0; e < E; e++) if (e !== onCpu && counts[e] > 0) gpuS += cost.tGpu(shape, counts[e], cost.gpuLargeBatch(maxN))
         const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape]) : 0
+        const parts: Record<'wall' | 'outside' | 'gpu' | 'gpuHost' | 'gpuStream' | 'gpuCopyIn' | 'gpuKernel' | 'cpu', number[]> = { wall: [], outside: [], gpu: [], gpuHost: [], gpuStream: [], gpuCopyIn: [], gpuKernel: [], cpu: [] }
         for (let i = 0; i < CALL_WARMUP + CALL_RUNS; i++) {
           write(1 + (i % 7) / 8)
-          const before = rt.stats().layers[0].ms
+          const before = { ...rt.stats().layers[0].ms }
+          const t0 = performance.now()
           await rt.forward(0, hv, { out: ov })
-          const after = rt.stats().layers[0].ms
+          const wall = performance.now() - t0
+          const d = (k: keyof typeof before) => rt.stats().layers[0].ms[k] - before[k]
           if (i < CALL_WARMUP) continue
-          out.gpu.push((after.gpu - before.gpu) / 1000 - gpuS)
-          if (onCpu !== undefined) out.cpu.push((after.cpu - before.cpu) / 1000 - cpuS)
+          // What forward() takes outside its route and compute clocks (the combine, the promise's
+          // resolution, the end-of-forward work) belongs to whichever side the layer waits for:
+          // sigma-lite's 4096-token forwards took 0.7 ms a batch of 4 layers more than their stage
+          // clocks summed (call 11).
+          const outside = wall - d('route') - d('compute')
+          out.gpu.push((d('gpu') + outside) / 1000 - gpuS)
+          if (onCpu !== undefined) out.cpu.push((d('cpu') + outside) / 1000 - cpuS)
+          for (const [k, v] of [['wall', wall], ['outside', outside], ['gpu', d('gpu')], ['gpuHost', d('gpuHost')], ['gpuStream', d('gpuStream')], ['gpuCopyIn', d('gpuCopyIn')], ['gpuKernel', d('gpuKernel')], ['cpu', d('cpu')]] as const) parts[k].push(v)
         }
+        const ms = (k: keyof typeof parts) => [...parts[k]].sort((a, b) => a - b)[parts[k].length >> 1].toFixed(3)
+        log(`calibration: layer call of ${T} rows${onCpu !== undefined ? ' with a CPU expert' : ''} (median ms): wall ${ms('wall')}, outside the stages ${ms('outside')}, GPU side ${ms('gpu')} (native ${ms('gpuHost')}, device ${ms('gpuStream')}: copy in ${ms('gpuCopyIn')}, kernels ${ms('gpuKernel')}; model's expert terms ${(1e3 * gpuS).toFixed(3)})${onCpu !== undefined ? `, CPU side ${ms('cpu')} (model's ${(1e3 * cpuS).toFixed(3)})` : ''}`)
         return out
       } finally {
         h.release()
@@ -540,7 +547,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
       ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, serial: gpuSerial, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
-      ...(gpu ? { layerCalls: layerCallProbe(denseModel!, crew.threads) } : {}),
+      ...(gpu ? { layerCalls: layerCallProbe(denseModel!, crew.threads, log) } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }
     log(`calibration: measuring (${probes.source})`)

@@ -4,7 +4,7 @@
 // so no calibration constant stands in for it; at decode on sigma-lite it is ~10% of a layer.
 import { Arena } from './arena.js'
 import { routeLayer, type RoutingModel } from './route-layer.js'
-import { randomHidden, uniformTokens } from './token-stream.js'
+import { fillRepeating, randomHidden, uniformTokens } from './token-stream.js'
 import { selectionBytes } from '../scheduler/selection.js'
 import { native } from './native.js'
 
@@ -45,9 +45,9 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     // rows of 2048 in JavaScript took longer than measuring).
     const block = randomHidden(Math.min(tokens, 64), D, 11)
     const hv = h.f32(tokens * D)
-    const write = () => {
-      for (let r = 0; r < tokens; r += 64) hv.set(block.subarray(0, Math.min(64, tokens - r) * D), r * D)
-    }
+    // Value by value, as a residual add writes them (fillRepeating: TypedArray.set's streaming stores
+    // leave the rows uncached, which the scan's threads then read unlike an app's).
+    const write = () => fillRepeating(hv, block)
     write()
     const options = { tokenIds: uniformTokens(tokens, m.vocabSize, 11), domain }
     const samples: number[] = []

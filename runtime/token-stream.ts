@@ -55,3 +55,18 @@ export function randomHidden(T: number, D: number, seed = 7, out?: Float32Array)
   for (let i = 0; i < h.length; i++) h[i] = (rnd() + rnd() + rnd() - 1.5) * 2
   return h
 }
+
+/**
+ * Fills `out` with `scale` × `block`, repeated, value by value with ordinary stores: hidden states as
+ * an app's residual add leaves them between layers, dirty in this core's cache. (TypedArray.set copies
+ * with memmove, whose non-temporal stores on large copies leave nothing cached: the device then read
+ * 256 such rows at full rate where sigma-lite's layers copied theirs in at a fifth of it; calls 10-11,
+ * bench/results/h100-xeon16-2026-12-06.)
+ */
+export function fillRepeating(out: Float32Array, block: Float32Array, scale = 1): void {
+  const n = block.length
+  for (let i = 0, j = 0; i < out.length; i++) {
+    out[i] = scale * block[j]
+    if (++j === n) j = 0
+  }
+}

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { combineTopK } from '../runtime/combine.js'
-import { zipfTokens, uniformTokens, seededRandom, randomHidden } from '../runtime/token-stream.js'
+import { zipfTokens, uniformTokens, seededRandom, randomHidden, fillRepeating } from '../runtime/token-stream.js'
 import { parseSize } from '../runtime/size.js'
 import { planForModel, readPlanFile } from '../runtime/placement.js'
 import { loadModel } from '../experts/model.js'
@@ -52,6 +52,13 @@ t.test('random hidden states written in place are the ones a fresh array gets', 
   t.same(Array.from(buf.subarray(0, 40)), Array.from(fresh), 'same values from the same seed')
   t.ok(buf.subarray(40).every(Number.isNaN), 'nothing written past T × D')
   t.throws(() => randomHidden(5, 8, 11, new Float32Array(39)), /fewer than 5 × 8/)
+})
+
+t.test('fillRepeating writes the scaled block over and over, to the last value', async (t) => {
+  const block = randomHidden(3, 5, 4)
+  const out = new Float32Array(37).fill(Number.NaN)
+  fillRepeating(out, block, 1.5)
+  for (let i = 0; i < out.length; i++) t.equal(out[i], Math.fround(1.5 * block[i % block.length]), `value ${i}`)
 })
 
 t.test('sizes', async (t) => {
