@@ -1,11 +1,13 @@
 // Re-placement while serving (hetmoe strategy): the plan assumed a load; traffic drifts. Every forward's
 // routing counts feed a Replacer (scheduler/replacer.ts); now and then — after the forward, never in
-// its synchronous part — the runtime asks it for a better placement and applies the moves in the background
-// (GpuExpertCache.applyMoves: evictions first, then uploads one at a time off the JavaScript thread).
+// its synchronous part — the runtime checks the drift, solves a better placement on the planner thread
+// (plan-thread.ts) and applies the moves in the background (GpuExpertCache.applyMoves: evictions
+// first, then uploads one at a time off the JavaScript thread).
 // Forwards go on meanwhile with whatever is resident when they start.
 import { badOption } from './errors.js'
 import type { GpuExpertCache, MovesResult } from './gpu-cache.js'
 import { uniformShares } from './placement.js'
+import { PlanThread } from './plan-thread.js'
 import type { PlacementPlan } from './runtime.js'
 import type { Model } from '../experts/model.js'
 import { expertShape, type CostModel, type ExpertShape } from '../scheduler/cost-model.js'
@@ -45,7 +47,7 @@ export interface ReplacementStats {
   /** Experts copied to the GPU, and dropped from it, by re-placements. */
   expertsMovedIn: number
   expertsMovedOut: number
-  /** A re-placement is being applied now. */
+  /** A re-placement is being planned or applied now. */
   replacing: boolean
 }
 
@@ -92,7 +94,9 @@ export class Replacement {
   readonly #onWarning: (message: string) => void
   #sinceCheck = 0
   #checkQueued = false
+  /** A re-plan on the planner thread, then its moves being applied. */
   #applying: Promise<void> | undefined
+  readonly #planner = new PlanThread()
   #stopped = false
   #replacements = 0
 
@@ -147,37 +151,37 @@ export class Replacement {
     }
   }
 
-  /** Starts nothing more; waits for the upload in flight. */
+  /** Starts nothing more; waits for the planning or upload in flight, then lets the planner thread go. */
   async stop(): Promise<void> {
     this.#stopped = true
     this.#cache.stop()
     await this.#applying
+    await this.#planner.close()
   }
 
   #check(): void {
     this.#checkQueued = false
     if (this.#stopped || this.#applying) return
     this.#sinceCheck = 0
-    let p: Proposal | null
-    try {
-      p = this.#replacer.propose()
-    } catch (err) {
-      this.#onWarning(`re-placement: planning failed (${(err as Error).message}); the placement stays as it is`)
-      return
-    }
-    if (!p) return
-    const proposal = p
-    const moves = proposal.moves.filter((m) => m.evict.length > 0 || m.upload.length > 0)
-    if (moves.length === 0) {
-      this.#replacer.accept(proposal)
-      return
-    }
+    // The drift test is cheap and stays here; solving the new placement goes to the planner thread.
+    const problem = this.#replacer.due()
+    if (!problem) return
     const t0 = performance.now()
-    this.#applying = this.#cache
-      .applyMoves(moves)
+    this.#applying = this.#planner
+      .plan(problem)
       .then(
-        (r) => this.#applied(proposal, moves, r, performance.now() - t0),
-        (err) => this.#onWarning(`re-placement failed (${(err as Error).message}); the placement stays as it is`),
+        (placement) => {
+          if (this.#stopped) return
+          const proposal = this.#replacer.conclude(problem, placement)
+          if (!proposal) return
+          const moves = proposal.moves.filter((m) => m.evict.length > 0 || m.upload.length > 0)
+          if (moves.length === 0) return this.#replacer.accept(proposal)
+          return this.#cache.applyMoves(moves).then(
+            (r) => this.#applied(proposal, moves, r, performance.now() - t0),
+            (err) => this.#onWarning(`re-placement failed (${(err as Error).message}); the placement stays as it is`),
+          )
+        },
+        (err) => this.#onWarning(`re-placement: planning failed (${(err as Error).message}); the placement stays as it is`),
       )
       .finally(() => (this.#applying = undefined))
   }

@@ -82,9 +82,13 @@ export class Replacer {
 
   /** Worst layer's total-variation distance between observed and assumed shares, per routed row. */
   drift(): number {
+    return this.#driftFrom(this.#observed)
+  }
+
+  #driftFrom(observed: readonly ArrayLike<number>[]): number {
     let worst = 0
-    for (let l = 0; l < this.#observed.length; l++) {
-      const o = this.#observed[l]
+    for (let l = 0; l < observed.length; l++) {
+      const o = observed[l]
       const a = this.#assumed[l]
       let d = 0
       let k = 0
@@ -99,12 +103,23 @@ export class Replacer {
 
   /** A new placement and the moves to reach it, or null when the current one is still good enough. */
   propose(): Proposal | null {
+    const problem = this.due()
+    return problem && this.conclude(problem, planPlacement(problem))
+  }
+
+  /** The placement problem under the observed load when a re-plan is due (warmed up, drifted past the
+   *  threshold), else null. Solve it (planPlacement, here or on another thread), then conclude(). */
+  due(): PlacementProblem | null {
     if (Math.max(...this.#sinceAccept) < this.#o.warmupTokens) return null
-    const drift = this.drift()
-    if (drift < this.#o.driftThreshold) return null
+    if (this.drift() < this.#o.driftThreshold) return null
     const share = this.#observed.map((s) => Float64Array.from(s))
-    const problem: PlacementProblem = { experts: this.#o.experts, share, batchTokens: this.#o.batchTokens, budgetBytes: this.#o.budgetBytes, cost: this.#o.cost }
-    const placement = planPlacement(problem)
+    return { experts: this.#o.experts, share, batchTokens: this.#o.batchTokens, budgetBytes: this.#o.budgetBytes, cost: this.#o.cost }
+  }
+
+  /** The proposal from a problem due() gave and its solved placement, or null when the gain is too small. */
+  conclude(problem: PlacementProblem, placement: Placement): Proposal | null {
+    const share = problem.share.map((s) => Float64Array.from(s))
+    const drift = this.#driftFrom(share)
     const currentS = predictBatchTime(problem, this.#placement.layers.map((l) => l.gpuExperts))
     const proposedS = placement.predictedBatchS
     if (currentS - proposedS < this.#o.minGain * currentS) {

@@ -16,6 +16,9 @@ import { randomHidden, uniformTokens } from '../runtime/token-stream.js'
 import { profileFromTokens, profileShares } from '../scheduler/profile.js'
 import { CostModel } from '../scheduler/cost-model.js'
 import { FakeGpu } from './helpers/fake-gpu.js'
+import { PlanThread } from '../runtime/plan-thread.js'
+import { expertShape } from '../scheduler/cost-model.js'
+import { planPlacement } from '../scheduler/planner.js'
 import { testCalibration } from './helpers/calibration.js'
 
 const root = mkdtempSync(join(tmpdir(), 'hetmoe-replace-'))
@@ -226,4 +229,18 @@ t.test('GpuExpertCache.applyMoves: a leaving expert serves its running batch, no
   t.same([...third.onGpu], [4], 'the new expert serves the next batch')
   third.release()
   await t.rejects(new GpuExpertCache(gpu, m, 'on-demand-lru', undefined).applyMoves([]), /needs the 'hetmoe' strategy/)
+})
+
+t.test('the planner thread solves a placement as planPlacement does on this thread', async (t) => {
+  const planner = new PlanThread()
+  t.teardown(() => planner.close())
+  const experts = m.manifest.layers.map((l) => l.experts.map(expertShape))
+  const cost = new CostModel(testCalibration())
+  for (const [domain, batchTokens] of [[0, 1], [1, 16]] as const) {
+    const share = profileShares(profileFromTokens(m, uniformTokens(2048, m.manifest.vocabSize, 7 + domain), domain))
+    const problem = { experts, share, batchTokens, budgetBytes: 5 * experts[0][0].bytes, cost }
+    t.same(await planner.plan(problem), planPlacement(problem), `domain ${domain}, ${batchTokens} tokens a batch`)
+  }
+  await planner.close()
+  await t.rejects(planner.plan({ experts, share: [], batchTokens: 1, budgetBytes: 0, cost }), /closed/, 'closed: a clear error')
 })

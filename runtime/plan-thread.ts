@@ -1,0 +1,30 @@
+// Placement planning off the JavaScript thread, for re-placement while serving. Solving sigma-lite's
+// placement (4 layers × 64 experts) takes 10-40 ms; run as a microtask between forwards it stalled
+// them: at prefill sizes a check was due every layer, and forward() took 0.65-0.86 ms a batch more
+// than its layers' stage clocks (H100 machine, calls 11-12, bench/results/h100-xeon16-2026-12-06).
+// One piscina thread, started with the runtime and kept: a drift is met within a forward or two, not
+// after a thread's start (30 ms alone, 0.9 s under tap's loaders); idle, it costs no CPU time.
+import { Piscina } from 'piscina'
+import { fileURLToPath } from 'node:url'
+import type { Placement, PlacementProblem } from '../scheduler/planner.js'
+import type { PlanTask } from './plan-worker.js'
+
+const worker = fileURLToPath(new URL('./plan-worker.js', import.meta.url))
+export class PlanThread {
+  // execArgv [] : none of the parent's loaders (under tap, its hooks made the thread's first plan take 5 s).
+  #pool: Piscina | undefined = new Piscina({ filename: worker, minThreads: 1, maxThreads: 1, idleTimeout: Infinity, execArgv: [] })
+
+  /** The problem's placement (planPlacement), computed on the planner thread. */
+  async plan(problem: PlacementProblem): Promise<Placement> {
+    if (!this.#pool) throw new Error('the planner thread was closed')
+    const { cost, ...rest } = problem
+    const task: PlanTask = { ...rest, experts: rest.experts.map((l) => [...l]), share: rest.share.map((s) => Float64Array.from(s)), calibration: cost.calibration }
+    return (await this.#pool.run(task)) as Placement
+  }
+
+  async close(): Promise<void> {
+    const pool = this.#pool
+    this.#pool = undefined
+    await pool?.destroy()
+  }
+}
