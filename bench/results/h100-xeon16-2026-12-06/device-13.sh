@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Call 13 (about 4 minutes on a fresh machine), packed into $OUT/all.tgz:
+#   T. the GPU tests of re-placement and streaming (re-placement now plans on a thread of its own)
+#   C. calibration with layer calls measured whole (runtime/calibration.ts layerCallProbe: forward() on a
+#      one-layer dense model, all experts on the GPU, at 64-4096 rows, and one expert on the CPU beside it)
+#   B. place vs run on sigma-lite: 4096 tokens with 25% and 10% of its bytes, 256, 16 and 1 with 25%
+#   R. the 4096/25% plan run again three times (the spread of one run)
+#   P. the 4096/10% plan (streaming) alternating HETMOE_PREFETCH=0 and the default: what the lookahead's
+#      copies, overlapping the run's residual adds between layers, take off the forward time
+# Calls 11 and 12 ran device-12.sh (149ff9a, 7dc36f7); this one adds T and batch 1, and its commit has the
+# CPU's job FLOP rate and the planner thread.
+# From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-13.sh
+O=/tmp/o13; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/B $O/R
+gpu_tests ${T_FILES:-gpu-runtime-replace gpu-runtime-stream}
+pack
+timeout -k 5 240 $H calibrate > $O/B/calibrate.txt 2>&1; echo "C calibrate rc $? at $SECONDS s"; grep -vE "^\s*$" $O/B/calibrate.txt | tail -14
+touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
+pack
+OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-4096:0.25 256:0.25 4096:0.1 16:0.25 1:0.25}" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
+echo "B rc $? at $SECONDS s"; grep -E "ratio|layer 0|place wall" $O/B/stdout.txt
+pack
+[ -f $O/B/plan-b4096-0.25.json ] || { echo "no 4096/25% plan; done at $SECONDS s"; exit 0; }
+pred=$(node -e "console.log(require('$O/B/place-b4096-0.25.json').predicted.decodeTokensPerS)")
+for i in 1 2 3; do
+  f=$O/R/run-$i.json
+  timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.25.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $f 2>/dev/null
+  node -e "const r=require('$f').report; const L=r.perLayer; const sum=L.reduce((s,l)=>s+l.msPerBatch,0); console.log('R tokens/s', r.tokensPerS.toFixed(0), 'ratio', (r.tokensPerS/$pred).toFixed(3), '| forward ms a batch', (1e3*r.seconds/r.batches).toFixed(2), 'layers', sum.toFixed(2), '| gpu', L.map(l=>(l.gpuMs??0).toFixed(2)).join(' '), '| cpu', L.map(l=>(l.cpuMs??0).toFixed(2)).join(' '))" 2>&1 | tail -1
+  pack
+done
+pred=$(node -e "console.log(require('$O/B/place-b4096-0.1.json').predicted.decodeTokensPerS)")
+mkdir -p $O/P
+for v in pf0 def pf0 def; do
+  f=$O/P/run-$v-$SECONDS.json
+  e=""; [ $v = pf0 ] && e="HETMOE_PREFETCH=0"
+  env $e timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $f 2>/dev/null
+  node -e "const r=require('$f').report; const L=r.perLayer; console.log('P $v tokens/s', r.tokensPerS.toFixed(0), 'ratio', (r.tokensPerS/$pred).toFixed(3), '| layer ms', L.map(l=>l.msPerBatch.toFixed(2)).join(' '), '| gpu', L.map(l=>(l.gpuMs??0).toFixed(2)).join(' '), '| cpu', L.map(l=>(l.cpuMs??0).toFixed(2)).join(' '), '| share', L.map(l=>l.gpuShare.toFixed(3)).join(' '))" 2>&1 | tail -1
+  pack
+done
+echo "done at $SECONDS s"
