@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Call 11 (about 3 minutes on a fresh machine), packed into $OUT/all.tgz:
+# Calls 11-13 (about 3-4 minutes on a fresh machine), packed into $OUT/all.tgz:
+#   T. with T_FILES set (call 13: "gpu-runtime-replace gpu-runtime-stream"), those GPU tests first
 #   C. calibration with layer calls measured whole (runtime/calibration.ts layerCallProbe: forward() on a
 #      one-layer dense model, all experts on the GPU, at 64-4096 rows, and one expert on the CPU beside it)
 #   B. place vs run on sigma-lite: 4096 tokens with 25% and 10% of its bytes, 256 with 25%, 16 with 25%
+#      (PLACE_CASES; call 13 adds 1:0.25)
 #   R. the 4096/25% plan run again three times (the spread of one run)
 #   P. the 4096/10% plan (streaming) alternating HETMOE_PREFETCH=0 and the default: what the lookahead's
 #      copies, overlapping the run's residual adds between layers, take off the forward time
-# Call 10 (device-11.sh, 6177b77) measured the layer calls with rows written by TypedArray.set; this call's
-# commit writes them as a residual add does.
+# Call 10 ran this script's first version, without P (`git show 6177b77:bench/results/h100-xeon16-2026-12-06/device-11.sh`).
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-12.sh
 O=/tmp/o12; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/B $O/R
+[ -n "${T_FILES:-}" ] && { gpu_tests $T_FILES; pack; }
 timeout -k 5 240 $H calibrate > $O/B/calibrate.txt 2>&1; echo "C calibrate rc $? at $SECONDS s"; grep -vE "^\s*$" $O/B/calibrate.txt | tail -14
 touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
