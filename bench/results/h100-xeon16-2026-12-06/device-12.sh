@@ -8,6 +8,7 @@
 #   R. the 4096/25% plan run again three times (the spread of one run)
 #   P. the 4096/10% plan (streaming) alternating HETMOE_PREFETCH=0 and the default: what the lookahead's
 #      copies, overlapping the run's residual adds between layers, take off the forward time
+# Shorter: R_RUNS="" (no R), P_ROUNDS="pf0 def".
 # Call 10 ran this script's first version, without P (`git show 6177b77:bench/results/h100-xeon16-2026-12-06/device-11.sh`).
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-12.sh
 O=/tmp/o12; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/B $O/R
@@ -20,7 +21,7 @@ echo "B rc $? at $SECONDS s"; grep -E "ratio|layer 0|place wall" $O/B/stdout.txt
 pack
 [ -f $O/B/plan-b4096-0.25.json ] || { echo "no 4096/25% plan; done at $SECONDS s"; exit 0; }
 pred=$(node -e "console.log(require('$O/B/place-b4096-0.25.json').predicted.decodeTokensPerS)")
-for i in 1 2 3; do
+for i in ${R_RUNS-1 2 3}; do
   f=$O/R/run-$i.json
   timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.25.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $f 2>/dev/null
   node -e "const r=require('$f').report; const L=r.perLayer; const sum=L.reduce((s,l)=>s+l.msPerBatch,0); console.log('R tokens/s', r.tokensPerS.toFixed(0), 'ratio', (r.tokensPerS/$pred).toFixed(3), '| forward ms a batch', (1e3*r.seconds/r.batches).toFixed(2), 'layers', sum.toFixed(2), '| gpu', L.map(l=>(l.gpuMs??0).toFixed(2)).join(' '), '| cpu', L.map(l=>(l.cpuMs??0).toFixed(2)).join(' '))" 2>&1 | tail -1
@@ -28,7 +29,7 @@ for i in 1 2 3; do
 done
 pred=$(node -e "console.log(require('$O/B/place-b4096-0.1.json').predicted.decodeTokensPerS)")
 mkdir -p $O/P
-for v in pf0 def pf0 def; do
+for v in ${P_ROUNDS-pf0 def pf0 def}; do
   f=$O/P/run-$v-$SECONDS.json
   e=""; [ $v = pf0 ] && e="HETMOE_PREFETCH=0"
   env $e timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $f 2>/dev/null
