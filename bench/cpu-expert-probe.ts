@@ -57,7 +57,7 @@ try {
         if (!Number.isFinite(out.f32(n * D)[n * D - 1])) throw new Error(`expert ${e}, ${n} tokens: output row ${n - 1} was not written`)
       }
       const shape = expertShape(experts[0])
-      const predictedMs = 1e3 * (cost.tCpu(shape, n) + cost.cpuLayerS([shape], n))
+      const predictedMs = 1e3 * (cost.tCpu(shape, n) + cost.cpuLayerS([shape]))
       const ms = median(times)
       const who = join === false ? 'waits' : 'crew rule'
       results.push({ tokens: n, join: who, ms, predictedMs })

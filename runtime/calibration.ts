@@ -334,7 +334,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         let maxN = 0
         for (let e = 0; e < E; e++) if (e !== onCpu) maxN = Math.max(maxN, counts[e])
         for (let e = 0; e < E; e++) if (e !== onCpu && counts[e] > 0) gpuS += cost.tGpu(shape, counts[e], cost.gpuLargeBatch(maxN))
-        const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape], counts[onCpu]) : 0
+        const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape]) : 0
         const parts: Record<'wall' | 'outside' | 'gpu' | 'gpuHost' | 'gpuStream' | 'gpuCopyIn' | 'gpuKernel' | 'cpu', number[]> = { wall: [], outside: [], gpu: [], gpuHost: [], gpuStream: [], gpuCopyIn: [], gpuKernel: [], cpu: [] }
         for (let i = 0; i < CALL_WARMUP + CALL_RUNS; i++) {
           write(1 + (i % 7) / 8)

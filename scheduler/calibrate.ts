@@ -157,25 +157,13 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
     // and a planner trusting the former left prefill experts on the CPU that made the layer 2x slower.
     const bytes = dev.readRateFrom === 'job' ? plan.bytes[0] : plan.bytes[plan.bytes.length - 1]
     let flopRate = 0
-    let lastS = 0
     for (const tokens of plan.tokens) {
       const t = await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
       // The fixed cost stays in: subtracting a fitted intercept from a time close to it divides by
       // noise (rates of 10^20 were seen), and a rate that is a lower bound only makes plans cautious.
       flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / t)
-      lastS = t
     }
     rates.flopsPerS[format] = flopRate
-    if (dev.readRateFrom === 'job' && plan.bytes.length > 1) {
-      // The job rate (DeviceRates.jobFlopsPerS): the plan's most experts at its most tokens, less one
-      // expert's job, is the arithmetic of all but the last expert (whose share is one expert's alone).
-      const jobBytes = plan.bytes[plan.bytes.length - 1]
-      const tokens = plan.tokens[plan.tokens.length - 1]
-      const t = await medianOf(repeats, () => probe({ format, bytes: jobBytes, flopsPerToken: flopsFor(jobBytes), tokens }))
-      const rate = t > lastS ? (tokens * (flopsFor(jobBytes) - flopsFor(bytes))) / (t - lastS) : 0
-      rates.jobFlopsPerS ??= {}
-      rates.jobFlopsPerS[format] = Math.max(flopRate, rate)
-    }
     if (dev.largeBatchTokens !== undefined) {
       // Weights streamed by the large-batch kernel at its fewest tokens, where the arithmetic is small
       // next to the reads: the plan's largest probe, less the fixed time the read fit found (charged
@@ -329,9 +317,9 @@ export function calibrationCachePath(machine: { cpu: string; gpu: string | null 
 export function readCalibration(path: string): Calibration | undefined {
   try {
     const c = JSON.parse(readFileSync(path, 'utf8')) as Calibration
-    // Runtime-probe calibrations from before the GPU's layer calls were measured whole, or the CPU's job
-    // FLOP rate, mislead the planner at large batches: measure again.
-    const stale = c.source.startsWith('runtime probes') && ((c.gpu && c.gpu.layerCallS === undefined) || c.cpu?.jobFlopsPerS === undefined)
+    // A GPU calibration from before its layer calls were measured whole (or before activation copies
+    // were, and kernel rates taken from wall times) misleads the planner at large batches: measure again.
+    const stale = c.gpu && c.gpu.layerCallS === undefined && c.source.startsWith('runtime probes')
     return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu && !stale ? c : undefined
   } catch {
     return undefined
@@ -370,7 +358,7 @@ export function describeCalibration(c: Calibration): string {
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
       `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.freshRows ? ` (+${us(d.freshRows.seconds)} a call of ${d.freshRows.rows} rows just written)` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
-      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}${d.jobFlopsPerS?.[k] ? ` (${tflops(d.jobFlopsPerS[k]!)} in a job of several experts)` : ''}`),
+      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
       ...(d.serial !== undefined ? [`      reads and arithmetic: ${(100 * d.serial).toFixed(0)}% of the shorter adds to the longer (0%: the plain roofline)`] : []),
       ...(d.layerCallS ? [`      layer calls measured whole, by the batch's hidden bytes: ${callTable(d.layerCallS.inline)} inline; ${callTable(d.layerCallS.offThread)} off-thread`] : []),
       ...(d.besideGpuS !== undefined ? [`      a layer job beside a prefill-size GPU call: +${us(d.besideGpuS)}`] : []),
