@@ -1,7 +1,19 @@
 // The planner thread's task (runtime/plan-thread.ts): one placement problem, solved. Its cost model
 // travels as the calibration it was made from (a CostModel's methods do not cross threads).
+import { setPriority } from 'node:os'
 import { CostModel, type Calibration, type ExpertShape } from '../scheduler/cost-model.js'
 import { planPlacement, type Placement } from '../scheduler/planner.js'
+
+// A low priority for this thread alone (Linux's nice is per thread). At normal priority, beside the
+// crew's spinning workers and the GPU call's thread, 4096-token all-GPU layers copied their rows in at
+// a quarter of the rate (call 13: 3.5-4.0 ms, where a layer whose workers were busy with a CPU job
+// took 0.96). Nice 10 weighs a tenth of a normal thread: a plan takes longer when every core is busy,
+// and a forward's threads wait little for one. (At 19 the tests' plans starved on two cores.)
+try {
+  setPriority(10)
+} catch {
+  // not permitted here: plans still run, at normal priority
+}
 
 export interface PlanTask {
   experts: ExpertShape[][]

@@ -8,12 +8,17 @@
 #   R. the 4096/25% plan run again three times (the spread of one run)
 #   P. the 4096/10% plan (streaming) alternating HETMOE_PREFETCH=0 and the default: what the lookahead's
 #      copies, overlapping the run's residual adds between layers, take off the forward time
-# Shorter: R_RUNS="" (no R), P_ROUNDS="pf0 def".
+# Shorter: R_RUNS="" (no R), P_ROUNDS="pf0 def", CALIBRATION=<an earlier call's calibration-*.json> (no C).
 # Call 10 ran this script's first version, without P (`git show 6177b77:bench/results/h100-xeon16-2026-12-06/device-11.sh`).
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-12.sh
 O=/tmp/o12; source "$(dirname "$0")/device-common.sh"; mkdir -p $O/B $O/R
 [ -n "${T_FILES:-}" ] && { gpu_tests $T_FILES; pack; }
-timeout -k 5 240 $H calibrate > $O/B/calibrate.txt 2>&1; echo "C calibrate rc $? at $SECONDS s"; grep -vE "^\s*$" $O/B/calibrate.txt | tail -14
+if [ -n "${CALIBRATION:-}" ]; then
+  # A calibration measured by an earlier call on this kind of machine, instead of measuring (85 s).
+  mkdir -p $HETMOE_CACHE_DIR && cp "$CALIBRATION" $HETMOE_CACHE_DIR/ && $H info > $O/B/calibrate.txt 2>&1; echo "C calibration from $CALIBRATION"
+else
+  timeout -k 5 240 $H calibrate > $O/B/calibrate.txt 2>&1; echo "C calibrate rc $? at $SECONDS s"; grep -vE "^\s*$" $O/B/calibrate.txt | tail -14
+fi
 touch $HETMOE_CACHE_DIR/calibration-done; cp $HETMOE_CACHE_DIR/calibration-*.json $O/B/ 2>/dev/null
 pack
 OUT=$O/B SKIP_HYBRID=1 PLACE_CASES="${PLACE_CASES:-4096:0.25 256:0.25 4096:0.1 16:0.25}" timeout -k 5 240 bash bench/gpu-machine.sh 2 > $O/B/stdout.txt 2>&1
