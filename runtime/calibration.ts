@@ -276,8 +276,6 @@ const CALL_RUNS = 9
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
 const CALL_BASE_ROWS = 256
-/** Keeps the probe's reads of each output (what a residual add reads) from being optimised away. */
-let sink = 0
 
 /**
  * The GPU's layer calls measured whole (DeviceRates.layerCallS), and what a CPU job pays beside one at
@@ -317,14 +315,16 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
       const o = rt.arena.lease(T * D * 4)
       const hv = h.f32(T * D)
       const ov = o.f32(T * D)
-      // As an app's residual add leaves them (stream-runner.ts): this thread reads the last output and
-      // writes every input value (fillRepeating; with TypedArray.set, this probe's first version, a
-      // 256-row call cost 0.04 ms beyond its experts where sigma-lite's 256-token layers spent 0.5).
+      // As an app's residual add leaves them (stream-runner.ts: h[i] += out[i]): fresh values
+      // (fillRepeating), then that very pass over them and the last output, adding it scaled to nothing
+      // (the routes stay; the output starts zeroed, not as whatever the arena held). With the values
+      // alone the device read 4096 rows in 1.7 ms on call 13's host, where sigma-lite's layers after a
+      // residual add took 3.5-4.0 (and with TypedArray.set, this probe's first version, a 256-row call
+      // cost 0.04 ms beyond its experts where sigma-lite's spent 0.5; call 10).
+      ov.fill(0)
       const write = (k: number) => {
         fillRepeating(hv, base, k)
-        let read = 0
-        for (let i = 0; i < ov.length; i++) read += ov[i]
-        sink ^= read > 0 ? 1 : 0
+        for (let i = 0; i < hv.length; i++) hv[i] += 1e-30 * ov[i]
       }
       const out = { gpu: [] as number[], cpu: [] as number[] }
       try {
