@@ -440,7 +440,7 @@ export class Runtime extends EventEmitter {
   #prefetchNext(layer: number, options: ForwardOptions): void {
     const next = layer + 1
     if (!PREFETCH || !this.#cache || !this.#gpuHealthy || next >= this.#manifest.layers.length || !options.tokenIds || options.domain === undefined) return
-    if (options.tokenIds.length < PREFETCH_MIN_TOKENS || this.#cache.strategy !== 'hetmoe') return
+    if (options.tokenIds.length < PREFETCH_MIN_TOKENS || !this.#cache.mayPrefetch(next)) return
     if (options.signal?.aborted) return
     try {
       const counts = rreCounts(this.model, next, options.tokenIds, options.domain)

@@ -231,6 +231,21 @@ t.test('GpuExpertCache.applyMoves: a leaving expert serves its running batch, no
   await t.rejects(new GpuExpertCache(gpu, m, 'on-demand-lru', undefined).applyMoves([]), /needs the 'hetmoe' strategy/)
 })
 
+t.test('GpuExpertCache.mayPrefetch: only when a cold expert of the layer fits the room left', async (t) => {
+  const gpu = new FakeGpu(m, new Map([[0, [0, 1]]]))
+  const cost = new CostModel(testCalibration())
+  gpu.budgetBytes = 2 * gpu.expertBytes
+  t.notOk(new GpuExpertCache(gpu, m, 'hetmoe', cost).mayPrefetch(0), 'the budget is full')
+  gpu.budgetBytes = 3 * gpu.expertBytes
+  const cache = new GpuExpertCache(gpu, m, 'hetmoe', cost)
+  t.ok(cache.mayPrefetch(0), 'room for one cold expert')
+  t.ok(cache.mayPrefetch(1), 'a layer with nothing resident')
+  t.notOk(new GpuExpertCache(gpu, m, 'stream-at-32', cost).mayPrefetch(0), 'other strategies never prefetch')
+  t.notOk(new GpuExpertCache(gpu, m, 'hetmoe', undefined).mayPrefetch(0), 'nor without a cost model')
+  const all = new FakeGpu(m, new Map(m.manifest.layers.map((l, i) => [i, l.experts.map((_, e) => e)])))
+  t.notOk(new GpuExpertCache(all, m, 'hetmoe', cost).mayPrefetch(1), 'every expert resident: nothing to copy (budget unbounded)')
+})
+
 t.test('the planner thread solves a placement as planPlacement does on this thread', async (t) => {
   const planner = new PlanThread()
   t.teardown(() => planner.close())
