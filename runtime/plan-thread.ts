@@ -1,9 +1,8 @@
 // Placement planning off the JavaScript thread, for re-placement while serving. Solving sigma-lite's
-// placement (4 layers × 64 experts) takes 10-40 ms; run as a microtask between forwards it stalled
-// them: at prefill sizes a check was due every layer, and forward() took 0.65-0.86 ms a batch more
-// than its layers' stage clocks (H100 machine, calls 11-12, bench/results/h100-xeon16-2026-12-06).
-// One piscina thread, started with the runtime and kept: a drift is met within a forward or two, not
-// after a thread's start (30 ms alone, 0.9 s under tap's loaders); idle, it costs no CPU time.
+// placement (4 layers × 64 experts) takes 23-41 ms on the dev VM; solved in a microtask between
+// forwards, as it was, every re-plan (a domain shift, a drifting load) stalled the forwards for that
+// long. One piscina thread, started with the runtime and kept: a drift is met within a forward or two,
+// not after a thread's start (30 ms alone, 0.9 s under tap's loaders); idle, it costs no CPU time.
 import { Piscina } from 'piscina'
 import { fileURLToPath } from 'node:url'
 import type { Placement, PlacementProblem } from '../scheduler/planner.js'

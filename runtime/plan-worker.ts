@@ -4,11 +4,10 @@ import { setPriority } from 'node:os'
 import { CostModel, type Calibration, type ExpertShape } from '../scheduler/cost-model.js'
 import { planPlacement, type Placement } from '../scheduler/planner.js'
 
-// A low priority for this thread alone (Linux's nice is per thread). At normal priority, beside the
-// crew's spinning workers and the GPU call's thread, 4096-token all-GPU layers copied their rows in at
-// a quarter of the rate (call 13: 3.5-4.0 ms, where a layer whose workers were busy with a CPU job
-// took 0.96). Nice 10 weighs a tenth of a normal thread: a plan takes longer when every core is busy,
-// and a forward's threads wait little for one. (At 19 the tests' plans starved on two cores.)
+// A low priority for this thread alone (Linux's nice is per thread): a plan runs while forwards do,
+// beside the crew's workers and the GPU call's thread, and must not take their cores. Nice 10 weighs a
+// tenth of a normal thread: a plan takes longer when every core is busy, a forward's threads wait
+// little. (At 19 the tests' plans starved on two cores.)
 try {
   setPriority(10)
 } catch {
