@@ -6,6 +6,9 @@
 //   steady    the same hidden rows every forward (what the calibration's probes do)
 //   residual  hidden += out after every forward (what a model loop does, and `hetmoe run`)
 //   fresh     new hidden rows copied in before every forward
+//   flushed   residual, then a pass over 256 MiB of scratch that pushes the rows out of the caches (as a
+//             CPU job's weight reads beside the GPU call would: call 13 copied a 4096-token layer's rows in
+//             in 3.5-4.0 ms with no CPU job beside, 0.96 with one; is it the cached, dirty rows?)
 // For a device call; prints one table, and JSON with --json FILE:
 //   node dist/bench/layer-probe.js [tokens=1,16,256,4096] [forwards=20] [--json FILE]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -22,7 +25,9 @@ const jsonFile = jsonAt >= 0 ? args.splice(jsonAt, 2)[1] : undefined
 const [tokensArg = '1,16,256,4096', forwardsArg = '20'] = args
 const sizes = tokensArg.split(',').map(Number)
 const forwards = Number(forwardsArg)
-const VARIANTS = ['steady', 'residual', 'fresh'] as const
+const VARIANTS = ['steady', 'residual', 'fresh', 'flushed'] as const
+/** The flushed variant's scratch: larger than any of these machines' last-level caches. */
+const scratch = new Float32Array(64 * 2 ** 20)
 const STAGES = ['total', 'route', 'gpu', 'gpuHost', 'gpuStream', 'gpuCopyIn', 'gpuKernel'] as const
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]
 
@@ -53,7 +58,8 @@ try {
       const per: Record<string, number[]> = Object.fromEntries([...STAGES, 'copyOut'].map((s) => [s, []]))
       for (let f = 0; f < forwards + 3; f++) {
         for (let i = 0; i < T; i++) ids[i] = Math.floor(((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32) * 32000)
-        if (variant === 'residual') for (let i = 0; i < hv.length; i++) hv[i] = 0.5 * (hv[i] + ov[i])
+        if (variant === 'residual' || variant === 'flushed') for (let i = 0; i < hv.length; i++) hv[i] = 0.5 * (hv[i] + ov[i])
+        if (variant === 'flushed') for (let i = 0; i < scratch.length; i += 16) scratch[i] += 1
         else if (variant === 'fresh') hv.set(source.subarray(((f * 7919) % Math.max(1, Tmax - T + 1)) * D, ((f * 7919) % Math.max(1, Tmax - T + 1)) * D + T * D))
         const before = rt.stats().layers[0]
         await rt.forward(0, hv, { tokenIds: ids.subarray(0, T), domain: 0, out: ov })
