@@ -29,6 +29,10 @@ t.test('hetmoe run over a synthetic Zipf stream and over a token file, as JSON',
   const text = await hetmoe('run', '--model', model, '--tokens', tokens, '--domain', '1', '--gpu', 'off')
   t.match(text.stdout, /6 tokens in 1 batches of 16, 2 MoE layers: .* tokens\/s \(after 1 untimed warm-up batch\)/)
   t.match(text.stdout, /layer +ms\/batch/)
+
+  // --no-replace reaches the runtime as replace: false (what it does there: runtime-replace.test.ts).
+  const fixed = JSON.parse((await hetmoe('run', '--model', model, '--synthetic', '16', '--gpu', 'off', '--no-replace', '--json')).stdout) as { gpu: { replacements: number } }
+  t.equal(fixed.gpu.replacements, 0)
 })
 
 t.test('hetmoe run: bad use exits 2 naming the flag; bad data exits 1 naming the problem', async (t) => {

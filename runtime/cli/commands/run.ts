@@ -11,7 +11,7 @@ import { UsageError, type Command } from '../command.js'
 export const command: Command = {
   summary: 'run the MoE layers of a model over a token stream and report tokens/s per device',
   usage: `Usage: hetmoe run --model DIR (--tokens FILE | --synthetic N) [--plan FILE] [--batch B]
-                  [--domain D] [--gpu off|auto|INDEX] [--gpu-mem SIZE] [--json]
+                  [--domain D] [--gpu off|auto|INDEX] [--gpu-mem SIZE] [--no-replace] [--json]
 
 Runs every MoE layer of the model over the token stream, batch by batch, on GPU + CPU (placement
 from --plan, or planned now from the stream), then prints tokens/s, the share of expert rows per
@@ -26,6 +26,7 @@ device and a per-layer time breakdown.
   --domain D       RRE domain name or index (default 0)
   --gpu MODE       auto (default), off, or a device index
   --gpu-mem SIZE   GPU memory for experts, e.g. 20GiB (default: the plan's budget, else 80% of free)
+  --no-replace     keep the placement as planned (no re-placement when the load drifts)
   --json           print the report as JSON
 
 tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, worker start).`,
@@ -39,6 +40,7 @@ tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, wor
       domain: { type: 'string' },
       gpu: { type: 'string' },
       'gpu-mem': { type: 'string' },
+      'no-replace': { type: 'boolean' },
       json: { type: 'boolean' },
     })
     if (!values.model) throw new UsageError('--model DIR is required')
@@ -55,7 +57,7 @@ tokens/s is timed after one untimed warm-up batch (page faults, GPU uploads, wor
         ? readTokenFileFor(values.tokens, model.manifest.vocabSize)
         : zipfTokens(parseIntFlag(values.synthetic, '--synthetic', 0, 1), model.manifest.vocabSize, 1.1, 42)
       const plan = filePlan ?? (await planForModel(model, { tokens, gpu, batch, gpuMemory, domain })).plan
-      const rt = await createRuntime({ model, gpu, gpuMemory, plan, arenaBytes: arenaBytesFor(model, batch) })
+      const rt = await createRuntime({ model, gpu, gpuMemory, plan, arenaBytes: arenaBytesFor(model, batch), replace: !values['no-replace'] })
       rt.on('warning', (w: string) => console.error(`hetmoe: ${w}`))
       const bar = new Progress('run', Math.ceil(tokens.length / batch), { quiet: values.json })
       const ac = new AbortController()
