@@ -301,6 +301,22 @@ export class GpuExpertCache {
     this.evictions++
   }
 
+  /** Whether prefetch() could start anything for `layer`: a cold expert of it fits the room left. The
+   *  runtime asks first, so that plans with no room to stream (every hot expert resident) skip
+   *  counting the next layer's routes at the end of every forward. */
+  mayPrefetch(layer: number): boolean {
+    if (!this.#prefetching()) return false
+    const room = this.#gpu.budgetBytes - this.#gpu.residentBytes()
+    const shapes = this.#shapes[layer] ?? []
+    for (let e = 0; e < shapes.length; e++) if (shapes[e].bytes <= room && !this.isResident(layer, e)) return true
+    return false
+  }
+
+  /** Lookahead copies may start: the hetmoe strategy with a cost model, running, no upload under way. */
+  #prefetching(): boolean {
+    return this.strategy === 'hetmoe' && this.#cost !== undefined && !this.#stopped && !this.#uploadInFlight
+  }
+
   /**
    * Lookahead (hetmoe strategy, RRE): starts copying in the experts the next batch to reach `layer`
    * would stream, given its routed `counts` (known from its token ids before the layer runs), with the
@@ -309,20 +325,9 @@ export class GpuExpertCache {
    * them resident, or joins their copies; any it does not use are dropped then. A second prefetch
    * for the layer replaces the first. Returns the experts whose copies it started or joined.
    */
-  /** Whether prefetch() could start anything for `layer`: a cold expert of it fits the room left. The
-   *  runtime asks first, so that plans with no room to stream (every hot expert resident) skip
-   *  counting the next layer's routes at the end of every forward. */
-  mayPrefetch(layer: number): boolean {
-    if (this.strategy !== 'hetmoe' || !this.#cost || this.#stopped || this.#uploadInFlight) return false
-    const room = this.#gpu.budgetBytes - this.#gpu.residentBytes()
-    const shapes = this.#shapes[layer] ?? []
-    for (let e = 0; e < shapes.length; e++) if (shapes[e].bytes <= room && !this.isResident(layer, e)) return true
-    return false
-  }
-
   prefetch(layer: number, counts: Int32Array, batchTokens: number): number[] {
     this.#takePrefetch(layer)
-    if (this.strategy !== 'hetmoe' || !this.#cost || this.#stopped || this.#uploadInFlight) return []
+    if (!this.#prefetching() || !this.#cost) return [] // (the cost model again for the type checker)
     const room = this.#gpu.budgetBytes - this.#gpu.residentBytes()
     const experts = planStreaming(this.#shapes[layer], counts, (e) => this.isResident(layer, e), this.#cost, room, batchTokens).stream // cold ones only
     if (experts.length === 0) return []
