@@ -310,7 +310,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         _calibration: cost.calibration,
       })
     // Forwards of T rows: each side's stage seconds less the model's terms for its experts.
-    const measure = async (rt: Runtime, T: number, onCpu: number | undefined): Promise<{ gpu: number[]; cpu: number[] }> => {
+    const measure = async (rt: Runtime, T: number, onCpu: number | undefined): Promise<{ gpu: number[]; cpu: number[]; counts: Int32Array }> => {
       const h = rt.arena.lease(T * D * 4)
       const o = rt.arena.lease(T * D * 4)
       const hv = h.f32(T * D)
@@ -326,10 +326,10 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         fillRepeating(hv, base, k)
         for (let i = 0; i < hv.length; i++) hv[i] += 1e-30 * ov[i]
       }
-      const out = { gpu: [] as number[], cpu: [] as number[] }
       try {
         write(1)
         const counts = routedCounts(rt, hv, T)
+        const out = { gpu: [] as number[], cpu: [] as number[], counts }
         let gpuS = 0
         let maxN = 0
         for (let e = 0; e < E; e++) if (e !== onCpu) maxN = Math.max(maxN, counts[e])
@@ -342,8 +342,9 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
           const t0 = performance.now()
           await rt.forward(0, hv, { out: ov })
           const wall = performance.now() - t0
-          const d = (k: keyof typeof before) => rt.stats().layers[0].ms[k] - before[k]
           if (i < CALL_WARMUP) continue
+          const after = rt.stats().layers[0].ms
+          const d = (k: keyof typeof before) => after[k] - before[k]
           // What forward() takes outside its route and compute clocks (the combine, the promise's
           // resolution, the end-of-forward work) belongs to whichever side the layer waits for:
           // sigma-lite's 4096-token forwards took 0.7 ms a batch of 4 layers more than their stage
@@ -364,15 +365,12 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
     const mid = (xs: number[]) => Math.max(0, [...xs].sort((a, b) => a - b)[xs.length >> 1])
     const costs: LayerCallCosts = { inline: [], offThread: [] }
     const all = await open(m.layers[0].experts.map((_, e) => e), E + 0.5)
-    let counts: Int32Array
+    let counts: Int32Array = new Int32Array(E) // the largest batch's routes, measured last
     try {
-      for (const T of sizes) (T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mid((await measure(all, T, undefined)).gpu)])
-      const h = all.arena.lease(maxT * D * 4)
-      try {
-        for (let r = 0; r < maxT; r += CALL_BASE_ROWS) h.f32(maxT * D).set(base.subarray(0, Math.min(CALL_BASE_ROWS, maxT - r) * D), r * D)
-        counts = routedCounts(all, h.f32(maxT * D), maxT)
-      } finally {
-        h.release()
+      for (const T of sizes) {
+        const r = await measure(all, T, undefined)
+        ;(T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mid(r.gpu)])
+        counts = r.counts
       }
     } finally {
       await all.close()
