@@ -283,8 +283,9 @@ const CALL_BASE_ROWS = 256
  * CALL_ROWS rows that this thread has just written (as an app's residual add leaves them), first with
  * every expert resident (no CPU work: a call inline up to the inline rows, off-thread above), then at
  * the largest size with one expert on the CPU (the GPU waits asleep, the workers run the job alone,
- * as runtime.ts does at prefill sizes). Each is the median of what the side's stage clock took beyond
- * the cost model's terms for its experts at this batch's counts, given the rates fitted before. The
+ * as runtime.ts does at prefill sizes). Each is the median of what the side's stage clock took, plus
+ * what forward() spent outside the stage clocks, beyond the cost model's terms for its experts at this
+ * batch's counts, given the rates fitted before. The
  * parts that probes of the backend alone and the activation copies charge left out a quarter of
  * sigma-lite's 4096-token GPU side and CPU side on the H100 machine (call 8: 3.17-3.36 ms against 2.62
  * predicted, and 3.45-3.78 against 2.6): copies of rows just written, the hand-overs, the choice of the

@@ -45,8 +45,8 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     // rows of 2048 in JavaScript took longer than measuring).
     const block = randomHidden(Math.min(tokens, 64), D, 11)
     const hv = h.f32(tokens * D)
-    // Value by value, as a residual add writes them (fillRepeating: TypedArray.set's streaming stores
-    // leave the rows uncached, which the scan's threads then read unlike an app's).
+    // With ordinary stores, as a residual add writes them (fillRepeating: one TypedArray.set of the
+    // batch streams past the caches, and the scan's threads then read the rows unlike an app's).
     const write = () => fillRepeating(hv, block)
     write()
     const options = { tokenIds: uniformTokens(tokens, m.vocabSize, 11), domain }

@@ -61,7 +61,7 @@ export interface DeviceRates {
   largeBatch?: { minTokens: number; readBytesPerS: Partial<Record<FormatKey, number>> }
   /** GPU only: what a layer call cost through forward() beyond its experts' own terms (their roofline,
    *  fixed cost and output rows), measured on rows just written with no CPU work beside
-   *  (runtime/calibration.ts: prefillProbe): [bytes of the batch's hidden rows (4·D·rows), seconds],
+   *  (runtime/calibration.ts: layerCallProbe): [bytes of the batch's hidden rows (4·D·rows), seconds],
    *  ascending, for calls made on the calling thread (at most inlineRows rows) and for calls handed to
    *  a libuv thread. It stands in for the sum of the parts above (layer overhead, activation copies in,
    *  fresh rows, hand-over), read between its points and from (0, layerOverheadS) (gpuLayerS): that sum
