@@ -17,7 +17,7 @@ export class PlanThread {
   async plan(problem: PlacementProblem): Promise<Placement> {
     if (!this.#pool) throw new Error('the planner thread was closed')
     const { cost, ...rest } = problem
-    const task: PlanTask = { ...rest, experts: rest.experts.map((l) => [...l]), share: rest.share.map((s) => Float64Array.from(s)), calibration: cost.calibration }
+    const task: PlanTask = { ...rest, calibration: cost.calibration }
     return (await this.#pool.run(task)) as Placement
   }
 
