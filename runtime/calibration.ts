@@ -283,7 +283,7 @@ const CALL_BASE_ROWS = 256
  * CALL_ROWS rows that this thread has just written (as an app's residual add leaves them), first with
  * every expert resident (no CPU work: a call inline up to the inline rows, off-thread above), then at
  * the largest size with one expert on the CPU (the GPU waits asleep, the workers run the job alone,
- * as runtime.ts does at prefill sizes). Each is the median of what the side's stage clock took, plus
+ * as runtime.ts does at prefill sizes). Each is the mean of what the side's stage clock took, plus
  * what forward() spent outside the stage clocks, beyond the cost model's terms for its experts at this
  * batch's counts, given the rates fitted before. The
  * parts that probes of the backend alone and the activation copies charge left out a quarter of
@@ -355,22 +355,24 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
           if (onCpu !== undefined) out.cpu.push((d('cpu') + outside) / 1000 - cpuS)
           for (const [k, v] of [['wall', wall], ['outside', outside], ['gpu', d('gpu')], ['gpuHost', d('gpuHost')], ['gpuStream', d('gpuStream')], ['gpuCopyIn', d('gpuCopyIn')], ['gpuKernel', d('gpuKernel')], ['cpu', d('cpu')]] as const) parts[k].push(v)
         }
-        const ms = (k: keyof typeof parts) => [...parts[k]].sort((a, b) => a - b)[parts[k].length >> 1].toFixed(3)
-        log(`calibration: layer call of ${T} rows${onCpu !== undefined ? ' with a CPU expert' : ''} (median ms): wall ${ms('wall')}, outside the stages ${ms('outside')}, GPU side ${ms('gpu')} (native ${ms('gpuHost')}, device ${ms('gpuStream')}: copy in ${ms('gpuCopyIn')}, kernels ${ms('gpuKernel')}; model's expert terms ${(1e3 * gpuS).toFixed(3)})${onCpu !== undefined ? `, CPU side ${ms('cpu')} (model's ${(1e3 * cpuS).toFixed(3)})` : ''}`)
+        const ms = (k: keyof typeof parts) => (parts[k].reduce((s, x) => s + x, 0) / parts[k].length).toFixed(3)
+        log(`calibration: layer call of ${T} rows${onCpu !== undefined ? ' with a CPU expert' : ''} (mean ms): wall ${ms('wall')}, outside the stages ${ms('outside')}, GPU side ${ms('gpu')} (native ${ms('gpuHost')}, device ${ms('gpuStream')}: copy in ${ms('gpuCopyIn')}, kernels ${ms('gpuKernel')}; model's expert terms ${(1e3 * gpuS).toFixed(3)})${onCpu !== undefined ? `, CPU side ${ms('cpu')} (model's ${(1e3 * cpuS).toFixed(3)})` : ''}`)
         return out
       } finally {
         h.release()
         o.release()
       }
     }
-    const mid = (xs: number[]) => Math.max(0, [...xs].sort((a, b) => a - b)[xs.length >> 1])
+    // Means, not medians: a runtime's throughput pays for its slow calls too, and the per-layer
+    // figures it reports are means.
+    const mean = (xs: number[]) => Math.max(0, xs.reduce((s, x) => s + x, 0) / xs.length)
     const costs: LayerCallCosts = { inline: [], offThread: [] }
     const all = await open(m.layers[0].experts.map((_, e) => e), E + 0.5)
     let counts: Int32Array = new Int32Array(E) // the largest batch's routes, measured last
     try {
       for (const T of sizes) {
         const r = await measure(all, T, undefined)
-        ;(T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mid(r.gpu)])
+        ;(T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mean(r.gpu)])
         counts = r.counts
       }
     } finally {
@@ -381,7 +383,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
     for (let e = 1; e < E; e++) if (Math.abs(counts[e] - maxT / E) < Math.abs(counts[onCpu] - maxT / E)) onCpu = e
     const beside = await open(m.layers[0].experts.map((_, e) => e).filter((e) => e !== onCpu), E - 0.5)
     try {
-      costs.besideGpuS = mid((await measure(beside, maxT, onCpu)).cpu)
+      costs.besideGpuS = mean((await measure(beside, maxT, onCpu)).cpu)
     } finally {
       await beside.close()
     }

@@ -20,7 +20,7 @@ const MAX_GAP_MS = 10
 const GAP_RUNS = 6
 
 /**
- * Median seconds routing a batch of `tokens` random hidden states (random token ids, `domain` or the
+ * Mean seconds routing a batch of `tokens` random hidden states (random token ids, `domain` or the
  * first for RRE) takes, over the model's layers; the first call of each layer is not timed. Gated
  * layers are measured on this thread alone (a runtime shares gate GEMMs of ≥ 1M products with its
  * idle CPU workers, so at prefill sizes this is an upper bound).
@@ -31,7 +31,9 @@ const GAP_RUNS = 6
  * predicted 0.03 ms of routing at 256 tokens and 0.29 at 4096 where sigma-lite's runtime spent
  * 0.16-0.21 and 0.65-0.78 (H100 machine's Xeon, 63360ce). On the H200 machine's Xeon (4bbdf9b,
  * bench/route-probe.ts) the scan at 4096 rows took 0.14 ms after 1 ms idle, 0.16 after 3 ms, 0.23 on
- * freshly written states; the runtime routed in 0.45-0.62 beside a CPU job, 0.47-0.57 again.
+ * freshly written states; the runtime routed in 0.45-0.62 beside a CPU job, 0.47-0.57 again. Written
+ * before the idle gap and as a median, `place` still said 0.51 at 4096 and 0.09 at 256 where the
+ * runtime's means were 0.70-0.95 and 0.18-0.25 (call 14, 7a98a12).
  */
 export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0, gapS?: number): number {
   const m = model.manifest
@@ -80,12 +82,16 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     for (let i = 0; i < runs; i++)
       for (let layer = 0; layer < L; layer++) {
         if (sleeper) {
-          write()
+          // In a runtime's order: the layer's expert work (the pool's threads asleep), the app's
+          // residual add, routing straight after it on the rows it has just written.
           Atomics.wait(sleeper, 0, 0, gapMs)
+          write()
         }
         samples.push(once(layer))
       }
-    return samples.sort((a, b) => a - b)[samples.length >> 1]
+    // The mean, not the median: throughput pays for every call, the slow ones too (a helper thread
+    // that wakes late, a collection), and the runtime's per-layer figures are means.
+    return samples.reduce((s, x) => s + x, 0) / samples.length
   } finally {
     arena.close()
   }
