@@ -82,7 +82,7 @@ try {
       })
     }
     const shapes = counts.map((_, k) => expertShape(experts[k]))
-    const predictedMs = 1e3 * (counts.reduce((s, n, k) => s + cost.tCpu(shapes[k], n), 0) + cost.cpuLayerS(shapes))
+    const predictedMs = 1e3 * (counts.reduce((s, n, k) => s + cost.tCpu(shapes[k], n), 0) + cost.cpuLayerS(shapes, counts.reduce((x, y) => x + y, 0) / counts.length))
     const ms = median(times)
     const tflops = counts.reduce((s, n, k) => s + n * shapes[k].flopsPerToken, 0) / (ms / 1e3) / 1e12
     const who = join === false ? 'waits' : 'crew rule'

@@ -27,8 +27,20 @@ export interface ProbeRequest {
   bytes: number
   /** Dense-equivalent FLOPs per token of the probed weights. */
   flopsPerToken: number
+  /** Tokens each expert (or each expert on average, with `spread`). */
   tokens: number
+  /** A job of several experts: their tokens in these proportions, `tokens` on average (JOB_SPREAD). */
+  spread?: readonly number[]
 }
+
+/**
+ * The tokens of the CPU job that measures DeviceRates.jobFlopsPerS, in proportion: the 8 experts that
+ * sigma-lite's 10% plan left on the CPU in layer 0 at 4096 tokens (call 14, 92-196 tokens each). Jobs
+ * like it ran about as fast on the dense probe model (4.99 TFLOP/s) as on sigma-lite (4.71; call 15,
+ * bench/cpu-expert-probe.ts), where the rate measured with an even job of 256 tokens an expert had
+ * been 1.7x sigma-lite's jobs' (call 13).
+ */
+export const JOB_SPREAD: readonly number[] = [196, 188, 181, 175, 148, 147, 101, 92]
 
 /** Seconds for one run of the operation described (the best of a few runs, ideally). */
 export type Probe = (req: ProbeRequest) => number | Promise<number>
@@ -164,6 +176,18 @@ async function fitDevice(dev: DeviceProbes, plan: Required<NonNullable<Calibrati
       flopRate = Math.max(flopRate, (tokens * flopsFor(bytes)) / t)
     }
     rates.flopsPerS[format] = flopRate
+    if (dev.readRateFrom === 'job') {
+      // The job rate (DeviceRates.jobFlopsPerS): a job of JOB_SPREAD's experts, its busiest at the plan's
+      // most tokens, less one expert's job at their mean, is the arithmetic of all but the last expert
+      // (whose share is one expert's alone).
+      const k = JOB_SPREAD.length
+      const tokens = Math.round((plan.tokens[plan.tokens.length - 1] * JOB_SPREAD.reduce((x, y) => x + y, 0)) / k / Math.max(...JOB_SPREAD))
+      const oneS = await medianOf(repeats, () => probe({ format, bytes, flopsPerToken: flopsFor(bytes), tokens }))
+      const t = await medianOf(repeats, () => probe({ format, bytes: k * bytes, flopsPerToken: flopsFor(k * bytes), tokens, spread: JOB_SPREAD }))
+      const rate = t > oneS ? (tokens * (flopsFor(k * bytes) - flopsFor(bytes))) / (t - oneS) : 0
+      rates.jobFlopsPerS ??= {}
+      rates.jobFlopsPerS[format] = Math.max(flopRate, rate)
+    }
     if (dev.largeBatchTokens !== undefined) {
       // Weights streamed by the large-batch kernel at its fewest tokens, where the arithmetic is small
       // next to the reads: the plan's largest probe, less the fixed time the read fit found (charged
@@ -317,9 +341,9 @@ export function calibrationCachePath(machine: { cpu: string; gpu: string | null 
 export function readCalibration(path: string): Calibration | undefined {
   try {
     const c = JSON.parse(readFileSync(path, 'utf8')) as Calibration
-    // A GPU calibration from before its layer calls were measured whole (or before activation copies
-    // were, and kernel rates taken from wall times) misleads the planner at large batches: measure again.
-    const stale = c.gpu && c.gpu.layerCallS === undefined && c.source.startsWith('runtime probes')
+    // Runtime-probe calibrations from before the GPU's layer calls were measured whole, or the CPU's job
+    // FLOP rate, mislead the planner at large batches: measure again.
+    const stale = c.source.startsWith('runtime probes') && ((c.gpu && c.gpu.layerCallS === undefined) || c.cpu?.jobFlopsPerS === undefined)
     return c.format === 'hetmoe-calibration' && c.version === 1 && c.cpu && !stale ? c : undefined
   } catch {
     return undefined
@@ -358,7 +382,7 @@ export function describeCalibration(c: Calibration): string {
     const keys = Object.keys(d.readBytesPerS) as FormatKey[]
     return [
       `${name.padEnd(5)} per-expert overhead ${us(d.expertOverheadS)}, per-layer ${us(d.layerOverheadS)}${d.jobTailReads !== undefined ? ` + ${d.jobTailReads.toFixed(2)} expert reads` : ''}${d.activationBytesPerS ? `, activations ${gbps(d.activationBytesPerS)}` : ''}${d.freshRows ? ` (+${us(d.freshRows.seconds)} a call of ${d.freshRows.rows} rows just written)` : ''}${d.asyncCallS !== undefined ? `, off-thread call +${us(d.asyncCallS)} (inline up to ${d.inlineRows} rows)` : ''}`,
-      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}`),
+      ...keys.map((k) => `      ${k.padEnd(10)} weights ${gbps(d.readBytesPerS[k]!)}${d.largeBatch?.readBytesPerS[k] ? ` (${gbps(d.largeBatch.readBytesPerS[k]!)} from ${d.largeBatch.minTokens} tokens an expert)` : ''}, compute ${tflops(d.flopsPerS[k] ?? 0)}${d.jobFlopsPerS?.[k] ? ` (${tflops(d.jobFlopsPerS[k]!)} in a job of several experts)` : ''}`),
       ...(d.serial !== undefined ? [`      reads and arithmetic: ${(100 * d.serial).toFixed(0)}% of the shorter adds to the longer (0%: the plain roofline)`] : []),
       ...(d.layerCallS ? [`      layer calls measured whole, by the batch's hidden bytes: ${callTable(d.layerCallS.inline)} inline; ${callTable(d.layerCallS.offThread)} off-thread`] : []),
       ...(d.besideGpuS !== undefined ? [`      a layer job beside a prefill-size GPU call: +${us(d.besideGpuS)}`] : []),

@@ -72,6 +72,12 @@ export interface DeviceRates {
    *  its experts' terms and cpuLayerS say (measured the same way: the GPU's choice before the post, the
    *  completion's hop, the call's copies through the same memory). Absent: 0. */
   besideGpuS?: number
+  /** CPU only: the FLOP rate of a layer job of several experts, by format, where flopsPerS is one
+   *  expert's alone: the crew's threads overlap one expert's phases with another's, and only the job's
+   *  last expert runs as if alone (CostModel.cpuJobTailS). Sigma-lite's hybrid prefill layers (8-9 CPU
+   *  experts of 90-215 tokens) took 0.65 of what one expert's rate predicted (H100 machine, call 12).
+   *  Absent: flopsPerS throughout (older calibrations). */
+  jobFlopsPerS?: Partial<Record<FormatKey, number>>
 }
 
 export interface Calibration {
@@ -149,8 +155,11 @@ export class CostModel {
     return this.calibration.gpu !== null
   }
 
+  /** An expert in a CPU layer job: its arithmetic at the job's FLOP rate where calibrated (the job's
+   *  last expert pays the difference to one expert's rate once: cpuLayerS). */
   cpuRoofline(e: ExpertShape): Roofline {
-    return roofline(this.calibration.cpu, e)
+    const c = this.calibration.cpu
+    return roofline(c.jobFlopsPerS ? { ...c, flopsPerS: c.jobFlopsPerS } : c, e)
   }
 
   /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. `largeBatch`:
@@ -185,14 +194,23 @@ export class CostModel {
   }
 
   /** The CPU's fixed cost of a layer job that runs some of `experts` (a layer's, which share a shape in
-   *  practice): its dispatch, and its tail (DeviceRates.jobTailReads) of their mean read time. */
-  cpuLayerS(experts: readonly ExpertShape[]): number {
+   *  practice), `tokensPerExpert` each on average: its dispatch, its tail (DeviceRates.jobTailReads) of
+   *  their mean read time, and its last expert's arithmetic at one expert's rate (cpuJobTailS). */
+  cpuLayerS(experts: readonly ExpertShape[], tokensPerExpert = 0): number {
     const c = this.calibration.cpu
+    if (experts.length === 0) return c.layerOverheadS
     const tail = c.jobTailReads ?? 0
-    if (!(tail > 0) || experts.length === 0) return c.layerOverheadS
-    let readS = 0
-    for (const e of experts) readS += this.cpuRoofline(e).readS
-    return c.layerOverheadS + (tail * readS) / experts.length
+    let extraS = 0
+    for (const e of experts) extraS += tail * this.cpuRoofline(e).readS + this.cpuJobTailS(e, tokensPerExpert)
+    return c.layerOverheadS + extraS / experts.length
+  }
+
+  /** What an expert's `n` tokens cost more at one expert's FLOP rate than at a job's (DeviceRates.
+   *  jobFlopsPerS), which tCpu charges: the job's last expert pays it. 0 without a job rate. */
+  cpuJobTailS(e: ExpertShape, n: number): number {
+    const c = this.calibration.cpu
+    if (!c.jobFlopsPerS || !(n > 0)) return 0
+    return Math.max(0, n * e.flopsPerToken * (1 / rateFor(c.flopsPerS, e.format) - 1 / rateFor(c.jobFlopsPerS, e.format)))
   }
 
   /** The GPU's fixed cost of a layer call that has work: launch + sync, and copying the batch's

@@ -41,7 +41,11 @@ export class LayerTimeModel {
       this.cpuS[e] = expectedRooflineTime(cost.cpuRoofline(experts[e]), batchTokens, this.share[e])
       this.gpuS[e] = cost.hasGpu ? expectedRooflineTime(cost.gpuRoofline(experts[e], largeBatch), batchTokens, this.share[e]) : Infinity
     }
-    this.cpuLayerS = cost.cpuLayerS(experts)
+    // The job's last expert, at the tokens an expert the batch routes to expects.
+    let routed = 0
+    let active = 0
+    for (const p of this.share) if (p > 0) (routed += p), active++
+    this.cpuLayerS = cost.cpuLayerS(experts, active > 0 ? (batchTokens * routed) / active : 0)
     this.gpuLayerS = cost.hasGpu ? cost.gpuLayerS(batchTokens, experts[0]?.hiddenSize) : 0
     this.gpuBesideCpuS = cost.hasGpu && cost.gpuCallsInline(batchTokens) ? cost.gpuAsyncS() : 0
     this.cpuBesideGpuS = cost.hasGpu ? cost.cpuBesideGpuS(batchTokens) : 0

@@ -52,7 +52,9 @@ export function planStreaming(
     }
   }
   const side = (sum: number, busy: boolean, overhead: number) => (busy ? sum + overhead : 0)
-  const cpuOv = cost.cpuLayerS(experts)
+  let coldRows = 0
+  for (const e of cold) coldRows += counts[e]
+  const cpuOv = cost.cpuLayerS(experts, cold.length > 0 ? coldRows / cold.length : 0)
   let rows = 0
   for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
   const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0

@@ -252,6 +252,38 @@ t.test('a CPU job pays its tail once: one expert alone is slower per byte than s
   t.match(describeCalibration(c), /per-layer 10(\.0)? µs \+ 0\.50 expert reads/)
 })
 
+t.test("a CPU job's arithmetic runs at the job rate, its last expert's at one expert's", async (t) => {
+  // Truth: 1 TFLOP/s for one expert alone, 2 for the others of a job (their phases overlap), reads at
+  // 100 GB/s with the tail of half an expert's read; an expert has as many FLOPs a token as bytes.
+  const expertBytes = 64 * 2 ** 20
+  const readS = expertBytes / 100e9
+  const f = expertBytes
+  const jobS = (k: number, n: number) => 10e-6 + 2e-6 * k + Math.max((k + 0.5) * readS, ((k - 1) * n * f) / 2e12 + (n * f) / 1e12)
+  const job: Probe = ({ bytes, tokens }) => jobS(Math.max(1, Math.round(bytes / expertBytes)), tokens)
+  const c = await calibrate({
+    machine: { cpu: 'synthetic', gpu: null },
+    source: 'synthetic',
+    cpu: { formats: { 'dense/bf16': job }, layerOverhead: () => 10e-6, expertOverhead: () => 2e-6, readRateFrom: 'job' },
+    plan: { bytes: [1, 2, 4, 8].map((k) => k * expertBytes), tokens: [1, 16, 64, 256], repeats: 1 },
+  })
+  const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
+  near(c.cpu.flopsPerS['dense/bf16']!, 1e12, 0.01, 'one expert alone')
+  near(c.cpu.jobFlopsPerS!['dense/bf16']!, 2e12, 0.01, 'the others of a job')
+  t.match(describeCalibration(c), /compute 99\d\.\d GFLOP\/s \(2\.0 TFLOP\/s in a job of several experts\)/)
+  const cost = new CostModel(c)
+  const e: ExpertShape = { bytes: expertBytes, flopsPerToken: f, format: 'dense/bf16' }
+  near(cost.tCpu(e, 256) + cost.cpuLayerS([e], 256), jobS(1, 256), 0.03, 'one expert of 256 tokens: as if alone')
+  // 2048 tokens over 8 experts: 256 each expected; k of them on the CPU.
+  for (const k of [1, 3, 8]) {
+    const model = new LayerTimeModel(Array(8).fill(e), Array(8).fill(1 / 8), 2048, cost)
+    near(model.sides((x) => x >= k).cpuS, jobS(k, 256), 0.03, `a job of ${k} expert${k > 1 ? 's' : ''} of ~256 tokens`)
+  }
+  // planStreaming charges the same, from the batch's counts.
+  const counts = Int32Array.from({ length: 8 }, (_, x) => (x < 3 ? 256 : 0))
+  near(planStreaming(Array(8).fill(e), counts, () => false, cost, 0, 768).withoutS, jobS(3, 256), 0.03, 'planStreaming: a job of 3 experts')
+  t.equal(new CostModel(testCalibration()).cpuJobTailS(e, 256), 0, 'older calibrations: one rate, no tail')
+})
+
 t.test('fitLine clamps a negative intercept', async (t) => {
   const f = fitLine([[1, 0.5], [2, 2], [3, 3.5]])
   t.equal(f.intercept, 0)
