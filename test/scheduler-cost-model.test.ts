@@ -2,7 +2,7 @@ import t from 'tap'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
-  calibrate, calibrationCachePath, defaultProbes, describeCalibration, fitLine, loadCalibration, type Probe,
+  calibrate, calibrationCachePath, defaultProbes, describeCalibration, fitLine, JOB_SPREAD, loadCalibration, type Probe,
 } from '../scheduler/calibrate.js'
 import { CostModel, evalRoofline, expectedRooflineTime, expertShape, matrixBytes, type ExpertShape, type FormatKey } from '../scheduler/cost-model.js'
 import { testCalibration } from './helpers/calibration.js'
@@ -259,13 +259,22 @@ t.test("a CPU job's arithmetic runs at the job rate, its last expert's at one ex
   const readS = expertBytes / 100e9
   const f = expertBytes
   const jobS = (k: number, n: number) => 10e-6 + 2e-6 * k + Math.max((k + 0.5) * readS, ((k - 1) * n * f) / 2e12 + (n * f) / 1e12)
-  const job: Probe = ({ bytes, tokens }) => jobS(Math.max(1, Math.round(bytes / expertBytes)), tokens)
+  const spreads: { tokens: number; spread: readonly number[] }[] = []
+  const job: Probe = ({ bytes, tokens, spread }) => {
+    if (spread) spreads.push({ tokens, spread })
+    return jobS(Math.max(1, Math.round(bytes / expertBytes)), tokens)
+  }
   const c = await calibrate({
     machine: { cpu: 'synthetic', gpu: null },
     source: 'synthetic',
     cpu: { formats: { 'dense/bf16': job }, layerOverhead: () => 10e-6, expertOverhead: () => 2e-6, readRateFrom: 'job' },
     plan: { bytes: [1, 2, 4, 8].map((k) => k * expertBytes), tokens: [1, 16, 64, 256], repeats: 1 },
   })
+  // The job is shaped like a hybrid layer's (JOB_SPREAD), its busiest expert at the plan's most tokens.
+  t.equal(spreads.length, 1, 'one job of several experts measured')
+  t.same(spreads[0].spread, JOB_SPREAD)
+  const busiest = (spreads[0].tokens * JOB_SPREAD.length * Math.max(...JOB_SPREAD)) / JOB_SPREAD.reduce((x, y) => x + y, 0)
+  t.ok(Math.abs(busiest - 256) < 2, `its busiest expert gets ~256 tokens (${busiest.toFixed(1)})`)
   const near = (a: number, b: number, tol: number, what: string) => t.ok(Math.abs(a / b - 1) < tol, `${what}: ${a.toPrecision(4)} vs ${b.toPrecision(4)}`)
   near(c.cpu.flopsPerS['dense/bf16']!, 1e12, 0.01, 'one expert alone')
   near(c.cpu.jobFlopsPerS!['dense/bf16']!, 2e12, 0.01, 'the others of a job')
