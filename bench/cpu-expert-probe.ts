@@ -82,12 +82,13 @@ try {
       })
     }
     const shapes = counts.map((_, k) => expertShape(experts[k]))
-    const predictedMs = 1e3 * (counts.reduce((s, n, k) => s + cost.tCpu(shapes[k], n), 0) + cost.cpuLayerS(shapes, counts.reduce((x, y) => x + y, 0) / counts.length))
+    const total = counts.reduce((x, y) => x + y, 0)
+    const predictedMs = 1e3 * (counts.reduce((s, n, k) => s + cost.tCpu(shapes[k], n), 0) + cost.cpuLayerS(shapes, total / counts.length))
     const ms = median(times)
     const tflops = counts.reduce((s, n, k) => s + n * shapes[k].flopsPerToken, 0) / (ms / 1e3) / 1e12
     const who = join === false ? 'waits' : 'crew rule'
     results.push({ counts, join: who, ms, meanMs: mean(times), predictedMs, tflops })
-    const list = counts.length > 4 ? `${counts.slice(0, 4).join(',')},… (${counts.reduce((a, b) => a + b, 0)})` : counts.join(',')
+    const list = counts.length > 4 ? `${counts.slice(0, 4).join(',')},… (${total})` : counts.join(',')
     console.log(`${String(counts.length).padStart(7)}  ${list.padEnd(17)} ${who.padEnd(14)}  ${ms.toFixed(3).padStart(9)}  ${mean(times).toFixed(3).padStart(7)}  ${predictedMs.toFixed(3).padStart(9)}  ${(ms / predictedMs).toFixed(2).padStart(16)}  ${tflops.toFixed(2).padStart(7)}`)
   }
 } finally {

@@ -269,6 +269,8 @@ function gpuForwardProbe(model: Model): GpuForwardProbe {
   }
 }
 
+const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.length
+
 /** Batch rows of the layer-call probe's forwards (with the inline rows and one more, where inside).
  *  From one row: below the first size the table is read from the fitted layer overhead, which on one
  *  host came out at 89 µs where sigma-lite's one-token layers took 66 in all (call 15: batch 1 ran 1.75x
@@ -358,7 +360,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
           if (onCpu !== undefined) out.cpu.push((d('cpu') + outside) / 1000 - cpuS)
           for (const [k, v] of [['wall', wall], ['outside', outside], ['gpu', d('gpu')], ['gpuHost', d('gpuHost')], ['gpuStream', d('gpuStream')], ['gpuCopyIn', d('gpuCopyIn')], ['gpuKernel', d('gpuKernel')], ['cpu', d('cpu')]] as const) parts[k].push(v)
         }
-        const ms = (k: keyof typeof parts) => (parts[k].reduce((s, x) => s + x, 0) / parts[k].length).toFixed(3)
+        const ms = (k: keyof typeof parts) => mean(parts[k]).toFixed(3)
         log(`calibration: layer call of ${T} rows${onCpu !== undefined ? ' with a CPU expert' : ''} (mean ms): wall ${ms('wall')}, outside the stages ${ms('outside')}, GPU side ${ms('gpu')} (native ${ms('gpuHost')}, device ${ms('gpuStream')}: copy in ${ms('gpuCopyIn')}, kernels ${ms('gpuKernel')}; model's expert terms ${(1e3 * gpuS).toFixed(3)})${onCpu !== undefined ? `, CPU side ${ms('cpu')} (model's ${(1e3 * cpuS).toFixed(3)})` : ''}`)
         return out
       } finally {
@@ -367,15 +369,15 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
       }
     }
     // Means, not medians: a runtime's throughput pays for its slow calls too, and the per-layer
-    // figures it reports are means.
-    const mean = (xs: number[]) => Math.max(0, xs.reduce((s, x) => s + x, 0) / xs.length)
+    // figures it reports are means. (Never below 0: a call cheaper than its terms costs nothing more.)
+    const beyond = (xs: number[]) => Math.max(0, mean(xs))
     const costs: LayerCallCosts = { inline: [], offThread: [] }
     const all = await open(m.layers[0].experts.map((_, e) => e), E + 0.5)
     let counts: Int32Array = new Int32Array(E) // the largest batch's routes, measured last
     try {
       for (const T of sizes) {
         const r = await measure(all, T, undefined)
-        ;(T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, mean(r.gpu)])
+        ;(T <= inlineRows ? costs.inline : costs.offThread).push([4 * D * T, beyond(r.gpu)])
         counts = r.counts
       }
     } finally {
@@ -386,7 +388,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
     for (let e = 1; e < E; e++) if (Math.abs(counts[e] - maxT / E) < Math.abs(counts[onCpu] - maxT / E)) onCpu = e
     const beside = await open(m.layers[0].experts.map((_, e) => e).filter((e) => e !== onCpu), E - 0.5)
     try {
-      costs.besideGpuS = mean((await measure(beside, maxT, onCpu)).cpu)
+      costs.besideGpuS = beyond((await measure(beside, maxT, onCpu)).cpu)
     } finally {
       await beside.close()
     }

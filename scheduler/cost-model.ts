@@ -146,9 +146,14 @@ export interface Roofline {
 
 export class CostModel {
   readonly calibration: Calibration
+  /** The CPU's rates for an expert in a layer job: its arithmetic at the job's FLOP rate where
+   *  calibrated. Built once: planStreaming asks for every cold expert of every batch. */
+  readonly #cpuJobRates: DeviceRates
 
   constructor(calibration: Calibration) {
     this.calibration = calibration
+    const c = calibration.cpu
+    this.#cpuJobRates = c.jobFlopsPerS ? { ...c, flopsPerS: c.jobFlopsPerS } : c
   }
 
   get hasGpu(): boolean {
@@ -158,8 +163,7 @@ export class CostModel {
   /** An expert in a CPU layer job: its arithmetic at the job's FLOP rate where calibrated (the job's
    *  last expert pays the difference to one expert's rate once: cpuLayerS). */
   cpuRoofline(e: ExpertShape): Roofline {
-    const c = this.calibration.cpu
-    return roofline(c.jobFlopsPerS ? { ...c, flopsPerS: c.jobFlopsPerS } : c, e)
+    return roofline(this.#cpuJobRates, e)
   }
 
   /** Infinity-free: without a GPU every term is Infinity so nothing is ever placed there. `largeBatch`:
