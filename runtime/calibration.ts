@@ -276,11 +276,20 @@ const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.lengt
  *  host came out at 89 µs where sigma-lite's one-token layers took 66 in all (call 15: batch 1 ran 1.75x
  *  faster than predicted, 16 tokens 1.21x). */
 const CALL_ROWS = [1, 16, 64, 256, 1024, 4096]
+/** Untimed, then timed forwards a size: at least these many, and more where they are short (at least
+ *  CALL_WARMUP_S and CALL_RUNS_S of forwards, at most CALL_MAX_RUNS): nine one-row calls right after
+ *  the probe's runtime opened averaged 0.15 ms on the GPU side where sigma-lite's one-token layers took
+ *  0.064 (call 16). */
 const CALL_WARMUP = 3
 const CALL_RUNS = 9
+const CALL_WARMUP_S = 0.02
+const CALL_RUNS_S = 0.03
+const CALL_MAX_RUNS = 200
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
 const CALL_BASE_ROWS = 256
+/** Their scales, one a forward in turn. */
+const SCALES = [1, 1.125, 1.25, 1.375, 1.5, 1.625, 1.75]
 
 /**
  * The GPU's layer calls measured whole (DeviceRates.layerCallS), and what a CPU job pays beside one at
@@ -328,12 +337,16 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
       // residual add took 3.5-4.0 (and with TypedArray.set, this probe's first version, a 256-row call
       // cost 0.04 ms beyond its experts where sigma-lite's spent 0.5; call 10).
       ov.fill(0)
-      const write = (k: number) => {
-        fillRepeating(hv, base, k)
+      // The scaled blocks made once: made per forward (Float32Array.map over 256 rows, 2 MiB), they
+      // cost more than a one-row forward and left collections to land in the timed calls.
+      const rows = Math.min(T, CALL_BASE_ROWS) * D
+      const blocks = SCALES.map((k) => base.subarray(0, rows).map((v) => k * v))
+      const write = (n: number) => {
+        fillRepeating(hv, blocks[n % blocks.length])
         for (let i = 0; i < hv.length; i++) hv[i] += 1e-30 * ov[i]
       }
       try {
-        write(1)
+        write(0)
         const counts = routedCounts(rt, hv, T)
         const out = { gpu: [] as number[], cpu: [] as number[], counts }
         let gpuS = 0
@@ -342,13 +355,19 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         for (let e = 0; e < E; e++) if (e !== onCpu && counts[e] > 0) gpuS += cost.tGpu(shape, counts[e], cost.gpuLargeBatch(maxN))
         const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape], counts[onCpu]) : 0
         const parts: Record<'wall' | 'outside' | 'gpu' | 'gpuHost' | 'gpuStream' | 'gpuCopyIn' | 'gpuKernel' | 'cpu', number[]> = { wall: [], outside: [], gpu: [], gpuHost: [], gpuStream: [], gpuCopyIn: [], gpuKernel: [], cpu: [] }
-        for (let i = 0; i < CALL_WARMUP + CALL_RUNS; i++) {
-          write(1 + (i % 7) / 8)
+        let warm = 0
+        for (const t0 = performance.now(); warm < CALL_MAX_RUNS && (warm < CALL_WARMUP || performance.now() - t0 < 1e3 * CALL_WARMUP_S); warm++) {
+          write(warm)
+          await rt.forward(0, hv, { out: ov })
+        }
+        let timedMs = 0
+        for (let i = 0; i < CALL_MAX_RUNS && (i < CALL_RUNS || timedMs < 1e3 * CALL_RUNS_S); i++) {
+          write(i)
           const before = { ...rt.stats().layers[0].ms }
           const t0 = performance.now()
           await rt.forward(0, hv, { out: ov })
           const wall = performance.now() - t0
-          if (i < CALL_WARMUP) continue
+          timedMs += wall
           const after = rt.stats().layers[0].ms
           const d = (k: keyof typeof before) => after[k] - before[k]
           // What forward() takes outside its route and compute clocks (the combine, the promise's

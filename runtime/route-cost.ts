@@ -10,14 +10,17 @@ import { native } from './native.js'
 
 /** Wall time spent measuring one batch size, roughly (at least 3 timed runs a layer either way). */
 const BUDGET_S = 0.05
-/** Idle milliseconds before each timed call of a batch whose finiteness scan goes to the thread pool,
- *  unless the caller knows the layer's own time (measureRouteS's gapS). */
+/** The layer's own time (ms) in the idle gap before each timed call of a batch whose finiteness scan
+ *  goes to the thread pool, where the caller does not know it (measureRouteS's gapS). */
 const IDLE_GAP_MS = 1
-/** Bounds of that idle gap, ms (at most GAP_RUNS of them a layer). */
+/** Bounds of the whole idle gap, that time and a residual add's, ms. */
 const MIN_GAP_MS = 0.2
 const MAX_GAP_MS = 10
-/** Timed calls a layer at most when each waits out the gap. */
+/** Timed calls a layer at most when each waits out the gap, and at least in all (over the layers). */
 const GAP_RUNS = 6
+const MIN_GAP_SAMPLES = 8
+/** Seconds of idle gaps to spend at most beyond MIN_GAP_SAMPLES (place must stay well under 1 s). */
+const GAP_BUDGET_S = 0.06
 
 /**
  * Mean seconds routing a batch of `tokens` random hidden states (random token ids, `domain` or the
@@ -33,14 +36,20 @@ const GAP_RUNS = 6
  * bench/route-probe.ts) the scan at 4096 rows took 0.14 ms after 1 ms idle, 0.16 after 3 ms, 0.23 on
  * freshly written states; the runtime routed in 0.45-0.62 beside a CPU job, 0.47-0.57 again. Written
  * before the idle gap and as a median, `place` still said 0.51 at 4096 and 0.09 at 256 where the
- * runtime's means were 0.70-0.95 and 0.18-0.25 (call 14, 7a98a12).
+ * runtime's means were 0.70-0.95 and 0.18-0.25 (call 14, 7a98a12). The pool's threads sleep from one
+ * route to the next, through the layer's expert work and the app's work between layers, and the longer
+ * they sleep the slower they wake: on the dev VM routing 4096 rows took 0.96 ms after 1 ms idle, 1.21
+ * after 5 and 1.37 after 15. The idle gap is therefore `gapS` plus what the app's least work between
+ * layers, a residual add over the batch's rows in JavaScript, takes on this machine (timed here).
  */
 export function measureRouteS(model: RoutingModel, tokens: number, domain: string | number = 0, gapS?: number): number {
   const m = model.manifest
   const D = m.hiddenSize
   const rows = Math.max(...m.layers.map((l) => tokens * (l.routing.kind === 'gate' ? l.routing.topK : 1)))
   const E = Math.max(...m.layers.map((l) => l.experts.length))
-  const arena = new Arena({ bytes: tokens * D * 4 + 2 * (selectionBytes(E, rows) + tokens * E * 8) + (1 << 20) })
+  const poolMin = native().scanPoolMinFloats()
+  const idle = poolMin > 0 && tokens * D >= poolMin
+  const arena = new Arena({ bytes: (idle ? 2 : 1) * tokens * D * 4 + 2 * (selectionBytes(E, rows) + tokens * E * 8) + (1 << 20) })
   try {
     const h = arena.lease(tokens * D * 4)
     // 64 random rows, repeated: what routing costs does not depend on the values (generating 4096
@@ -72,13 +81,12 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
     const L = m.layers.length
     let last = 0
     for (let i = 0, t0 = performance.now(); i < 200 * L && (i < 2 * L || performance.now() - t0 < 500 * BUDGET_S); i++) last = once(i % L)
-    const poolMin = native().scanPoolMinFloats()
-    const idle = poolMin > 0 && tokens * D >= poolMin
-    const fit = Math.floor(BUDGET_S / 2 / L / Math.max(last, 1e-6))
-    const runs = Math.max(3, Math.min(idle ? GAP_RUNS : 100, fit))
     const sleeper = idle ? new Int32Array(new SharedArrayBuffer(4)) : undefined
     // (A NaN timeout would make Atomics.wait wait for ever.)
-    const gapMs = gapS === undefined || Number.isNaN(gapS) ? IDLE_GAP_MS : Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1e3 * gapS))
+    const layerMs = gapS === undefined || Number.isNaN(gapS) ? IDLE_GAP_MS : Math.max(0, 1e3 * gapS)
+    const gapMs = idle ? Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, layerMs + residualAddMs(hv, arena.lease(tokens * D * 4).f32(tokens * D), block))) : 0
+    const fit = Math.floor((idle ? GAP_BUDGET_S / (gapMs / 1e3) : BUDGET_S / 2 / Math.max(last, 1e-6)) / L)
+    const runs = Math.max(idle ? Math.ceil(MIN_GAP_SAMPLES / L) : 3, Math.min(idle ? GAP_RUNS : 100, fit))
     for (let i = 0; i < runs; i++)
       for (let layer = 0; layer < L; layer++) {
         if (sleeper) {
@@ -95,4 +103,17 @@ export function measureRouteS(model: RoutingModel, tokens: number, domain: strin
   } finally {
     arena.close()
   }
+}
+
+/** Milliseconds an app's residual add over `h` (h += out, in JavaScript) takes here: the second of two
+ *  passes (the first compiles the loop). It leaves `h` as it was, to within 1e-30 of `out`'s scale. */
+function residualAddMs(h: Float32Array, out: Float32Array, block: Float32Array): number {
+  fillRepeating(out, block)
+  let ms = 0
+  for (let pass = 0; pass < 2; pass++) {
+    const t0 = performance.now()
+    for (let i = 0; i < h.length; i++) h[i] += 1e-30 * out[i]
+    ms = performance.now() - t0
+  }
+  return ms
 }

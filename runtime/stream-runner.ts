@@ -38,17 +38,26 @@ export interface StreamOptions {
   onBatch?: (done: number, total: number) => void
   /** Called with layer 0's input and output of the first batch (for spot checks). */
   onFirst?: (hidden: Float32Array, out: Float32Array, tokenIds: Int32Array) => void
-  /** Run the first batch this many times, untimed, before timing the stream. Defaults to 0. */
-  warmup?: number
+  /** Run the first batch this many times, untimed, before timing the stream; 'auto': until the
+   *  runtime is warm (WARMUP). Defaults to 0. */
+  warmup?: number | 'auto'
 }
+
+/** 'auto' warm-up: the first batch again until its forwards have taken `seconds` and it has run
+ *  `minBatches` times, or `maxBatches` times. A run of 16 batches of 256 after one warm-up batch went
+ *  ~25% slower than one of 128 on the H100 machine (call 16: the JavaScript around the GPU calls and
+ *  the routing come to their steady speed over the first ~100 forwards of each layer). */
+export const WARMUP = { seconds: 0.5, minBatches: 4, maxBatches: 200 }
 
 export async function runTokenStream(rt: Runtime, options: StreamOptions): Promise<StreamReport> {
   const m = rt.model.manifest
   const D = m.hiddenSize
   const { tokens, batch } = options
   const batches = Math.ceil(tokens.length / batch)
+  // The first batch's inputs, generated once for the warm-up batches that repeat it.
+  let warmInputs: Float32Array | undefined
   // Returns the milliseconds spent inside forward().
-  const runBatch = async (b: number, first: boolean): Promise<number> => {
+  const runBatch = async (b: number, first: boolean, warmup = false): Promise<number> => {
     const ids = tokens.subarray(b * batch, Math.min(tokens.length, (b + 1) * batch))
     const T = ids.length
     // Hidden states and outputs live in the runtime's arena, as an embedding app's should: forward()
@@ -58,7 +67,9 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
     const outLease = rt.arena.lease(T * D * 4)
     try {
       const h = hLease.f32(T * D)
-      randomHidden(T, D, 1000 + b, h) // in place: no 32 MiB array a batch for the collector to find inside a forward
+      if (!warmup) randomHidden(T, D, 1000 + b, h) // in place: no 32 MiB array a batch for the collector to find inside a forward
+      else if (warmInputs) h.set(warmInputs)
+      else warmInputs = randomHidden(T, D, 1000 + b, h).slice()
       const out = outLease.f32(T * D)
       let ms = 0
       for (let l = 0; l < m.layers.length; l++) {
@@ -74,8 +85,12 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
       outLease.release()
     }
   }
-  const warmup = options.warmup ?? 0
-  for (let w = 0; w < warmup; w++) await runBatch(0, false)
+  let warmup = 0
+  if (options.warmup === 'auto') {
+    let ms = 0
+    while (warmup < WARMUP.maxBatches && (warmup < WARMUP.minBatches || ms < 1e3 * WARMUP.seconds)) (ms += await runBatch(0, false, true)), warmup++
+  } else for (; warmup < (options.warmup ?? 0); warmup++) await runBatch(0, false, true)
+  warmInputs = undefined
   const before = rt.stats()
   const t0 = performance.now()
   let forwardMs = 0

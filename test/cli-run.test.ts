@@ -17,8 +17,9 @@ t.test('hetmoe run over a synthetic Zipf stream and over a token file, as JSON',
   const model = join(dir, 'tiny')
   await hetmoe('synth', '--preset', 'tiny', '--out', model)
   const { stdout } = await hetmoe('run', '--model', model, '--synthetic', '40', '--batch', '8', '--gpu', 'off', '--json')
-  const r = JSON.parse(stdout) as { report: { tokens: number; batches: number; tokensPerS: number; gpuTokenShare: number; perLayer: unknown[] } }
+  const r = JSON.parse(stdout) as { report: { tokens: number; batches: number; warmupBatches: number; tokensPerS: number; gpuTokenShare: number; perLayer: unknown[] } }
   t.equal(r.report.tokens, 40)
+  t.ok(r.report.warmupBatches >= 4 && r.report.warmupBatches <= 200, `warmed up until steady by default: ${r.report.warmupBatches} batches`)
   t.equal(r.report.batches, 5)
   t.ok(r.report.tokensPerS > 0)
   t.equal(r.report.gpuTokenShare, 0)
@@ -26,7 +27,7 @@ t.test('hetmoe run over a synthetic Zipf stream and over a token file, as JSON',
 
   const tokens = join(dir, 'tokens.txt')
   writeFileSync(tokens, '1 2 3\n31999 17 5\n')
-  const text = await hetmoe('run', '--model', model, '--tokens', tokens, '--domain', '1', '--gpu', 'off')
+  const text = await hetmoe('run', '--model', model, '--tokens', tokens, '--domain', '1', '--gpu', 'off', '--warmup', '1')
   t.match(text.stdout, /6 tokens in 1 batches of 16, 2 MoE layers: .* tokens\/s \(after 1 untimed warm-up batch\)/)
   t.match(text.stdout, /layer +ms\/batch/)
 
@@ -40,6 +41,7 @@ t.test('hetmoe run: bad use exits 2 naming the flag; bad data exits 1 naming the
   await t.rejects(hetmoe('run', '--synthetic', '4'), { code: 2, stderr: /--model DIR is required/ })
   await t.rejects(hetmoe('run', '--model', model), { code: 2, stderr: /exactly one of --tokens FILE and --synthetic N/ })
   await t.rejects(hetmoe('run', '--model', model, '--synthetic', '4', '--batch', '0'), { code: 2, stderr: /--batch must be an integer >= 1/ })
+  await t.rejects(hetmoe('run', '--model', model, '--synthetic', '4', '--warmup', 'some'), { code: 2, stderr: /--warmup must be an integer >= 0/ })
   const bad = join(dir, 'bad.txt')
   writeFileSync(bad, '1 2 99999\n')
   await t.rejects(hetmoe('run', '--model', model, '--tokens', bad, '--gpu', 'off'), { code: 1, stderr: /99999/ })
