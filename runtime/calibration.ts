@@ -277,13 +277,16 @@ const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.lengt
  *  faster than predicted, 16 tokens 1.21x). */
 const CALL_ROWS = [1, 16, 64, 256, 1024, 4096]
 /** Untimed, then timed forwards a size: at least these many, and more where they are short (at least
- *  CALL_WARMUP_S and CALL_RUNS_S of forwards, at most CALL_MAX_RUNS): nine one-row calls right after
- *  the probe's runtime opened averaged 0.15 ms on the GPU side where sigma-lite's one-token layers took
- *  0.064 (call 16). */
+ *  CALL_WARMUP_S and CALL_RUNS_S of forwards, at most CALL_MAX_WARMUP and CALL_MAX_RUNS): nine one-row
+ *  calls right after the probe's runtime opened averaged 0.15 ms on the GPU side where sigma-lite's
+ *  one-token layers took 0.064 (call 16); after 20 ms of warm-up (~160 forwards) they still spent 0.033
+ *  ms in JavaScript around the native call where sigma-lite's, after `hetmoe run`'s ~800, spent 0.013
+ *  (call 18): forward() is compiled only after a few hundred calls. */
 const CALL_WARMUP = 3
 const CALL_RUNS = 9
-const CALL_WARMUP_S = 0.02
+const CALL_WARMUP_S = 0.1
 const CALL_RUNS_S = 0.03
+const CALL_MAX_WARMUP = 1000
 const CALL_MAX_RUNS = 200
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
@@ -356,7 +359,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape], counts[onCpu]) : 0
         const parts: Record<'wall' | 'outside' | 'gpu' | 'gpuHost' | 'gpuStream' | 'gpuCopyIn' | 'gpuKernel' | 'cpu', number[]> = { wall: [], outside: [], gpu: [], gpuHost: [], gpuStream: [], gpuCopyIn: [], gpuKernel: [], cpu: [] }
         let warm = 0
-        for (const t0 = performance.now(); warm < CALL_MAX_RUNS && (warm < CALL_WARMUP || performance.now() - t0 < 1e3 * CALL_WARMUP_S); warm++) {
+        for (const t0 = performance.now(); warm < CALL_MAX_WARMUP && (warm < CALL_WARMUP || performance.now() - t0 < 1e3 * CALL_WARMUP_S); warm++) {
           write(warm)
           await rt.forward(0, hv, { out: ov })
         }

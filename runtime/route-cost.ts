@@ -18,7 +18,7 @@ const MIN_GAP_MS = 0.2
 const MAX_GAP_MS = 10
 /** Timed calls a layer at most when each waits out the gap, and at least in all (over the layers). */
 const GAP_RUNS = 6
-const MIN_GAP_SAMPLES = 8
+const MIN_GAP_SAMPLES = 4
 /** Seconds of idle gaps to spend at most beyond MIN_GAP_SAMPLES (place must stay well under 1 s). */
 const GAP_BUDGET_S = 0.06
 

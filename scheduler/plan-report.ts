@@ -76,6 +76,36 @@ export function defaultStreamBytes(shapes: ExpertShape[][], budgetBytes: number)
 }
 
 export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostModel, options: PlanOptions): PlanDocument {
+  const plan = planWithoutRouting(model, profile, cost, options)
+  return options.routeS ? withRouting(plan, options.routeS) : plan
+}
+
+/**
+ * The plan with `routeS` (seconds a layer, at the plan's batch and prefill sizes) added to every
+ * layer's predictions: routing costs every placement the same, so the placement stays and only the
+ * times grow (place measures routing after a first plan, whose layer times set the idle gap it is
+ * timed after, without running the planner twice). Replaces any routing the plan had.
+ */
+export function withRouting(plan: PlanDocument, routeS: { batch: number; prefill: number }): PlanDocument {
+  const p = plan.predicted
+  const L = plan.layers.length
+  const old = { batch: p.routeUs.batch / 1e6, prefill: p.routeUs.prefill / 1e6 }
+  const rate = (tokensPerS: number, tokens: number, from: number, to: number) => tokens / (tokens / tokensPerS + L * (to - from))
+  return {
+    ...plan,
+    layers: plan.layers.map((l) => ({ ...l, predictedMs: { ...l.predictedMs, route: 1e3 * routeS.batch, layer: l.predictedMs.layer + 1e3 * (routeS.batch - old.batch) } })),
+    predicted: {
+      ...p,
+      decodeTokensPerS: rate(p.decodeTokensPerS, plan.batchTokens, old.batch, routeS.batch),
+      prefillTokensPerS: rate(p.prefillTokensPerS, p.prefillTokens, old.prefill, routeS.prefill),
+      cpuOnlyDecodeTokensPerS: rate(p.cpuOnlyDecodeTokensPerS, plan.batchTokens, old.batch, routeS.batch),
+      cpuOnlyPrefillTokensPerS: rate(p.cpuOnlyPrefillTokensPerS, p.prefillTokens, old.prefill, routeS.prefill),
+      routeUs: { batch: 1e6 * routeS.batch, prefill: 1e6 * routeS.prefill },
+    },
+  }
+}
+
+function planWithoutRouting(model: ModelManifest, profile: LoadProfile, cost: CostModel, options: PlanOptions): PlanDocument {
   const experts = modelShapes(model)
   const share = profileShares(profile)
   const prefillTokens = options.prefillTokens ?? 4096
@@ -101,12 +131,10 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     return { streamBytes, problem, placement, sets, batchS: placement.predictedBatchS - streamed(sets, options.batchTokens, (p) => Math.floor(p * options.batchTokens), streamBytes).gainS }
   })
   const { streamBytes, problem, placement, sets, batchS: chosenBatchS } = choices.reduce((a, b) => (b.batchS < a.batchS ? b : a))
-  const route = options.routeS ?? { batch: 0, prefill: 0 }
-  const L = experts.length
-  const prefillS = (resident: number[][]) => streamed(resident, prefillTokens, (p) => p * prefillTokens, streamBytes).layerS + L * route.prefill
+  const prefillS = (resident: number[][]) => streamed(resident, prefillTokens, (p) => p * prefillTokens, streamBytes).layerS
   const none = experts.map(() => [] as number[])
-  const cpuOnlyDecodeS = predictBatchTime(problem, none) + L * route.batch
-  const decodeS = chosenBatchS + L * route.batch
+  const cpuOnlyDecodeS = predictBatchTime(problem, none)
+  const decodeS = chosenBatchS
   const total = share.reduce((s, l) => s + l.reduce((a, b) => a + b, 0), 0)
   const models = layerModels(problem)
   const layers = placement.layers.map((l) => {
@@ -114,7 +142,7 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
     const all = share[l.layer].reduce((a, b) => a + b, 0)
     const on = new Set(l.gpuExperts)
     const side = models[l.layer].sides((e) => on.has(e))
-    const predictedMs = { route: 1e3 * route.batch, cpu: 1e3 * side.cpuS, gpu: 1e3 * side.gpuS, layer: 1e3 * (route.batch + models[l.layer].timeOf((e) => on.has(e))) }
+    const predictedMs = { route: 0, cpu: 1e3 * side.cpuS, gpu: 1e3 * side.gpuS, layer: 1e3 * models[l.layer].timeOf((e) => on.has(e)) }
     return { layer: l.layer, gpuExperts: l.gpuExperts, gpuBytes: l.gpuBytes, gpuTokenShare: all > 0 ? served / all : 0, predictedMs, served }
   })
   return {
@@ -135,7 +163,7 @@ export function makePlan(model: ModelManifest, profile: LoadProfile, cost: CostM
       prefillTokens,
       cpuOnlyDecodeTokensPerS: options.batchTokens / cpuOnlyDecodeS,
       cpuOnlyPrefillTokensPerS: prefillTokens / prefillS(none),
-      routeUs: { batch: 1e6 * route.batch, prefill: 1e6 * route.prefill },
+      routeUs: { batch: 0, prefill: 0 },
     },
     profile: { source: profile.source, tokens: profile.tokens },
     calibration: { source: cost.calibration.source, machine: `${cost.calibration.machine.cpu}${cost.calibration.machine.gpu ? ` + ${cost.calibration.machine.gpu}` : ''}` },

@@ -6,7 +6,7 @@ import { unpack } from 'msgpackr'
 import { packageRoot } from '../runtime/native.js'
 import { CostModel } from '../scheduler/cost-model.js'
 import { readModelFile } from '../scheduler/model-file.js'
-import { makePlan, type PlanDocument } from '../scheduler/plan-report.js'
+import { makePlan, withRouting, type PlanDocument } from '../scheduler/plan-report.js'
 import { writeDocument } from '../scheduler/document.js'
 import { LoadTracker, profileFromTokens } from '../scheduler/profile.js'
 import { GateRouter } from '../scheduler/route-gate.js'
@@ -91,6 +91,12 @@ t.test('routing time is measured on the model and added to every layer of the pr
   t.ok(close(withRoute.layers[0].predictedMs.layer, without.layers[0].predictedMs.layer + 1e3 * batch), 'per layer, too')
   t.same(withRoute.predicted.routeUs, { batch: 1e6 * batch, prefill: 1e6 * prefill })
   t.same(without.predicted.routeUs, { batch: 0, prefill: 0 }, 'not measured: 0')
+  // place adds it to its first plan instead of planning again: the same numbers, and routing replaced, not added twice.
+  const added = withRouting(withRouting(without, { batch: 2 * batch, prefill: 3 * prefill }), { batch, prefill })
+  t.same(added.layers.map((l) => l.gpuExperts), withRoute.layers.map((l) => l.gpuExperts))
+  for (const k of ['decodeTokensPerS', 'prefillTokensPerS', 'cpuOnlyDecodeTokensPerS', 'cpuOnlyPrefillTokensPerS'] as const)
+    t.ok(close(added.predicted[k], withRoute.predicted[k]), `${k}: ${added.predicted[k]} = ${withRoute.predicted[k]}`)
+  t.ok(added.layers.every((l, i) => close(l.predictedMs.layer, withRoute.layers[i].predictedMs.layer) && l.predictedMs.route === withRoute.layers[i].predictedMs.route), 'per layer')
   // Pool-sized batches are timed after the layer's predicted time idle (bounded), never waiting for ever.
   for (const gapS of [5e-3, Number.NaN, Number.POSITIVE_INFINITY, 0]) {
     const start = performance.now()

@@ -53,15 +53,6 @@ int64_t parallelMin() {
   return v;
 }
 
-// Microseconds a helper stays awake after a scan (HETMOE_SCAN_SPIN_US; default 0: it sleeps at once).
-int64_t spinMicros() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("HETMOE_SCAN_SPIN_US");
-    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(0);
-  }();
-  return v;
-}
-
 // One scan at a time runs on the pool (a second caller, e.g. a gate job while the main thread routes,
 // scans on its own thread). The claim word packs the scan's generation (high 32 bits), its chunk count
 // and the next unclaimed chunk (16 bits each): a thread that wakes late for an old scan sees another
@@ -119,25 +110,14 @@ class ScanPool {
 
   void serve() {
     uint32_t seen = static_cast<uint32_t>(genWord_.load(std::memory_order_acquire));
-    bool scanned = false;
     for (;;) {
-      int32_t g = genWord_.load(std::memory_order_acquire);
-      if (static_cast<uint32_t>(g) == seen && scanned && spinMicros() > 0) {
-        // Awake a while after a scan (HETMOE_SCAN_SPIN_US, measurements): this core's cache holds
-        // lines of the rows the GPU copies in next, and a sleeping core may answer the device's reads
-        // of them slowly.
-        const int64_t until = nowMicros() + spinMicros();
-        while (static_cast<uint32_t>(g = genWord_.load(std::memory_order_acquire)) == seen && nowMicros() < until)
-          __builtin_ia32_pause();
-      }
-      scanned = false;
+      const int32_t g = genWord_.load(std::memory_order_acquire);
       if (static_cast<uint32_t>(g) == seen) {
         futexWait(reinterpret_cast<int32_t*>(&genWord_), g, -1);
         continue;
       }
       seen = static_cast<uint32_t>(g);
       drain(seen);
-      scanned = true;
     }
   }
 

@@ -7,7 +7,7 @@ import { describeCalibration } from '../../../scheduler/calibrate.js'
 import { cachedCalibration, measureCalibration } from '../../calibration.js'
 import { machineCalibration, withReferenceGpu } from '../../placement.js'
 import { writeDocument, readDocument } from '../../../scheduler/document.js'
-import { makePlan, type PlanDocument } from '../../../scheduler/plan-report.js'
+import { makePlan, withRouting, type PlanDocument } from '../../../scheduler/plan-report.js'
 import { HetmoeError } from '../../errors.js'
 import { measureRouteS } from '../../route-cost.js'
 
@@ -63,7 +63,7 @@ DESIGN.md, and the report says so.`,
       batch: batchTokens === PREFILL_TOKENS ? prefillRouteS : measureRouteS(model, batchTokens, domain, batchTokens / draft.predicted.decodeTokensPerS / L),
       prefill: prefillRouteS,
     }
-    const plan = makePlan(model.manifest, profile, cost, { ...options, routeS })
+    const plan = withRouting(draft, routeS)
     if (values.out) forFlag('--out', () => writeDocument(values.out!, plan))
     if (values.json) console.log(JSON.stringify(plan, null, 2))
     else console.log(formatPlan(plan, calibration, model.manifest.layers.map((l) => l.experts.length)) + (values.out ? `\nplan written to ${values.out}` : ''))
