@@ -43,11 +43,12 @@ export interface StreamOptions {
   warmup?: number | 'auto'
 }
 
-/** 'auto' warm-up: the first batch again until its forwards have taken `seconds` and it has run
- *  `minBatches` times, or `maxBatches` times. A run of 16 batches of 256 after one warm-up batch went
- *  ~25% slower than one of 128 on the H100 machine (call 16: the JavaScript around the GPU calls and
- *  the routing come to their steady speed over the first ~100 forwards of each layer). */
-export const WARMUP = { seconds: 0.5, minBatches: 4, maxBatches: 200 }
+/** 'auto' warm-up: the first batch again until its forwards have taken `seconds` (at least once, at
+ *  most `maxBatches` times). A run of 16 batches of 256 after one warm-up batch went ~25% slower than
+ *  one of 128 on the H100 machine (call 16: the JavaScript around the GPU calls and the routing come
+ *  to their steady speed over the first ~100 forwards of each layer); a batch that takes longer than
+ *  `seconds` is warm-up enough on its own (a CPU-only prefill batch of a large model takes seconds). */
+export const WARMUP = { seconds: 0.5, maxBatches: 200 }
 
 export async function runTokenStream(rt: Runtime, options: StreamOptions): Promise<StreamReport> {
   const m = rt.model.manifest
@@ -88,7 +89,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
   let warmup = 0
   if (options.warmup === 'auto') {
     let ms = 0
-    while (warmup < WARMUP.maxBatches && (warmup < WARMUP.minBatches || ms < 1e3 * WARMUP.seconds)) (ms += await runBatch(0, false, true)), warmup++
+    while (warmup < WARMUP.maxBatches && (warmup === 0 || ms < 1e3 * WARMUP.seconds)) (ms += await runBatch(0, false, true)), warmup++
   } else for (; warmup < (options.warmup ?? 0); warmup++) await runBatch(0, false, true)
   warmInputs = undefined
   const before = rt.stats()

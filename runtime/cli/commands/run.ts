@@ -29,7 +29,7 @@ device and a per-layer time breakdown.
   --gpu-mem SIZE   GPU memory for experts, e.g. 20GiB (default: the plan's budget, else 80% of free)
   --no-replace     keep the placement as planned (no re-placement when the load drifts)
   --warmup N       untimed warm-up batches (repeats of the first) before timing (default: until
-                   their forwards have taken 0.5 s, at least 4 and at most 200)
+                   their forwards have taken 0.5 s, at least 1 and at most 200)
   --json           print the report as JSON
 
 tokens/s is timed after the warm-up: page faults, GPU uploads, worker start, and the first ~100
