@@ -9,7 +9,8 @@
 //   layer0     the calibration probe's loop: layer 0 only, rows rewritten and residual-added each call
 //   cycle      that loop over every layer in turn
 // For a device call; prints one table of per-layer means (ms), and with --json FILE writes them:
-//   node dist/bench/app-loop-probe.js MODEL_DIR PLAN_FILE TOKEN_FILE [batch=256] [batches=32] [--json FILE]
+//   node dist/bench/app-loop-probe.js MODEL_DIR PLAN_FILE|all TOKEN_FILE [batch=256] [batches=32] [--json FILE]
+// (PLAN_FILE `all`: every expert on the GPU, as the calibration's layer-call probe has its model.)
 import { writeFileSync } from 'node:fs'
 import { loadModel } from '../experts/model.js'
 import { arenaBytesFor, createRuntime } from '../runtime/runtime.js'
@@ -21,10 +22,10 @@ const args = process.argv.slice(2)
 const jsonAt = args.indexOf('--json')
 const jsonFile = jsonAt >= 0 ? args.splice(jsonAt, 2)[1] : undefined
 const [dir, planFile, tokenFile, batchArg = '256', batchesArg = '32'] = args
-if (!dir || !planFile || !tokenFile) throw new Error('usage: node dist/bench/app-loop-probe.js MODEL_DIR PLAN_FILE TOKEN_FILE [batch=256] [batches=32] [--json FILE]')
+if (!dir || !planFile || !tokenFile) throw new Error('usage: node dist/bench/app-loop-probe.js MODEL_DIR PLAN_FILE|all TOKEN_FILE [batch=256] [batches=32] [--json FILE]')
 const model = await loadModel(dir)
 const facts: PlanFileFacts = {}
-const plan = readPlanFile(planFile, model, facts)
+const plan = planFile === 'all' ? { layers: model.manifest.layers.map((l, layer) => ({ layer, gpuExperts: l.experts.map((_, e) => e) })) } : readPlanFile(planFile, model, facts)
 const T = Number(batchArg)
 const batches = Number(batchesArg)
 const ids = readTokenFile(tokenFile)
