@@ -8,7 +8,7 @@ import { fillRepeating, randomHidden, uniformTokens } from './token-stream.js'
 import { selectionBytes } from '../scheduler/selection.js'
 import { native } from './native.js'
 
-/** Wall time spent measuring one batch size, roughly (at least 3 timed runs a layer either way). */
+/** Wall time spent measuring one batch size without idle gaps, roughly (at least 3 timed runs a layer). */
 const BUDGET_S = 0.05
 /** The layer's own time (ms) in the idle gap before each timed call of a batch whose finiteness scan
  *  goes to the thread pool, where the caller does not know it (measureRouteS's gapS). */
