@@ -16,7 +16,7 @@ import { loadModel } from '../experts/model.js'
 import { arenaBytesFor, createRuntime } from '../runtime/runtime.js'
 import { readPlanFile, type PlanFileFacts } from '../runtime/placement.js'
 import { checkTokenIds, readTokenFile } from '../scheduler/token-file.js'
-import { fillRepeating, randomHidden } from '../runtime/token-stream.js'
+import { fillRepeating, randomHidden, residualAdd } from '../runtime/token-stream.js'
 
 const args = process.argv.slice(2)
 const jsonAt = args.indexOf('--json')
@@ -46,9 +46,7 @@ const tokensOf = (b: number) => {
   const at = (b * T) % (ids.length - T + 1)
   return ids.subarray(at, at + T)
 }
-const residual = () => {
-  for (let i = 0; i < hv.length; i++) hv[i] += ov[i]
-}
+const residual = () => residualAdd(hv, ov)
 // Time inside forward() only, as the runner's report counts it.
 let forwardMs = 0
 const forward = async (layer: number, b: number) => {

@@ -13,7 +13,7 @@ import { envConfig } from './config.js'
 import { native } from './native.js'
 import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { cacheDir } from './model-cache.js'
-import { fillRepeating, randomHidden } from './token-stream.js'
+import { fillRepeating, randomHidden, residualAdd } from './token-stream.js'
 import { arenaBytesFor, createRuntime, type Runtime } from './runtime.js'
 import { routeLayer } from './route-layer.js'
 import { loadModel, type Model } from '../experts/model.js'
@@ -333,7 +333,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
       const o = rt.arena.lease(T * D * 4)
       const hv = h.f32(T * D)
       const ov = o.f32(T * D)
-      // As an app's residual add leaves them (stream-runner.ts: h[i] += out[i]): fresh values
+      // As an app's residual add leaves them (stream-runner.ts: residualAdd): fresh values
       // (fillRepeating), then that very pass over them and the last output, adding it scaled to nothing
       // (the routes stay; the output starts zeroed, not as whatever the arena held). With the values
       // alone the device read 4096 rows in 1.7 ms on call 13's host, where sigma-lite's layers after a
@@ -346,7 +346,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
       const blocks = SCALES.map((k) => base.subarray(0, rows).map((v) => k * v))
       const write = (n: number) => {
         fillRepeating(hv, blocks[n % blocks.length])
-        for (let i = 0; i < hv.length; i++) hv[i] += 1e-30 * ov[i]
+        residualAdd(hv, ov, 1e-30)
       }
       try {
         write(0)

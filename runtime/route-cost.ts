@@ -4,7 +4,7 @@
 // so no calibration constant stands in for it; at decode on sigma-lite it is ~10% of a layer.
 import { Arena } from './arena.js'
 import { routeLayer, type RoutingModel } from './route-layer.js'
-import { fillRepeating, randomHidden, uniformTokens } from './token-stream.js'
+import { fillRepeating, randomHidden, residualAdd, uniformTokens } from './token-stream.js'
 import { selectionBytes } from '../scheduler/selection.js'
 import { native } from './native.js'
 
@@ -112,7 +112,7 @@ function residualAddMs(h: Float32Array, out: Float32Array, block: Float32Array):
   let ms = 0
   for (let pass = 0; pass < 2; pass++) {
     const t0 = performance.now()
-    for (let i = 0; i < h.length; i++) h[i] += 1e-30 * out[i]
+    residualAdd(h, out, 1e-30)
     ms = performance.now() - t0
   }
   return ms

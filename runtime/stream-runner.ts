@@ -4,7 +4,7 @@
 // Only the forward calls are timed: the stand-in inputs (random hidden states, 19 ms a batch of 256
 // at D=2048) and the residual add are the host model's work, not the MoE layers'.
 import type { Runtime } from './runtime.js'
-import { randomHidden } from './token-stream.js'
+import { randomHidden, residualAdd } from './token-stream.js'
 
 export interface StreamReport {
   tokens: number
@@ -78,7 +78,7 @@ export async function runTokenStream(rt: Runtime, options: StreamOptions): Promi
         await rt.forward(l, h, { tokenIds: ids, domain: options.domain, signal: options.signal, out })
         ms += performance.now() - t0
         if (first && l === 0) options.onFirst?.(h.slice(), out.slice(), ids.slice())
-        for (let i = 0; i < h.length; i++) h[i] += out[i]
+        residualAdd(h, out)
       }
       return ms
     } finally {

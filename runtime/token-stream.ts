@@ -56,6 +56,14 @@ export function randomHidden(T: number, D: number, seed = 7, out?: Float32Array)
   return h
 }
 
+/** The app's residual add between MoE layers, h += scale · out, in JavaScript: what `hetmoe run` does
+ *  (stream-runner.ts, scale 1), and what the probes that time routing and layer calls do before them
+ *  (route-cost.ts, calibration.ts; scale 1e-30, which leaves h's values), so that they read the rows
+ *  as a runtime's forwards meet them. */
+export function residualAdd(h: Float32Array, out: Float32Array, scale = 1): void {
+  for (let i = 0; i < h.length; i++) h[i] += scale * out[i]
+}
+
 /** Values a fillRepeating copy moves at once (16 KiB): far below where memmove streams past the caches. */
 const FILL_CHUNK = 4096
 
