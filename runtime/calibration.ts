@@ -446,6 +446,61 @@ function layerOverheadProbe(run: () => Promise<unknown>): () => Promise<number> 
   }
 }
 
+// Copies of weights beside CPU layer jobs, as streaming makes them (PcieRates.besideCpu): the runtime
+// starts a prefill layer's CPU job, not joined by the calling thread, while uploadAsync copies the
+// streamed experts on a libuv thread, which stages them through pinned chunks with memcpy. Every
+// worker of the crew is busy then, so the staging thread takes its CPU time from them. The copies run
+// in rounds of BESIDE_COPY experts, again and again, while jobs of BESIDE_JOB_EXPERTS experts × 128
+// tokens (a few ms each, like a hybrid prefill layer's cold experts) run back to back, until at least
+// BESIDE_ROUNDS rounds and BESIDE_JOBS jobs have finished; the jobs' mean is set against the same
+// jobs alone, the rounds' bytes against their time. Only rounds that ended while jobs still ran count.
+const BESIDE_COPY = 3
+const BESIDE_JOB_EXPERTS = 4
+const BESIDE_JOB_TOKENS = 128
+const BESIDE_JOBS = 6
+const BESIDE_ROUNDS = 2
+const BESIDE_MAX_S = 3
+
+function uploadBesideCpuProbe(g: GpuExperts, cpu: CpuBackend, r: ProbeRig): NonNullable<CalibrationProbes['uploadBesideCpu']> {
+  // The jobs read experts the copies do not (as a streamed expert leaves the CPU's share).
+  const job = async () => {
+    const t0 = performance.now()
+    await cpu.run(r.work(BESIDE_JOB_EXPERTS, BESIDE_JOB_TOKENS, EXPERTS / 2), undefined, false)
+    return (performance.now() - t0) / 1000
+  }
+  const copied = Array.from({ length: BESIDE_COPY }, (_, e) => e)
+  const round = async () => {
+    const t0 = performance.now()
+    await Promise.all(copied.map((e) => g.uploadAsync(0, e)))
+    const s = (performance.now() - t0) / 1000
+    for (const e of copied) g.evict(0, e)
+    return s
+  }
+  return async () => {
+    await job()
+    const alone: number[] = []
+    for (let i = 0; i < BESIDE_JOBS; i++) alone.push(await job())
+    const rounds: number[] = []
+    let jobsRunning = true
+    const copying = (async () => {
+      while (jobsRunning) {
+        const s = await round()
+        if (jobsRunning) rounds.push(s)
+      }
+    })()
+    const beside: number[] = []
+    const t0 = performance.now()
+    try {
+      while ((beside.length < BESIDE_JOBS || rounds.length < BESIDE_ROUNDS) && performance.now() - t0 < 1000 * BESIDE_MAX_S) beside.push(await job())
+    } finally {
+      jobsRunning = false
+      await copying
+    }
+    if (rounds.length === 0) throw new Error(`calibration: no copy of ${BESIDE_COPY} experts finished beside ${BESIDE_MAX_S} s of CPU layer jobs`)
+    return { bytesPerS: (rounds.length * BESIDE_COPY * r.expertBytes) / rounds.reduce((a, b) => a + b, 0), cpuSlowdown: mean(beside) / mean(alone) }
+  }
+}
+
 /** A CPU probe: k whole experts approximate the requested bytes (time scaled to them exactly); each
  *  call takes the next window of experts, so what it reads was not read just before. */
 function cpuProbe(backend: ExpertBackend, r: ProbeRig): Probe {
@@ -486,6 +541,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
     const gpuProbes: Partial<Record<FormatKey, Probe>> = {}
     const cpuProbes: Partial<Record<FormatKey, Probe>> = {}
     let pcie: CalibrationProbes['pcie']
+    let uploadBesideCpu: CalibrationProbes['uploadBesideCpu']
     if (gpuOk) gpu = GpuBackend.open({ arena, warn: log })
     // Tiny experts (arithmetic negligible): one per call gives the per-layer cost; TINY_K per call
     // the cost each further expert adds.
@@ -527,7 +583,8 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       const key = `${f}/bf16` as FormatKey
       const r = rig(m, arena)
       if (f === 'dense') denseBytes = r.expertBytes
-      cpuProbes[key] = cpuProbe(new CpuBackend(crew, arena, m), r)
+      const cpuBackend = new CpuBackend(crew, arena, m)
+      cpuProbes[key] = cpuProbe(cpuBackend, r)
       if (gpu) {
         const g = new GpuExperts(gpu, m, arena)
         if (f === 'dense') (denseModel = m), (gpuSerial = serialProbe(g, m, arena))
@@ -563,6 +620,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
           for (let e = 0; e < k; e++) g.evict(0, e)
           return (s * bytes) / (k * r.expertBytes)
         }
+        if (f === 'dense') uploadBesideCpu = uploadBesideCpuProbe(g, cpuBackend, r)
       }
     }
     let activation: (() => Promise<ActivationCosts>) | undefined
@@ -579,7 +637,7 @@ export async function measureCalibration(options: { gpu?: boolean; threads?: num
       machine: calibrationMachine(),
       source: `runtime probes (CPU layer job on ${crew.threads} workers${gpu ? `, ${gpu.deviceName} kernels, uploads from mapped weights` : ''})`,
       cpu: { formats: cpuProbes, layerOverhead: cpuOverhead, expertOverhead: cpuExpertOverhead, readRateFrom: 'job', streamBytesPerS },
-      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, serial: gpuSerial, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie } : {}),
+      ...(gpu ? { gpu: { formats: gpuProbes, layerOverhead: gpuOverhead, expertOverhead: gpuExpertOverhead, activation: gpuActivation, kernelTimed: true, asyncCall: gpuAsyncCall, serial: gpuSerial, inlineRows: envConfig().gpuInlineRows, largeBatchTokens: gpu.largeBatchMinTokens || undefined }, pcie, uploadBesideCpu } : {}),
       ...(gpu ? { layerCalls: layerCallProbe(denseModel!, crew.threads, log) } : {}),
       plan: { bytes: [denseBytes, 2 * denseBytes, 4 * denseBytes, 8 * denseBytes], tokens: [1, 16, 64, 256], repeats: 5 },
     }

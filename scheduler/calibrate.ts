@@ -98,8 +98,11 @@ export interface CalibrationProbes {
   source: string
   cpu: DeviceProbes
   gpu?: DeviceProbes
-  /** Seconds to copy `bytes` from pinned host memory to the GPU. */
+  /** Seconds to copy `bytes` of weights to the GPU, the CPU idle. */
   pcie?: (bytes: number) => number | Promise<number>
+  /** With pcie: one run of the same copies beside CPU layer jobs (PcieRates.besideCpu): the copies'
+   *  rate then, and how much longer the jobs took than alone (median of `repeats` runs each). */
+  uploadBesideCpu?: () => Promise<{ bytesPerS: number; cpuSlowdown: number }>
   /** With a GPU: layer calls measured whole through forward(), given both devices' fitted rates
    *  (DeviceRates.layerCallS for the GPU, besideGpuS for the CPU). */
   layerCalls?: (rates: { cpu: DeviceRates; gpu: DeviceRates }) => Promise<LayerCallCosts>
@@ -120,6 +123,12 @@ export async function calibrate(probes: CalibrationProbes): Promise<Calibration>
     for (const b of plan.bytes) samples.push([b, await medianOf(plan.repeats ?? 5, () => probes.pcie!(b))])
     const { intercept, slope } = fitLine(samples)
     pcie = { latencyS: intercept, bytesPerS: 1 / slope }
+    if (probes.uploadBesideCpu) {
+      const runs: { bytesPerS: number; cpuSlowdown: number }[] = []
+      for (let i = 0; i < (plan.repeats ?? 5); i++) runs.push(await probes.uploadBesideCpu())
+      // A copy beside the CPU is never faster than alone, nor the job (noise either way is clamped).
+      pcie.besideCpu = { bytesPerS: Math.min(pcie.bytesPerS, median(runs.map((r) => r.bytesPerS))), cpuSlowdown: Math.max(1, median(runs.map((r) => r.cpuSlowdown))) }
+    }
   }
   const cpu = await fitDevice(probes.cpu, plan)
   if (probes.layerCalls && gpu) {
@@ -392,6 +401,6 @@ export function describeCalibration(c: Calibration): string {
     `calibration: ${c.source}; measured ${c.measuredAt} on ${c.machine.cpu}${c.machine.gpu ? ` + ${c.machine.gpu}` : ''}`,
     ...dev('CPU', c.cpu),
     ...dev('GPU', c.gpu),
-    `PCIe  ${c.pcie ? `${gbps(c.pcie.bytesPerS)}, latency ${us(c.pcie.latencyS)}` : 'none'}`,
+    `PCIe  ${c.pcie ? `${gbps(c.pcie.bytesPerS)}, latency ${us(c.pcie.latencyS)}${c.pcie.besideCpu ? `; beside a CPU layer job ${gbps(c.pcie.besideCpu.bytesPerS)}, the job ${c.pcie.besideCpu.cpuSlowdown.toFixed(2)}x as long` : ''}` : 'none'}`,
   ].join('\n')
 }

@@ -91,8 +91,22 @@ export interface Calibration {
   cpu: DeviceRates
   /** null: no GPU (everything runs on the CPU). */
   gpu: DeviceRates | null
-  /** Host → GPU copies from pinned memory; null without a GPU. */
-  pcie: { bytesPerS: number; latencyS: number } | null
+  /** Host → GPU copies of weights (through pinned staging); null without a GPU. */
+  pcie: PcieRates | null
+}
+
+export interface PcieRates {
+  /** Measured with the CPU idle. */
+  bytesPerS: number
+  latencyS: number
+  /** The same copies while a CPU layer job runs on every worker (runtime/calibration.ts:
+   *  uploadBesideCpuProbe), which is when streaming happens: the copy's staging thread competes with
+   *  the crew's, and both slow down. `bytesPerS`: the copy's rate then; `cpuSlowdown` (≥ 1): how much
+   *  longer the job's work takes while a copy runs. On the H100 machine's weaker hosts the copies ran
+   *  at about half their idle rate and the jobs 1.3-1.5x longer (calls 18-19), where the cost model
+   *  without this predicted a hybrid 4096-token batch 20-25% too fast. Absent: the idle rate, no
+   *  slowdown (older calibrations). */
+  besideCpu?: { bytesPerS: number; cpuSlowdown: number }
 }
 
 /** What the cost model needs to know about one expert. */
@@ -191,10 +205,21 @@ export class CostModel {
     return evalRoofline(this.gpuRoofline(e, largeBatch), n)
   }
 
-  /** Time to copy `bytes` of weights to the GPU (Infinity without one). */
-  tPcie(bytes: number): number {
+  /** Time to copy `bytes` of weights to the GPU (Infinity without one); `besideCpu`: while a CPU layer
+   *  job runs (PcieRates.besideCpu). */
+  tPcie(bytes: number, besideCpu = false): number {
     const p = this.calibration.pcie
-    return p ? p.latencyS + bytes / p.bytesPerS : Infinity
+    if (!p) return Infinity
+    return p.latencyS + bytes / ((besideCpu ? p.besideCpu?.bytesPerS : undefined) ?? p.bytesPerS)
+  }
+
+  /** What a CPU layer side of `cpuS` seconds takes longer while copies of `uploadS` seconds run beside
+   *  it: at PcieRates.besideCpu's slowdown f, the job does 1/f of its work a second during the copies,
+   *  so it ends min(uploadS, f·cpuS)·(1 − 1/f) later. 0 where not measured. */
+  cpuBesideUploadS(cpuS: number, uploadS: number): number {
+    const f = this.calibration.pcie?.besideCpu?.cpuSlowdown ?? 1
+    if (!(f > 1) || !(cpuS > 0) || !(uploadS > 0)) return 0
+    return Math.min(uploadS, f * cpuS) * (1 - 1 / f)
   }
 
   /** The CPU's fixed cost of a layer job that runs some of `experts` (a layer's, which share a shape in

@@ -2,8 +2,9 @@
 // only. Worth it when the layer — max(CPU part, GPU part), computed concurrently — finishes sooner
 // with the expert's tCpu(n) moved to the GPU side as tPcie(bytes) + tGpu(n). The copy is charged
 // to the GPU side in full (conservative: copies may overlap earlier kernels, but the expert cannot
-// start before its weights arrive). Typical outcome: nothing at decode, the busiest cold experts at
-// prefill.
+// start before its weights arrive). While experts stay on the CPU the copies run beside its layer
+// job: at the rate measured that way, and the job takes longer for them (CostModel.cpuBesideUploadS).
+// Typical outcome: nothing at decode, the busiest cold experts at prefill where copies are fast.
 import type { CostModel, ExpertShape } from './cost-model.js'
 
 export interface StreamPlan {
@@ -59,24 +60,32 @@ export function planStreaming(
   for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
   const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0
   const besideGpu = cost.hasGpu ? cost.cpuBesideGpuS(batchTokens ?? rows) : 0
-  const layer = (c: number, cb: boolean, g: number, gb: boolean) => Math.max(side(c, cb, cpuOv + (gb ? besideGpu : 0)), side(g, gb, gpuOv))
+  // `up`: the streamed experts' copies, timed beside the CPU's job (`beside`) and with it idle (`idle`).
+  const layer = (c: number, cb: boolean, g: number, gb: boolean, up = { idle: 0, beside: 0 }) => {
+    const cpuS = side(c, cb, cpuOv + (gb ? besideGpu : 0))
+    const copyS = cb ? up.beside : up.idle
+    return Math.max(cpuS + (cb ? cost.cpuBesideUploadS(cpuS, copyS) : 0), side(g + copyS, gb, gpuOv))
+  }
   const withoutS = layer(cpu, cpuBusy, gpu, gpuBusy)
   const stream: number[] = []
   if (!cost.hasGpu) return { stream, layerS: withoutS, withoutS }
 
   const onCpu = cold.map((e) => cost.tCpu(experts[e], counts[e]))
-  const onGpu = cold.map((e) => cost.tPcie(experts[e].bytes) + cost.tGpu(experts[e], counts[e], largeBatch))
+  const onGpu = cold.map((e) => cost.tGpu(experts[e], counts[e], largeBatch))
+  const copyIdle = cold.map((e) => cost.tPcie(experts[e].bytes))
+  const copyBeside = cold.map((e) => cost.tPcie(experts[e].bytes, true))
   const taken = new Uint8Array(cold.length)
   let left = cold.length
   let now = withoutS
   let room = streamBytes
+  const up = { idle: 0, beside: 0 }
   // Greedy: move the expert that shortens the layer most; stop when none does.
   for (;;) {
     let best = -1
     let bestS = now
     for (let i = 0; i < cold.length; i++) {
       if (taken[i] || experts[cold[i]].bytes > room) continue
-      const t = layer(cpu - onCpu[i], left > 1, gpu + onGpu[i], true)
+      const t = layer(cpu - onCpu[i], left > 1, gpu + onGpu[i], true, { idle: up.idle + copyIdle[i], beside: up.beside + copyBeside[i] })
       if (t < bestS) {
         best = i
         bestS = t
@@ -87,6 +96,8 @@ export function planStreaming(
     left--
     cpu -= onCpu[best]
     gpu += onGpu[best]
+    up.idle += copyIdle[best]
+    up.beside += copyBeside[best]
     room -= experts[cold[best]].bytes
     now = bestS
     stream.push(cold[best])

@@ -41,6 +41,22 @@ t.test('roofline: bandwidth-bound at few tokens, compute-bound at many', async (
   t.equal(noGpu.tPcie(1), Infinity)
 })
 
+t.test('copies beside a CPU layer job: their own rate, and the job slowed while they run', async (t) => {
+  const near = (a: number, b: number, what: string) => t.ok(Math.abs(a - b) < 1e-12, `${what}: ${a} vs ${b}`)
+  const old = new CostModel(testCalibration())
+  near(old.tPcie(1e9, true), old.tPcie(1e9), 'not measured: the idle rate')
+  t.equal(old.cpuBesideUploadS(10e-3, 4e-3), 0, 'not measured: no slowdown')
+  const c = new CostModel(testCalibration({ pcie: { bytesPerS: 25e9, latencyS: 10e-6, besideCpu: { bytesPerS: 10e9, cpuSlowdown: 2 } } }))
+  near(c.tPcie(1e9), 10e-6 + 1e9 / 25e9, 'idle')
+  near(c.tPcie(1e9, true), 10e-6 + 1e9 / 10e9, 'beside')
+  // Half speed while copies run: 4 ms of copies cost a 10 ms job 2 ms; copies longer than the slowed
+  // job (20 ms) cost it 10 ms, its whole slowed length, and no more.
+  near(c.cpuBesideUploadS(10e-3, 4e-3), 2e-3, 'copies shorter than the job')
+  near(c.cpuBesideUploadS(10e-3, 30e-3), 10e-3, 'copies longer than the slowed job')
+  t.equal(c.cpuBesideUploadS(0, 4e-3), 0, 'no job')
+  t.equal(c.cpuBesideUploadS(10e-3, 0), 0, 'no copies')
+})
+
 t.test('expected time under Binomial(batch, p) matches brute-force summation', async (t) => {
   const logFact = [0]
   for (let i = 1; i <= 200_000; i++) logFact.push(logFact[i - 1] + Math.log(i))
@@ -79,6 +95,7 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   // From 32 tokens an expert the GPU runs its large-batch kernel, which streams weights at 1.1 TB/s.
   const gpuProbe: Probe = ({ bytes, flopsPerToken, tokens }) => 5e-6 + Math.max(bytes / (tokens >= 32 ? 1.1e12 : 1.5e12), (tokens * flopsPerToken) / 500e12)
   let seen: { cpu: number; gpu: number | undefined } | undefined
+  const besideRuns = [9e9, 30e9, 11e9, 10e9, 12e9].map((bytesPerS, i) => ({ bytesPerS, cpuSlowdown: [1.4, 0.9, 1.5, 1.3, 1.45][i] }))
   const c = await calibrate({
     machine: { cpu: 'synthetic', gpu: 'synthetic gpu' },
     source: 'synthetic',
@@ -87,6 +104,8 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
     // 20 µs measured outside the kernels.
     gpu: { formats: { 'dense/bf16': gpuProbe }, activation: () => ({ bytesPerS: 21e9, freshS: 200e-6, freshRows: 512 }), serial: () => 0.7, kernelTimed: true, layerOverhead: () => 20e-6, expertOverhead: () => 1e-6, asyncCall: () => 150e-6, inlineRows: 256, largeBatchTokens: 32 },
     pcie: (bytes) => 9e-6 + bytes / 24e9,
+    // Runs beside CPU jobs: the median is kept; a copy is never faster than idle, nor the job.
+    uploadBesideCpu: async () => besideRuns.shift()!,
     // Given both devices' rates, as fitted above.
     layerCalls: async ({ cpu, gpu }) => {
       seen = { cpu: cpu.layerOverheadS, gpu: gpu.asyncCallS }
@@ -124,6 +143,9 @@ t.test('calibrate recovers the parameters of synthetic probes', async (t) => {
   t.equal(c.cpu.activationBytesPerS, undefined, 'the CPU reads activations in place')
   near(c.pcie!.bytesPerS, 24e9, 0.01, 'PCIe GB/s')
   near(c.pcie!.latencyS, 9e-6, 0.01, 'PCIe latency')
+  t.same(c.pcie!.besideCpu, { bytesPerS: 11e9, cpuSlowdown: 1.4 }, 'beside CPU jobs: the medians of 5 runs')
+  t.equal(besideRuns.length, 0)
+  t.match(describeCalibration(c), /PCIe +24\.0 GB\/s, latency 9\.0 µs; beside a CPU layer job 11\.0 GB\/s, the job 1\.40x as long/)
   t.match(describeCalibration(c), /CPU .*\n.*dense\/bf16 +weights (79\.\d|80\.\d) GB\/s, compute 2\.0 TFLOP\/s/)
   t.match(describeCalibration(c), /PCIe +24\.0 GB\/s/)
   t.match(describeCalibration(c), /GPU .*activations 21\.0 GB\/s/)

@@ -200,6 +200,30 @@ t.test('per-batch streaming: nothing at decode, the busiest cold experts at pref
   t.same(none.stream, [])
 })
 
+t.test('per-batch streaming: copies beside the CPU job at the rate measured so, and the job slowed by them', async (t) => {
+  const e: ExpertShape = { bytes: 64 * MiB, flopsPerToken: 64 * MiB, format: 'dense/bf16' }
+  const experts = new Array(8).fill(e)
+  const resident = (x: number) => x < 2
+  const counts = [900, 800, 700, 600, 500, 30, 2, 0]
+  const idle = planStreaming(experts, counts, resident, cost, 1e12)
+  const beside = (besideCpu: { bytesPerS: number; cpuSlowdown: number }) => new CostModel(testCalibration({ pcie: { bytesPerS: 25e9, latencyS: 10e-6, besideCpu } }))
+  t.same(planStreaming(experts, counts, resident, beside({ bytesPerS: 25e9, cpuSlowdown: 1 }), 1e12), idle, 'measured as fast as idle: the same plan')
+  // 64 MiB at 2 GB/s (34 ms) beside the job costs more than any expert's CPU time (≤ 15 ms).
+  const slowCopies = planStreaming(experts, counts, resident, beside({ bytesPerS: 2e9, cpuSlowdown: 1 }), 1e12)
+  t.same(slowCopies.stream, [], 'copies slow beside the CPU: nothing streamed')
+  t.equal(slowCopies.layerS, idle.withoutS)
+  // Room for one: the layer stays CPU-bound, and its job is slowed while that copy runs.
+  const slow = beside({ bytesPerS: 25e9, cpuSlowdown: 3 })
+  const one = planStreaming(experts, counts, resident, cost, 64 * MiB)
+  const slowJob = planStreaming(experts, counts, resident, slow, 64 * MiB)
+  t.same(slowJob.stream, one.stream, `still worth it: ${one.stream.join(', ')}`)
+  const extra = slow.cpuBesideUploadS(one.layerS, slow.tPcie(64 * MiB, true))
+  t.ok(extra > 1e-3 && Math.abs(slowJob.layerS - (one.layerS + extra)) < 1e-12, `the job slowed by the copy: +${(1e3 * extra).toFixed(2)} ms`)
+  // Streaming a layer's last cold expert leaves the CPU idle: its copy goes at the idle rate.
+  const lastCold = planStreaming(experts, [900, 800, 700, 600, 500, 30, 2, 900], (x) => x < 7, beside({ bytesPerS: 2e9, cpuSlowdown: 3 }), 1e12)
+  t.same(lastCold.stream, [7], 'the only cold expert: copied with the CPU idle')
+})
+
 t.test('bad problems are refused naming the option', async (t) => {
   const p = randomProblem(rng(8), 2, 3)
   throwsHetmoe(t, () => planPlacement({ ...p, budgetBytes: NaN }), 'BAD_OPTION', /options\.budgetBytes/, 'NaN budget')
