@@ -7,7 +7,9 @@
 #      (PLACE_CASES; call 13 adds 1:0.25)
 #   R. the 4096/25% plan run again three times (the spread of one run)
 #   P. the 4096/10% plan (streaming) alternating HETMOE_PREFETCH=0 and the default: what the lookahead's
-#      copies, overlapping the run's residual adds between layers, take off the forward time
+#      copies, overlapping the run's residual adds between layers, take off the forward time; or (call 20,
+#      P_ROUNDS="def t15 def t15") with a crew of 15 workers (HETMOE_CPU_THREADS=15, the calibration being
+#      the 16-worker one), which leaves a core to the copies' staging thread
 # Shorter: R_RUNS="" (no R), P_ROUNDS="pf0 def", CALIBRATION=<an earlier call's calibration-*.json> (no C).
 # Call 10 ran this script's first version, without P (`git show 6177b77:bench/results/h100-xeon16-2026-12-06/device-11.sh`).
 # From the repo root: source .gpu/enter.sh && HETMOE_COMMIT=<c> bash bench/results/h100-xeon16-2026-12-06/device-12.sh
@@ -36,7 +38,7 @@ pred=$(node -e "console.log(require('$O/B/place-b4096-0.1.json').predicted.decod
 mkdir -p $O/P
 for v in ${P_ROUNDS-pf0 def pf0 def}; do
   f=$O/P/run-$v-$SECONDS.json
-  e=""; [ $v = pf0 ] && e="HETMOE_PREFETCH=0"
+  e=""; [ $v = pf0 ] && e="HETMOE_PREFETCH=0"; [ $v = t15 ] && e="HETMOE_CPU_THREADS=15"
   env $e timeout -k 5 60 $H run --model /tmp/sl --plan $O/B/plan-b4096-0.1.json --tokens /tmp/zipf-32768.txt --domain 0 --json > $f 2>/dev/null
   node -e "const r=require('$f').report; const L=r.perLayer; console.log('P $v tokens/s', r.tokensPerS.toFixed(0), 'ratio', (r.tokensPerS/$pred).toFixed(3), '| layer ms', L.map(l=>l.msPerBatch.toFixed(2)).join(' '), '| gpu', L.map(l=>(l.gpuMs??0).toFixed(2)).join(' '), '| cpu', L.map(l=>(l.cpuMs??0).toFixed(2)).join(' '), '| share', L.map(l=>l.gpuShare.toFixed(3)).join(' '))" 2>&1 | tail -1
   pack
