@@ -47,6 +47,9 @@ if [ "$PART" = 2 ]; then
 PRESET=${PRESET:-sigma-lite}
 step $PRESET synth
 $H synth --preset $PRESET --out /tmp/sl --force
+# The model's bytes (16 GiB for sigma-lite) go to disk before anything is timed: call 20's first case ran
+# while they were written back, at 30.1k tokens/s where the same plan 40 s later ran at 37.6-39.5k.
+TIMEFORMAT="sync after synth %R s"; time sync
 # Zipf(1.1) token files, seed 7: /tmp/zipf.txt has 4096 tokens, /tmp/zipf-N.txt N (the same first 4096).
 zipf() { node --input-type=module -e "
 import { zipfTokens } from './dist/runtime/token-stream.js'; import { writeFileSync } from 'node:fs'
