@@ -6,7 +6,8 @@
 //   runner     hetmoe run's loop (stream-runner.ts): random hidden states generated in JavaScript
 //              before each batch (~19 ms at 256 × 2048), then every layer with a residual add after it
 //   cheap      the same, the inputs written by fillRepeating instead (no long JavaScript gap a batch)
-//   layer0     the calibration probe's loop: layer 0 only, rows rewritten and residual-added each call
+//   layer0     the calibration probe's loop: layer 0 only, rows rewritten and the last output added
+//              to them scaled to nothing (as layerCallProbe does), each call
 //   cycle      that loop over every layer in turn
 // For a device call; prints one table of per-layer means (ms), and with --json FILE writes them:
 //   node dist/bench/app-loop-probe.js MODEL_DIR PLAN_FILE|all TOKEN_FILE [batch=256] [batches=32] [--json FILE]
@@ -47,6 +48,10 @@ const tokensOf = (b: number) => {
   return ids.subarray(at, at + T)
 }
 const residual = () => residualAdd(hv, ov)
+// The calibration's loop adds the last output scaled to nothing (runtime/calibration.ts: layerCallProbe):
+// fed back at full scale over the same rows, a model whose outputs outgrow their inputs (the dense probe
+// model) reaches Infinity, then NaN, which forward() rejects (call 19: BAD_INPUT at 256 tokens).
+const probeResidual = () => residualAdd(hv, ov, 1e-30)
 // Time inside forward() only, as the runner's report counts it.
 let forwardMs = 0
 const forward = async (layer: number, b: number) => {
@@ -66,10 +71,10 @@ const loops: Record<string, Loop> = {
     for (let l = 0; l < L; l++) (await forward(l, b), residual())
   },
   layer0: async (b) => {
-    for (let l = 0; l < L; l++) (fillRepeating(hv, block, 1 + ((b + l) % 7) / 8), residual(), await forward(0, b))
+    for (let l = 0; l < L; l++) (fillRepeating(hv, block, 1 + ((b + l) % 7) / 8), probeResidual(), await forward(0, b))
   },
   cycle: async (b) => {
-    for (let l = 0; l < L; l++) (fillRepeating(hv, block, 1 + ((b + l) % 7) / 8), residual(), await forward(l, b))
+    for (let l = 0; l < L; l++) (fillRepeating(hv, block, 1 + ((b + l) % 7) / 8), probeResidual(), await forward(l, b))
   },
 }
 
