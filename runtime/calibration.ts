@@ -15,6 +15,7 @@ import type { ExpertBackend, LayerWork } from './layer-work.js'
 import { cacheDir } from './model-cache.js'
 import { fillRepeating, randomHidden, residualAdd } from './token-stream.js'
 import { arenaBytesFor, createRuntime, type Runtime } from './runtime.js'
+import { WARMUP } from './stream-runner.js'
 import { routeLayer } from './route-layer.js'
 import { loadModel, type Model } from '../experts/model.js'
 import { synthModel } from '../experts/synth.js'
@@ -277,16 +278,20 @@ const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.lengt
  *  faster than predicted, 16 tokens 1.21x). */
 const CALL_ROWS = [1, 16, 64, 256, 1024, 4096]
 /** Untimed, then timed forwards a size: at least these many, and more where they are short (at least
- *  CALL_WARMUP_S and CALL_RUNS_S of forwards, at most CALL_MAX_WARMUP and CALL_MAX_RUNS): nine one-row
- *  calls right after the probe's runtime opened averaged 0.15 ms on the GPU side where sigma-lite's
- *  one-token layers took 0.064 (call 16); after 20 ms of warm-up (~160 forwards) they still spent 0.033
- *  ms in JavaScript around the native call where sigma-lite's, after `hetmoe run`'s ~800, spent 0.013
- *  (call 18): forward() is compiled only after a few hundred calls. */
+ *  CALL_WARMUP_S and CALL_RUNS_S of forwards, at most CALL_MAX_WARMUP and CALL_MAX_RUNS). The warm-up
+ *  is `hetmoe run`'s (stream-runner.ts: WARMUP), whose steady state the plan predicts: one-row forwards
+ *  keep getting faster for about half a second. Nine one-row calls right after the probe's runtime
+ *  opened averaged 0.15 ms on the GPU side (call 16); after 20 ms of warm-up 0.033 ms went to
+ *  JavaScript around the native call where sigma-lite's spent 0.013 (call 18); after 100 ms (1000
+ *  forwards at most) the probe's one-row point still came out at 51-64 µs beyond its experts' terms
+ *  (calls 20-22) where sigma-lite's runtime spent about 40. Under `hetmoe run`'s loop, run first and
+ *  again after 0.5-1.7 s of forwards, sigma-lite's one-row GPU side went from 0.081 ms to 0.071 and
+ *  the probe model's from 0.090 to 0.059 (call 23, bench/app-loop-probe.ts). */
 const CALL_WARMUP = 3
 const CALL_RUNS = 9
-const CALL_WARMUP_S = 0.1
+const CALL_WARMUP_S = WARMUP.seconds
 const CALL_RUNS_S = 0.03
-const CALL_MAX_WARMUP = 1000
+const CALL_MAX_WARMUP = 20_000
 const CALL_MAX_RUNS = 200
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */

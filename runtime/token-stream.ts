@@ -76,7 +76,9 @@ const FILL_CHUNK = 4096
  * over the values, which made `place` 0.5 s slower.)
  */
 export function fillRepeating(out: Float32Array, block: Float32Array, scale = 1): void {
-  const src = scale === 1 ? block : block.map((v) => scale * v)
+  // Scaled: only as much of the block as `out` takes (a one-row fill used to scale a 64-row block,
+  // 512 KiB of garbage a call, which the app-loop probe's one-token loops paid for in collections).
+  const src = scale === 1 ? block : block.subarray(0, Math.min(block.length, out.length)).map((v) => scale * v)
   for (let i = 0; i < out.length; i += src.length)
     for (let j = 0; j < src.length && i + j < out.length; j += FILL_CHUNK)
       out.set(src.subarray(j, Math.min(j + FILL_CHUNK, src.length, out.length - i)), i + j)

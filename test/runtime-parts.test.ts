@@ -59,6 +59,9 @@ t.test('fillRepeating writes the scaled block over and over, to the last value',
   const out = new Float32Array(37).fill(Number.NaN)
   fillRepeating(out, block, 1.5)
   for (let i = 0; i < out.length; i++) t.equal(out[i], Math.fround(1.5 * block[i % block.length]), `value ${i}`)
+  const short = new Float32Array(7).fill(Number.NaN) // shorter than the block: its first values
+  fillRepeating(short, block, 0.5)
+  t.same(Array.from(short), Array.from(block.subarray(0, 7), (v) => Math.fround(0.5 * v)))
 })
 
 t.test('sizes', async (t) => {
