@@ -102,10 +102,10 @@ export interface PcieRates {
   /** The same copies while a CPU layer job runs on every worker (runtime/calibration.ts:
    *  uploadBesideCpuProbe), which is when streaming happens: the copy's staging thread competes with
    *  the crew's, and both slow down. `bytesPerS`: the copy's rate then; `cpuSlowdown` (≥ 1): how much
-   *  longer the job's work takes while a copy runs. On the H100 machine's weaker hosts the copies ran
-   *  at about half their idle rate and the jobs 1.3-1.5x longer (calls 18-19), where the cost model
-   *  without this predicted a hybrid 4096-token batch 20-25% too fast. Absent: the idle rate, no
-   *  slowdown (older calibrations). */
+   *  longer the job's work takes while a copy runs. Without them the cost model predicted a hybrid
+   *  4096-token sigma-lite batch 20-25% too fast on two H100 hosts (calls 18-19); measured, the copies
+   *  ran at 0.6-0.7 of their idle rate and the jobs 1.09-1.24x as long (calls 20-22). Absent: the idle
+   *  rate, no slowdown (older calibrations). */
   besideCpu?: { bytesPerS: number; cpuSlowdown: number }
 }
 
