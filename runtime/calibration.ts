@@ -292,6 +292,9 @@ const CALL_RUNS = 9
 const CALL_WARMUP_S = WARMUP.seconds
 const CALL_RUNS_S = 0.03
 const CALL_MAX_WARMUP = 20_000
+/** Forwards the probe makes before it times any (all sizes together; the first, one row, makes them):
+ *  forward() reaches its steady speed after some 5000 calls (stream-runner.ts: WARMUP). */
+const CALL_JIT_FORWARDS = 8000
 const CALL_MAX_RUNS = 200
 /** Distinct hidden rows a probe batch repeats, scaled anew each forward: fresh values, the same routes
  *  (a positive scale leaves a linear gate's choice alone), so the probe routes once per size. */
@@ -324,6 +327,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
     const sizes = [...new Set([...CALL_ROWS, ...(inlineRows > 0 ? [inlineRows, inlineRows + 1] : [])])].filter((n) => n <= CALL_ROWS[CALL_ROWS.length - 1]).sort((a, b) => a - b)
     const maxT = sizes[sizes.length - 1]
     const base = randomHidden(CALL_BASE_ROWS, D, 17)
+    let forwards = 0 // made by the probe so far (CALL_JIT_FORWARDS)
     const open = (gpuExperts: number[], budgetExperts: number) =>
       createRuntime({
         model, gpu: 0, cpuThreads: threads, replace: false, _gpuInlinePrefill: false,
@@ -364,7 +368,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
         const cpuS = onCpu !== undefined ? cost.tCpu(shape, counts[onCpu]) + cost.cpuLayerS([shape], counts[onCpu]) : 0
         const parts: Record<'wall' | 'outside' | 'gpu' | 'gpuHost' | 'gpuStream' | 'gpuCopyIn' | 'gpuKernel' | 'cpu', number[]> = { wall: [], outside: [], gpu: [], gpuHost: [], gpuStream: [], gpuCopyIn: [], gpuKernel: [], cpu: [] }
         let warm = 0
-        for (const t0 = performance.now(); warm < CALL_MAX_WARMUP && (warm < CALL_WARMUP || performance.now() - t0 < 1e3 * CALL_WARMUP_S); warm++) {
+        for (const t0 = performance.now(); warm < CALL_MAX_WARMUP && (warm < CALL_WARMUP || performance.now() - t0 < 1e3 * CALL_WARMUP_S || forwards < CALL_JIT_FORWARDS); warm++, forwards++) {
           write(warm)
           await rt.forward(0, hv, { out: ov })
         }
@@ -376,6 +380,7 @@ function layerCallProbe(model: Model, threads: number, log: (line: string) => vo
           await rt.forward(0, hv, { out: ov })
           const wall = performance.now() - t0
           timedMs += wall
+          forwards++
           const after = rt.stats().layers[0].ms
           const d = (k: keyof typeof before) => after[k] - before[k]
           // What forward() takes outside its route and compute clocks (the combine, the promise's

@@ -46,9 +46,13 @@ export interface StreamOptions {
 /** 'auto' warm-up: the first batch again until its forwards have taken `seconds` (at least once, at
  *  most `maxBatches` times). A run of 16 batches of 256 after one warm-up batch went ~25% slower than
  *  one of 128 on the H100 machine (call 16: the JavaScript around the GPU calls and the routing come
- *  to their steady speed over the first ~100 forwards of each layer); a batch that takes longer than
- *  `seconds` is warm-up enough on its own (a CPU-only prefill batch of a large model takes seconds). */
-export const WARMUP = { seconds: 0.5, maxBatches: 200 }
+ *  to their steady speed over the first forwards); a batch that takes longer than `seconds` is
+ *  warm-up enough on its own (a CPU-only prefill batch of a large model takes seconds). forward()
+ *  itself reaches its steady speed only after some 5000 calls (V8's tiers: one-row forwards of a tiny
+ *  CPU model took 59 µs each over the first 1000 calls and 4.8 from the 6000th, on the dev VM), so
+ *  the cap is far above what half a second of one-token batches makes: at 200, sigma-lite's batch-1
+ *  runs warmed up for 800 forwards and timed the rest of the JIT's warm-up. */
+export const WARMUP = { seconds: 0.5, maxBatches: 10_000 }
 
 export async function runTokenStream(rt: Runtime, options: StreamOptions): Promise<StreamReport> {
   const m = rt.model.manifest
