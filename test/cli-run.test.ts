@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { packageRoot } from '../runtime/native.js'
+import { WARMUP } from '../runtime/stream-runner.js'
 
 const run = promisify(execFile)
 const cli = join(packageRoot, 'dist', 'runtime', 'cli', 'main.js')
@@ -19,7 +20,7 @@ t.test('hetmoe run over a synthetic Zipf stream and over a token file, as JSON',
   const { stdout } = await hetmoe('run', '--model', model, '--synthetic', '40', '--batch', '8', '--gpu', 'off', '--json')
   const r = JSON.parse(stdout) as { report: { tokens: number; batches: number; warmupBatches: number; tokensPerS: number; gpuTokenShare: number; perLayer: unknown[] } }
   t.equal(r.report.tokens, 40)
-  t.ok(r.report.warmupBatches > 1 && r.report.warmupBatches <= 200, `warmed up until steady by default: ${r.report.warmupBatches} batches`)
+  t.ok(r.report.warmupBatches > 1 && r.report.warmupBatches <= WARMUP.maxBatches, `warmed up until steady by default: ${r.report.warmupBatches} batches`)
   t.equal(r.report.batches, 5)
   t.ok(r.report.tokensPerS > 0)
   t.equal(r.report.gpuTokenShare, 0)
