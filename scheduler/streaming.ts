@@ -60,10 +60,11 @@ export function planStreaming(
   for (let e = 0; e < experts.length; e++) rows += Math.max(0, counts[e])
   const gpuOv = cost.hasGpu ? cost.gpuLayerS(batchTokens ?? rows, experts[0]?.hiddenSize) : 0
   const besideGpu = cost.hasGpu ? cost.cpuBesideGpuS(batchTokens ?? rows) : 0
-  // `up`: the streamed experts' copies, timed beside the CPU's job (`beside`) and with it idle (`idle`).
-  const layer = (c: number, cb: boolean, g: number, gb: boolean, up = { idle: 0, beside: 0 }) => {
+  // The streamed experts' copies, timed beside the CPU's job (upBeside) and with it idle (upIdle). Plain
+  // numbers, no objects: the greedy below asks this for every cold expert at every step of every batch.
+  const layer = (c: number, cb: boolean, g: number, gb: boolean, upIdle = 0, upBeside = 0) => {
     const cpuS = side(c, cb, cpuOv + (gb ? besideGpu : 0))
-    const copyS = cb ? up.beside : up.idle
+    const copyS = cb ? upBeside : upIdle
     return Math.max(cpuS + (cb ? cost.cpuBesideUploadS(cpuS, copyS) : 0), side(g + copyS, gb, gpuOv))
   }
   const withoutS = layer(cpu, cpuBusy, gpu, gpuBusy)
@@ -78,14 +79,15 @@ export function planStreaming(
   let left = cold.length
   let now = withoutS
   let room = streamBytes
-  const up = { idle: 0, beside: 0 }
+  let upIdle = 0
+  let upBeside = 0
   // Greedy: move the expert that shortens the layer most; stop when none does.
   for (;;) {
     let best = -1
     let bestS = now
     for (let i = 0; i < cold.length; i++) {
       if (taken[i] || experts[cold[i]].bytes > room) continue
-      const t = layer(cpu - onCpu[i], left > 1, gpu + onGpu[i], true, { idle: up.idle + copyIdle[i], beside: up.beside + copyBeside[i] })
+      const t = layer(cpu - onCpu[i], left > 1, gpu + onGpu[i], true, upIdle + copyIdle[i], upBeside + copyBeside[i])
       if (t < bestS) {
         best = i
         bestS = t
@@ -96,8 +98,8 @@ export function planStreaming(
     left--
     cpu -= onCpu[best]
     gpu += onGpu[best]
-    up.idle += copyIdle[best]
-    up.beside += copyBeside[best]
+    upIdle += copyIdle[best]
+    upBeside += copyBeside[best]
     room -= experts[cold[best]].bytes
     now = bestS
     stream.push(cold[best])
